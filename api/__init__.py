@@ -1,0 +1,1 @@
+"""HTTP only: routing, validation, auth dependencies, error mapping."""

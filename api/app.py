@@ -1,0 +1,61 @@
+"""The FastAPI application factory (``uvicorn api.app:create_app --factory``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from api.errors import install_error_handlers
+from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from api.routes import health
+from logconfig import configure_logging
+from services import outbox
+from settings import Settings, get_settings
+
+API_PREFIX = "/api"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API for ``settings`` (the process settings when omitted)."""
+    settings = settings or get_settings()
+    if settings.database_url is None or settings.redis_url is None:
+        raise RuntimeError(
+            "BILLING_DATABASE_URL and BILLING_REDIS_URL must be set for the API "
+            "(`billing dev` sets them for the embedded default)"
+        )
+    configure_logging(level=settings.log_level, json=settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        producer = outbox.producer_app(settings.redis_url or "")
+        outbox.install_sender(outbox.celery_sender(producer))
+        yield
+        app.state.redis.close()
+
+    app = FastAPI(
+        title="Billing API",
+        version="0.1.0",
+        summary="Prepaid credits, Stripe payments and subscriptions for an API product.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.redis = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=1, socket_connect_timeout=1, health_check_interval=30
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+        )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware)
+    return app

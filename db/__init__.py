@@ -1,0 +1,1 @@
+"""The schema: models, engine and sessions, Alembic migrations."""

@@ -1,0 +1,1 @@
+"""The domain: called by api/ and workers/ alike, never importing either."""

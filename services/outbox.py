@@ -1,0 +1,87 @@
+"""Enqueue after commit: tasks requested inside a transaction are sent once it commits.
+
+Services call ``enqueue(session, "task.name", *args)``; nothing is sent if the
+transaction rolls back, so a worker never sees an id whose row does not exist.
+Work is sent by task name, so services never import the workers package.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+
+_PENDING = "billing.outbox"
+
+Sender = Callable[[str, tuple[Any, ...], dict[str, Any]], None]
+
+
+@dataclass
+class _Dispatcher:
+    sender: Sender | None = None
+    sent: int = field(default=0)
+
+
+_dispatcher = _Dispatcher()
+
+
+def install_sender(sender: Sender) -> None:
+    """Set how this process sends tasks (a Celery app's ``send_task``)."""
+    _dispatcher.sender = sender
+
+
+def celery_sender(app: Celery) -> Sender:
+    """A sender that publishes through ``app`` by task name."""
+
+    def send(name: str, args: tuple[Any, ...], options: dict[str, Any]) -> None:
+        app.send_task(name, args=args, **options)
+
+    return send
+
+
+def producer_app(broker_url: str) -> Celery:
+    """A Celery app used only to publish, configured like the workers'."""
+    app = Celery("billing", set_as_current=False)
+    app.config_from_object("celeryconfig")
+    app.conf.broker_url = broker_url
+    return app
+
+
+def enqueue(session: Session, task_name: str, *args: Any, **options: Any) -> None:
+    """Send ``task_name(*args)`` once ``session``'s transaction commits."""
+    if not session.in_transaction():
+        session.begin()  # so that a rollback, even with no SQL run, drops this work
+    session.info.setdefault(_PENDING, []).append((task_name, args, options))
+
+
+def send_now(task_name: str, *args: Any, **options: Any) -> bool:
+    """Send a task outside any transaction; False (and a log line) if the broker refused."""
+    if _dispatcher.sender is None:
+        raise RuntimeError("no task sender installed: call outbox.install_sender() at start-up")
+    try:
+        _dispatcher.sender(task_name, args, options)
+    except Exception as exc:  # the broker being down must not fail a committed request
+        log.error("enqueue failed", extra={"task": task_name, "error": type(exc).__name__})
+        return False
+    return True
+
+
+@event.listens_for(Session, "after_commit")
+def _send_pending(session: Session) -> None:
+    for task_name, args, options in session.info.pop(_PENDING, []):
+        send_now(task_name, *args, **options)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_pending(session: Session, previous_transaction: object) -> None:
+    # Fires for every rollback() (even one with no SQL run); a savepoint's rollback
+    # leaves the outer transaction open and its work queued.
+    if not session.in_transaction():
+        session.info.pop(_PENDING, None)

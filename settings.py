@@ -1,0 +1,228 @@
+"""Typed settings for every process of the billing backend (prefix ``BILLING_``).
+
+One ``Settings`` object is built from the environment once (``get_settings()``)
+and passed to what needs it. A missing or invalid value fails at start with a
+message that names the setting; placeholder secrets are refused outside
+``development``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "BILLING_"
+# Variables with the prefix that belong to tools, not to the application.
+_FOREIGN_PREFIXES = ("BILLING_TEST_", "BILLING_BENCH_")
+_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "placeholder", "sk_test_placeholder"}
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class SettingsError(Exception):
+    """Raised when the environment does not describe a valid configuration."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the service, read from ``BILLING_*`` environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, case_sensitive=False, extra="forbid", frozen=True
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Path(".billing")
+    database_url: str | None = None
+    redis_url: str | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    public_base_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8000")
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    cors_origins: CsvList = []
+    trusted_proxies: CsvList = []
+
+    jwt_secret: SecretStr | None = None
+    jwt_issuer: str = "billing"
+    jwt_audience: str = "billing-api"
+    access_token_ttl_s: int = Field(3600, ge=30, le=86_400)
+    refresh_token_ttl_s: int = Field(30 * 86_400, ge=60)
+    require_email_confirmation: bool = True
+    admin_emails: CsvList = []
+    external_jwt_secret: SecretStr | None = None
+    external_jwks_url: AnyHttpUrl | None = None
+    external_jwt_issuer: str | None = None
+    external_jwt_audience: str | None = "authenticated"
+
+    stripe_secret_key: SecretStr = SecretStr("sk_test_placeholder")
+    stripe_webhook_secret: Annotated[list[SecretStr], NoDecode] = []
+    stripe_api_base: AnyHttpUrl | None = None
+    checkout_success_url: AnyHttpUrl | None = None
+    checkout_cancel_url: AnyHttpUrl | None = None
+
+    mail_backend: Literal["console", "file", "smtp"] = "console"
+    mail_from: str = "billing@localhost"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+
+    sms_backend: Literal["console", "file", "twilio"] = "console"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_from_number: str | None = None
+
+    google_client_id: str | None = None
+    google_client_secret: SecretStr | None = None
+    google_authorize_url: AnyHttpUrl = AnyHttpUrl("https://accounts.google.com/o/oauth2/v2/auth")
+    google_token_url: AnyHttpUrl = AnyHttpUrl("https://oauth2.googleapis.com/token")
+    google_jwks_url: AnyHttpUrl = AnyHttpUrl("https://www.googleapis.com/oauth2/v3/certs")
+    google_issuer: str = "https://accounts.google.com"
+
+    worker_concurrency: int = Field(2, ge=1, le=64)
+    task_time_limit_s: int = Field(300, ge=1)
+    # Redis redelivers an unacknowledged task after this long: longer than any task.
+    broker_visibility_timeout_s: int = Field(3600, ge=2)
+    integrity_check_interval_s: int = Field(3600, ge=10)
+    stats_interval_s: int = Field(60, ge=5)
+    event_sweep_interval_s: int = Field(30, ge=1)
+
+    @field_validator("cors_origins", "trusted_proxies", "admin_emails", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("stripe_webhook_secret", mode="before")
+    @classmethod
+    def _csv_secrets(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("admin_emails")
+    @classmethod
+    def _lower_emails(cls, value: list[str]) -> list[str]:
+        return [email.lower() for email in value]
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg_driver(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for prefix in ("postgresql://", "postgres://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix) :]
+        if not value.startswith("postgresql+psycopg://"):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _visibility_exceeds_time_limit(self) -> Settings:
+        if self.broker_visibility_timeout_s <= self.task_time_limit_s:
+            raise ValueError(
+                "BILLING_BROKER_VISIBILITY_TIMEOUT_S must exceed BILLING_TASK_TIME_LIMIT_S, "
+                "or a running task would be delivered twice"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _no_placeholders_in_production(self) -> Settings:
+        if self.environment == "development":
+            return self
+        problems = []
+        if self.jwt_secret is None or len(self.jwt_secret.get_secret_value()) < 32:
+            problems.append("BILLING_JWT_SECRET must be set to at least 32 characters")
+        if self.stripe_secret_key.get_secret_value().strip().lower() in _PLACEHOLDERS:
+            problems.append("BILLING_STRIPE_SECRET_KEY is a placeholder")
+        if not self.stripe_webhook_secret:
+            problems.append("BILLING_STRIPE_WEBHOOK_SECRET must be set")
+        if problems:
+            raise ValueError(f"refused outside development: {'; '.join(problems)}")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when the project runs its own PostgreSQL and Redis."""
+        return self.database_url is None and self.redis_url is None
+
+    def jwt_signing_key(self) -> str:
+        """The secret that signs our access tokens (generated once per data dir in dev)."""
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        return _dev_secret(self.data_dir / "jwt_secret")
+
+    def with_urls(self, *, database_url: str, redis_url: str) -> Settings:
+        """A copy pointing at concrete servers (used once embedded servers are up)."""
+        return self.model_copy(update={"database_url": database_url, "redis_url": redis_url})
+
+
+def _dev_secret(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(48)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(value)
+        return value
+
+
+def _unknown_variables() -> list[str]:
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    return sorted(
+        key
+        for key in os.environ
+        if key.upper().startswith(ENV_PREFIX)
+        and key.upper() not in known
+        and not key.upper().startswith(_FOREIGN_PREFIXES)
+    )
+
+
+def load_settings() -> Settings:
+    """Build settings from the environment or raise ``SettingsError`` naming each bad one."""
+    unknown = _unknown_variables()
+    if unknown:
+        raise SettingsError(f"unknown setting(s): {', '.join(unknown)}")
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = ENV_PREFIX + "_".join(str(p) for p in err["loc"] if isinstance(p, str)).upper()
+            lines.append(f"{name if err['loc'] else 'settings'}: {err['msg']}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built on first use."""
+    return load_settings()

@@ -1,0 +1,50 @@
+"""Enqueue after commit, through a real broker to a real worker, into the database."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import func, select
+
+from db.models import IntegrityCheck, User
+from services import outbox
+from tests.support import wait_for
+
+
+def _checks(db) -> int:
+    db.expire_all()
+    return db.scalar(select(func.count()).select_from(IntegrityCheck)) or 0
+
+
+def test_task_enqueued_in_a_transaction_runs_after_commit(db, celery_worker, app, client):
+    db.add(User(email="a@example.com", credit_balance=0))
+    outbox.enqueue(db, "maintenance.check_ledger")
+    db.flush()
+    assert _checks(db) == 0
+    db.commit()
+
+    wait_for(lambda: _checks(db) == 1, timeout=15, message="the worker's integrity check row")
+    row = db.scalars(select(IntegrityCheck)).one()
+    assert row.users_checked == 1  # the worker saw the committed user
+    assert row.mismatches == 0
+
+
+def test_task_enqueued_in_a_rolled_back_transaction_is_never_sent(db, celery_worker, app, client):
+    outbox.enqueue(db, "maintenance.check_ledger")
+    db.rollback()
+    # A marker task sent afterwards proves the queue was drained past where the first would be.
+    outbox.enqueue(db, "maintenance.check_ledger")
+    db.commit()
+    wait_for(lambda: _checks(db) >= 1, timeout=15, message="the marker task")
+    time.sleep(1)  # a wrongly sent first task would land right behind the marker
+    assert _checks(db) == 1
+
+
+def test_integrity_check_counts_a_balance_that_disagrees_with_the_ledger(db, celery_worker, client):
+    db.add(User(email="drift@example.com", credit_balance=7))
+    outbox.enqueue(db, "maintenance.check_ledger")
+    db.commit()
+    wait_for(lambda: _checks(db) == 1, timeout=15, message="the integrity check")
+    row = db.scalars(select(IntegrityCheck)).one()
+    assert row.mismatches == 1
+    assert row.details[0]["stored"] == 7 and row.details[0]["ledger_sum"] == 0

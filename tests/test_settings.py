@@ -1,0 +1,75 @@
+"""Settings fail fast, naming the setting; placeholders are refused outside development."""
+
+from __future__ import annotations
+
+import pytest
+
+from settings import Settings, SettingsError, load_settings
+
+
+@pytest.fixture
+def env(monkeypatch):
+    for key in [k for k in __import__("os").environ if k.startswith("BILLING_")]:
+        monkeypatch.delenv(key)
+    return monkeypatch
+
+
+def test_development_defaults_need_nothing(env, tmp_path):
+    env.setenv("BILLING_DATA_DIR", str(tmp_path))
+    settings = load_settings()
+    assert settings.embedded
+    assert settings.access_token_ttl_s == 3600
+    secret = settings.jwt_signing_key()
+    assert len(secret) >= 32
+    assert load_settings().jwt_signing_key() == secret  # kept in the data dir
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BILLING_API_PORT", "abc"),
+        ("BILLING_DATABASE_URL", "mysql://x"),
+        ("BILLING_REDIS_URL", "http://x"),
+        ("BILLING_ACCESS_TOKEN_TTL_S", "-5"),
+        ("BILLING_ENVIRONMENT", "staging"),
+    ],
+)
+def test_invalid_value_names_the_setting(env, name, value):
+    env.setenv(name, value)
+    with pytest.raises(SettingsError, match=name):
+        load_settings()
+
+
+def test_unknown_setting_is_refused(env):
+    env.setenv("BILLING_DATABSE_URL", "postgresql://x/y")
+    with pytest.raises(SettingsError, match="BILLING_DATABSE_URL"):
+        load_settings()
+
+
+def test_placeholder_secrets_refused_in_production(env):
+    env.setenv("BILLING_ENVIRONMENT", "production")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    message = str(err.value)
+    assert "BILLING_JWT_SECRET" in message and "BILLING_STRIPE_SECRET_KEY" in message
+
+
+def test_production_accepts_real_secrets(env):
+    env.setenv("BILLING_ENVIRONMENT", "production")
+    env.setenv("BILLING_JWT_SECRET", "p" * 40)
+    env.setenv("BILLING_STRIPE_SECRET_KEY", "sk_live_abcdef")
+    env.setenv("BILLING_STRIPE_WEBHOOK_SECRET", "whsec_a,whsec_b")
+    settings = load_settings()
+    assert [s.get_secret_value() for s in settings.stripe_webhook_secret] == ["whsec_a", "whsec_b"]
+    assert "sk_live_abcdef" not in repr(settings)
+
+
+def test_visibility_timeout_must_exceed_task_time_limit(env):
+    env.setenv("BILLING_TASK_TIME_LIMIT_S", "100")
+    env.setenv("BILLING_BROKER_VISIBILITY_TIMEOUT_S", "50")
+    with pytest.raises(SettingsError, match="VISIBILITY_TIMEOUT"):
+        load_settings()
+
+
+def test_postgres_urls_use_psycopg():
+    assert Settings(database_url="postgresql://u@h/d").database_url == "postgresql+psycopg://u@h/d"

@@ -1,0 +1,81 @@
+"""The Celery app of the billing backend (``celery -A workers.app``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import structlog
+from celery import Celery, Task, signals
+from sqlalchemy.orm import Session
+
+from db.engine import get_engine, get_sessionmaker, session_scope
+from logconfig import configure_logging
+from services import outbox
+from settings import Settings, get_settings
+from workers.schedule import beat_schedule
+
+TASK_MODULES = ["workers.tasks.maintenance"]
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A Celery app for ``settings``: broker, limits and beat schedule applied."""
+    if settings.redis_url is None or settings.database_url is None:
+        raise RuntimeError(
+            "BILLING_DATABASE_URL and BILLING_REDIS_URL must be set for a worker "
+            "(`billing dev` sets them for the embedded default)"
+        )
+    app = Celery("billing")
+    app.config_from_object("celeryconfig")
+    app.conf.update(
+        broker_url=settings.redis_url,
+        task_time_limit=settings.task_time_limit_s,
+        task_soft_time_limit=max(1, settings.task_time_limit_s - 5),
+        broker_transport_options={
+            **app.conf.broker_transport_options,
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+        },
+        beat_schedule=beat_schedule(settings),
+        include=TASK_MODULES,
+    )
+    return app
+
+
+settings = get_settings()
+app = create_celery(settings)
+outbox.install_sender(outbox.celery_sender(app))
+
+
+@contextmanager
+def transaction() -> Iterator[Session]:
+    """One database transaction for a task body; its enqueued work is sent on commit."""
+    assert settings.database_url is not None
+    with session_scope(settings.database_url) as session:
+        yield session
+
+
+class DbTask(Task):
+    """Base for tasks that touch the database: acknowledged late, re-run if a worker dies."""
+
+    abstract = True
+    acks_late = True
+    reject_on_worker_lost = True
+
+
+@signals.worker_process_init.connect
+def _fresh_pool_after_fork(**_: Any) -> None:
+    # Connections inherited from the parent must never be shared across processes.
+    get_sessionmaker.cache_clear()
+    get_engine.cache_clear()
+
+
+@signals.setup_logging.connect
+def _logging(**_: Any) -> None:
+    configure_logging(level=settings.log_level, json=settings.log_json)
+
+
+@signals.task_prerun.connect
+def _bind_task_id(task_id: str | None = None, task: Task | None = None, **_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(task_id=task_id, task=task.name if task else None)

@@ -1,0 +1,1 @@
+"""Task modules; each body loads by id, calls a service, commits."""
