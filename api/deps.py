@@ -7,9 +7,13 @@ from typing import Annotated
 
 import redis
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from db.engine import get_sessionmaker
+from db.models import User
+from services.auth.tokens import decode_access_token
+from services.errors import Forbidden, Unauthorized
 from settings import Settings
 
 
@@ -47,3 +51,33 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
 RequestIdDep = Annotated[str, Depends(request_id)]
+
+
+_bearer = HTTPBearer(auto_error=False, description="An access token from /api/auth/login")
+
+
+def current_user(
+    session: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    """The signed-in, active user of the request's bearer token; 401 otherwise."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("a bearer access token is required", code="not_authenticated")
+    claims = decode_access_token(settings, credentials.credentials)
+    user = session.get(User, claims.user_id)
+    if user is None or not user.is_active:
+        # A deactivated user's tokens stop working at once, not at expiry.
+        raise Unauthorized("access token is invalid", code="invalid_token")
+    return user
+
+
+def admin_user(user: Annotated[User, Depends(current_user)]) -> User:
+    """The current user if they are an admin; 403 otherwise."""
+    if user.role != "admin":
+        raise Forbidden("this operation needs the admin role", code="admin_required")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+AdminUser = Annotated[User, Depends(admin_user)]

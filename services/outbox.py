@@ -1,8 +1,9 @@
-"""Enqueue after commit: tasks requested inside a transaction are sent once it commits.
+"""Enqueue after commit: work requested inside a transaction happens once it commits.
 
-Services call ``enqueue(session, "task.name", *args)``; nothing is sent if the
-transaction rolls back, so a worker never sees an id whose row does not exist.
-Work is sent by task name, so services never import the workers package.
+Services call ``enqueue(session, "task.name", *args)`` (or ``after_commit`` for
+any other hand-off); nothing is sent if the transaction rolls back, so a worker
+never sees an id whose row does not exist. Work is sent by task name, so
+services never import the workers package.
 """
 
 from __future__ import annotations
@@ -54,11 +55,16 @@ def producer_app(broker_url: str) -> Celery:
     return app
 
 
-def enqueue(session: Session, task_name: str, *args: Any, **options: Any) -> None:
-    """Send ``task_name(*args)`` once ``session``'s transaction commits."""
+def after_commit(session: Session, action: Callable[[], object]) -> None:
+    """Run ``action`` once ``session``'s transaction commits; drop it on rollback."""
     if not session.in_transaction():
         session.begin()  # so that a rollback, even with no SQL run, drops this work
-    session.info.setdefault(_PENDING, []).append((task_name, args, options))
+    session.info.setdefault(_PENDING, []).append(action)
+
+
+def enqueue(session: Session, task_name: str, *args: Any, **options: Any) -> None:
+    """Send ``task_name(*args)`` once ``session``'s transaction commits."""
+    after_commit(session, lambda: send_now(task_name, *args, **options))
 
 
 def send_now(task_name: str, *args: Any, **options: Any) -> bool:
@@ -75,8 +81,11 @@ def send_now(task_name: str, *args: Any, **options: Any) -> bool:
 
 @event.listens_for(Session, "after_commit")
 def _send_pending(session: Session) -> None:
-    for task_name, args, options in session.info.pop(_PENDING, []):
-        send_now(task_name, *args, **options)
+    for action in session.info.pop(_PENDING, []):
+        try:
+            action()
+        except Exception:  # the transaction is committed; one failed hand-off must not stop the rest
+            log.exception("after-commit action failed")
 
 
 @event.listens_for(Session, "after_soft_rollback")

@@ -1,0 +1,59 @@
+"""Access tokens: short-lived JWTs signed by us and verified strictly."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+import jwt
+
+from db.base import utc_now
+from services.errors import Unauthorized
+from settings import Settings
+
+ALGORITHM = "HS256"
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    user_id: uuid.UUID
+    role: str
+    jti: str
+
+
+def create_access_token(settings: Settings, *, user_id: uuid.UUID, role: str) -> str:
+    """A signed access token for ``user_id`` that expires after ``ACCESS_TOKEN_TTL_S``."""
+    now = utc_now()
+    claims = {
+        "sub": str(user_id),
+        "role": role,
+        "iat": now,
+        "nbf": now,
+        "exp": now + timedelta(seconds=settings.access_token_ttl_s),
+        "jti": uuid.uuid4().hex,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "typ": "access",
+    }
+    return jwt.encode(claims, settings.jwt_signing_key(), algorithm=ALGORITHM)
+
+
+def decode_access_token(settings: Settings, token: str) -> AccessClaims:
+    """Verify signature, algorithm, issuer, audience and lifetime; raise ``Unauthorized``."""
+    try:
+        claims = jwt.decode(
+            token,
+            settings.jwt_signing_key(),
+            algorithms=[ALGORITHM],
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            options={"require": ["sub", "exp", "iat", "jti", "iss", "aud"]},
+        )
+        if claims.get("typ") != "access":
+            raise jwt.InvalidTokenError("not an access token")
+        return AccessClaims(user_id=uuid.UUID(claims["sub"]), role=claims["role"], jti=claims["jti"])
+    except jwt.ExpiredSignatureError:
+        raise Unauthorized("access token has expired", code="token_expired") from None
+    except (jwt.InvalidTokenError, ValueError, KeyError):
+        raise Unauthorized("access token is invalid", code="invalid_token") from None

@@ -1,0 +1,181 @@
+"""The ledger: the one place in the code that changes a credit balance.
+
+Every change is one SQL statement that updates the user's balance (and the
+purchased/used totals) and appends the ``credit_transactions`` row carrying the
+resulting ``balance_after``: the stored balance always equals the ledger sum.
+A debit that must not overdraw is a conditional update (``WHERE credit_balance
++ :amount >= 0``), so concurrent spends cannot overspend. A ``dedupe_key``
+(unique in the ledger) makes a change happen at most once per cause.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.models import CreditTransaction, User
+from services.errors import InsufficientCredits, InvalidInput, NotFound
+
+# Kinds that move the "purchased" total, and the one that moves "used".
+PURCHASED_KINDS = frozenset(
+    {"purchase", "subscription_grant", "refund", "dispute", "dispute_reversal"}
+)
+USAGE_KIND = "usage"
+MAX_CREDITS = 2**31 - 1
+
+_POST = text(
+    """
+    WITH changed AS (
+        UPDATE users
+        SET credit_balance = credit_balance + :amount,
+            credits_purchased = credits_purchased + :purchased_delta,
+            credits_used = credits_used + :used_delta
+        WHERE id = :user_id
+          AND (:may_overdraw OR :amount > 0 OR credit_balance + :amount >= 0)
+        RETURNING credit_balance
+    )
+    INSERT INTO credit_transactions
+        (user_id, amount, kind, balance_after, reference_type, reference_id,
+         dedupe_key, description, endpoint)
+    SELECT :user_id, :amount, :kind, changed.credit_balance, :reference_type, :reference_id,
+           :dedupe_key, :description, :endpoint
+    FROM changed
+    RETURNING id, balance_after, created_at
+    """
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A ledger row as written."""
+
+    id: int
+    user_id: uuid.UUID
+    amount: int
+    kind: str
+    balance_after: int
+    created_at: datetime
+
+
+def post(
+    session: Session,
+    *,
+    user_id: uuid.UUID,
+    amount: int,
+    kind: str,
+    reference_type: str | None = None,
+    reference_id: str | None = None,
+    dedupe_key: str | None = None,
+    description: str | None = None,
+    endpoint: str | None = None,
+    may_overdraw: bool = False,
+) -> Entry | None:
+    """Apply ``amount`` to the balance and append its ledger row.
+
+    Returns ``None`` when ``dedupe_key`` was already applied (nothing changes).
+    Raises ``InsufficientCredits`` when a debit would take the balance below zero
+    and ``may_overdraw`` is false (refunds and disputes may record a debt).
+    """
+    if amount == 0:
+        raise InvalidInput("a ledger entry cannot be zero", code="zero_amount")
+    params = {
+        "user_id": user_id,
+        "amount": amount,
+        "kind": kind,
+        "purchased_delta": amount if kind in PURCHASED_KINDS else 0,
+        "used_delta": -amount if kind == USAGE_KIND else 0,
+        "may_overdraw": may_overdraw,
+        "reference_type": reference_type,
+        "reference_id": reference_id,
+        "dedupe_key": dedupe_key,
+        "description": description,
+        "endpoint": endpoint,
+    }
+    if dedupe_key is None:
+        row = session.execute(_POST, params).one_or_none()
+    else:
+        if applied(session, dedupe_key):
+            return None
+        try:
+            # A concurrent twin can pass the check above: the unique index decides.
+            with session.begin_nested():
+                row = session.execute(_POST, params).one_or_none()
+        except IntegrityError as exc:
+            if "uq_credit_transactions_dedupe_key" in str(exc.orig):
+                return None
+            raise
+    if row is None:
+        _refuse(session, user_id=user_id, amount=amount)
+    _sync(session, user_id)
+    return Entry(
+        id=row.id,
+        user_id=user_id,
+        amount=amount,
+        kind=kind,
+        balance_after=row.balance_after,
+        created_at=row.created_at,
+    )
+
+
+def spend(
+    session: Session,
+    *,
+    user_id: uuid.UUID,
+    credits: int,
+    description: str | None = None,
+    endpoint: str | None = None,
+    reference_type: str | None = None,
+    reference_id: str | None = None,
+) -> Entry:
+    """Take ``credits`` from the balance for usage; ``InsufficientCredits`` if short."""
+    if not 0 < credits <= MAX_CREDITS:
+        raise InvalidInput(f"credits must be between 1 and {MAX_CREDITS}", code="invalid_credits")
+    entry = post(
+        session,
+        user_id=user_id,
+        amount=-credits,
+        kind=USAGE_KIND,
+        description=description,
+        endpoint=endpoint,
+        reference_type=reference_type,
+        reference_id=reference_id,
+    )
+    assert entry is not None  # no dedupe key, so never skipped
+    return entry
+
+
+def applied(session: Session, dedupe_key: str) -> bool:
+    """True when a ledger entry with ``dedupe_key`` exists."""
+    return (
+        session.scalar(
+            select(CreditTransaction.id).where(CreditTransaction.dedupe_key == dedupe_key)
+        )
+        is not None
+    )
+
+
+def balance(session: Session, user_id: uuid.UUID) -> int:
+    """The stored balance of ``user_id`` (read from the database, not the identity map)."""
+    value = session.scalar(select(User.credit_balance).where(User.id == user_id))
+    if value is None:
+        raise NotFound(f"user '{user_id}' does not exist", code="user_not_found")
+    return value
+
+
+def _refuse(session: Session, *, user_id: uuid.UUID, amount: int) -> None:
+    current = balance(session, user_id)
+    raise InsufficientCredits(
+        f"balance {current} cannot cover {-amount} credits", balance=current, required=-amount
+    )
+
+
+def _sync(session: Session, user_id: uuid.UUID) -> None:
+    """Expire a loaded ``User`` so its balance is re-read after the SQL-level update."""
+    user = session.identity_map.get(session.identity_key(User, user_id))  # type: ignore[arg-type]
+    if user is not None:
+        session.expire(user, ["credit_balance", "credits_purchased", "credits_used"])
