@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NoReturn
 
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
@@ -167,7 +168,7 @@ def balance(session: Session, user_id: uuid.UUID) -> int:
     return value
 
 
-def _refuse(session: Session, *, user_id: uuid.UUID, amount: int) -> None:
+def _refuse(session: Session, *, user_id: uuid.UUID, amount: int) -> NoReturn:
     current = balance(session, user_id)
     raise InsufficientCredits(
         f"balance {current} cannot cover {-amount} credits", balance=current, required=-amount
@@ -176,6 +177,6 @@ def _refuse(session: Session, *, user_id: uuid.UUID, amount: int) -> None:
 
 def _sync(session: Session, user_id: uuid.UUID) -> None:
     """Expire a loaded ``User`` so its balance is re-read after the SQL-level update."""
-    user = session.identity_map.get(session.identity_key(User, user_id))  # type: ignore[arg-type]
+    user = session.identity_map.get(session.identity_key(User, user_id))
     if user is not None:
         session.expire(user, ["credit_balance", "credits_purchased", "credits_used"])

@@ -84,7 +84,7 @@ def _send_pending(session: Session) -> None:
     for action in session.info.pop(_PENDING, []):
         try:
             action()
-        except Exception:  # the transaction is committed; one failed hand-off must not stop the rest
+        except Exception:  # committed already: one failed hand-off must not stop the rest
             log.exception("after-commit action failed")
 
 

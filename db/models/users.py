@@ -46,13 +46,17 @@ class User(Base):
         CheckConstraint("phone ~ '^\\+[1-9][0-9]{6,14}$'", name="phone_e164"),
         CheckConstraint("username ~ '^[a-z0-9_][a-z0-9_.-]{2,31}$'", name="username_format"),
         CheckConstraint(
-            "subscription_status IS NULL OR " + in_check("subscription_status", SUBSCRIPTION_STATUSES),
+            "subscription_status IS NULL OR "
+            + in_check("subscription_status", SUBSCRIPTION_STATUSES),
             name="subscription_status_known",
         ),
         Index("uq_users_email", "email", unique=True, postgresql_where=text("email IS NOT NULL")),
         Index("uq_users_phone", "phone", unique=True, postgresql_where=text("phone IS NOT NULL")),
         Index(
-            "uq_users_username", "username", unique=True, postgresql_where=text("username IS NOT NULL")
+            "uq_users_username",
+            "username",
+            unique=True,
+            postgresql_where=text("username IS NOT NULL"),
         ),
         Index("ix_users_created_at_id", "created_at", "id"),
         Index("ix_users_full_name_lower", text("lower(full_name)")),
@@ -88,7 +92,9 @@ class AuthIdentity(Base):
     """A sign-in identity at an outside provider (Google, Supabase, any JWKS issuer)."""
 
     __tablename__ = "auth_identities"
-    __table_args__ = (Index("uq_auth_identities_provider_subject", "provider", "subject", unique=True),)
+    __table_args__ = (
+        Index("uq_auth_identities_provider_subject", "provider", "subject", unique=True),
+    )
 
     id: Mapped[uuid.UUID] = uuid_pk()
     user_id: Mapped[uuid.UUID] = mapped_column(

@@ -52,7 +52,9 @@ def decode_access_token(settings: Settings, token: str) -> AccessClaims:
         )
         if claims.get("typ") != "access":
             raise jwt.InvalidTokenError("not an access token")
-        return AccessClaims(user_id=uuid.UUID(claims["sub"]), role=claims["role"], jti=claims["jti"])
+        return AccessClaims(
+            user_id=uuid.UUID(claims["sub"]), role=claims["role"], jti=claims["jti"]
+        )
     except jwt.ExpiredSignatureError:
         raise Unauthorized("access token has expired", code="token_expired") from None
     except (jwt.InvalidTokenError, ValueError, KeyError):
