@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api.errors import install_error_handlers
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from api.routes import health
+from api.routes import admin_credits, credits, health
 from logconfig import configure_logging
 from services import outbox
 from settings import Settings, get_settings
@@ -48,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(credits.router)
+    app.include_router(admin_credits.router)
 
     if settings.cors_origins:
         app.add_middleware(

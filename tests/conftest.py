@@ -26,6 +26,7 @@ import stripe
 from sqlalchemy import make_url, text
 from sqlalchemy.orm import Session
 
+from tests.stripe_stub import StripeStub
 from tests.support import ROOT, WorkerProcess, free_port, port_open, wait_for
 
 TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 32
@@ -41,6 +42,8 @@ class _Servers:
     embedded: list[Any]
     localstripe: subprocess.Popen[bytes] | None = None
     localstripe_url: str = ""
+    # SDK -> stub (endpoints localstripe lacks) -> localstripe; see tests/stripe_stub.py.
+    stripe_stub: StripeStub | None = None
     database_url: str = ""
     redis_url: str = ""
 
@@ -101,6 +104,7 @@ def pytest_configure(config: pytest.Config) -> None:
     SERVERS.redis_url = _redis_url()
     redis.Redis.from_url(SERVERS.redis_url).flushdb()
     SERVERS.localstripe_url = _start_localstripe()
+    SERVERS.stripe_stub = StripeStub(SERVERS.localstripe_url).start()
     ARTIFACTS.mkdir(exist_ok=True)
     for key in [k for k in os.environ if k.startswith("BILLING_") and
                 not k.startswith(("BILLING_TEST_", "BILLING_BENCH_"))]:
@@ -114,7 +118,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "BILLING_JWT_SECRET": TEST_JWT_SECRET,
             "BILLING_STRIPE_SECRET_KEY": TEST_STRIPE_KEY,
             "BILLING_STRIPE_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET,
-            "BILLING_STRIPE_API_BASE": SERVERS.localstripe_url,
+            "BILLING_STRIPE_API_BASE": SERVERS.stripe_stub.url,
             # Short enough that a task of a killed worker comes back within a test.
             "BILLING_TASK_TIME_LIMIT_S": "8",
             "BILLING_BROKER_VISIBILITY_TIMEOUT_S": "10",
@@ -127,6 +131,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if SERVERS.stripe_stub is not None:
+        SERVERS.stripe_stub.stop()
     if SERVERS.localstripe is not None and SERVERS.localstripe.poll() is None:
         SERVERS.localstripe.terminate()
         SERVERS.localstripe.wait(10)
@@ -270,3 +276,10 @@ def localstripe_url() -> str:
 def stripe_client(localstripe_url) -> stripe.StripeClient:
     """The official SDK pointed at localstripe."""
     return stripe.StripeClient(TEST_STRIPE_KEY, base_addresses={"api": localstripe_url})
+
+
+@pytest.fixture(scope="session")
+def stripe_stub() -> StripeStub:
+    """The stub in front of localstripe (Checkout Sessions live here)."""
+    assert SERVERS.stripe_stub is not None
+    return SERVERS.stripe_stub

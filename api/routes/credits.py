@@ -1,0 +1,152 @@
+"""Credits of the signed-in user: balance, packages, purchase, spending, history, payments."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import AwareDatetime
+
+from api.deps import CurrentUser, RedisDep, RequestIdDep, SessionDep, SettingsDep
+from api.idempotency import IdempotencyDep
+from api.schemas.credits import (
+    BalanceOut,
+    LedgerKind,
+    PackageOut,
+    PaymentOut,
+    PaymentPageOut,
+    PurchaseIn,
+    PurchaseOut,
+    SpendIn,
+    SpendOut,
+    TransactionOut,
+    TransactionPageOut,
+)
+from services import credits, packages, payments
+
+router = APIRouter(prefix="/api/user-management", tags=["credits"])
+
+Limit = Annotated[int, Query(ge=1, le=200, description="Items per page")]
+Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of the last page")]
+_IDEMPOTENT = {409: {"description": "Idempotency-Key reused with another body, or in progress"}}
+
+
+@router.get("/credits", response_model=BalanceOut, summary="The balance and its totals")
+def get_credits(user: CurrentUser, session: SessionDep) -> BalanceOut:
+    """The stored balance with the credits ever purchased and used."""
+    s = credits.summary(session, user.id)
+    return BalanceOut(balance=s.balance, purchased=s.purchased, used=s.used)
+
+
+@router.get("/credit-packages", response_model=list[PackageOut], summary="Packages for sale")
+def list_credit_packages(session: SessionDep) -> list[PackageOut]:
+    """The packages that can be bought now (public)."""
+    return [PackageOut.model_validate(p) for p in packages.list_packages(session)]
+
+
+@router.post(
+    "/credits/purchase",
+    response_model=PurchaseOut,
+    status_code=201,
+    summary="Start buying a package",
+    responses={**_IDEMPOTENT, 503: {"description": "Stripe is unavailable; nothing was made"}},
+)
+def purchase(
+    body: PurchaseIn,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    idem: IdempotencyDep,
+) -> Any:
+    """A Checkout Session (or, with ``flow: payment_intent``, a client secret), a pending payment.
+
+    Credits are granted when Stripe confirms the payment, never by this call.
+    """
+
+    def work() -> PurchaseOut:
+        started = payments.start_purchase(
+            session,
+            settings,
+            user=user,
+            package_id=body.package_id,
+            flow=body.flow,
+            success_url=str(body.success_url) if body.success_url else None,
+            cancel_url=str(body.cancel_url) if body.cancel_url else None,
+        )
+        p = started.payment
+        return PurchaseOut(
+            payment_id=p.id,
+            flow=p.flow,
+            package_id=body.package_id,
+            credits=p.credits,
+            amount_cents=p.amount_cents,
+            currency=p.currency,
+            checkout_url=started.checkout_url,
+            session_id=started.session_id,
+            client_secret=started.client_secret,
+        )
+
+    return idem.run(session, user_id=user.id, body=body, work=work, status_code=201)
+
+
+@router.post(
+    "/credits/use",
+    response_model=SpendOut,
+    summary="Spend credits",
+    responses={**_IDEMPOTENT, 402: {"description": "insufficient_credits, with the balance"}},
+)
+def use_credits(
+    body: SpendIn,
+    user: CurrentUser,
+    session: SessionDep,
+    redis_client: RedisDep,
+    request_id: RequestIdDep,
+    idem: IdempotencyDep,
+) -> Any:
+    """Take ``credits`` from the balance; 402 ``insufficient_credits`` changes nothing."""
+
+    def work() -> SpendOut:
+        entry = credits.use(
+            session,
+            redis_client,
+            user_id=user.id,
+            credits=body.credits,
+            description=body.description,
+            endpoint=body.endpoint,
+            request_id=request_id,
+        )
+        return SpendOut(balance=entry.balance_after, transaction_id=entry.id)
+
+    return idem.run(session, user_id=user.id, body=body, work=work)
+
+
+@router.get(
+    "/credits/transactions", response_model=TransactionPageOut, summary="The ledger, newest first"
+)
+def list_transactions(
+    user: CurrentUser,
+    session: SessionDep,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    kind: LedgerKind | None = None,
+    since: Annotated[AwareDatetime | None, Query(description="Inclusive")] = None,
+    until: Annotated[AwareDatetime | None, Query(description="Exclusive")] = None,
+) -> TransactionPageOut:
+    """The user's ledger entries, filtered by kind and time range, in cursor pages."""
+    page = credits.transactions(
+        session, user_id=user.id, limit=limit, cursor=cursor, kind=kind, since=since, until=until
+    )
+    return TransactionPageOut(
+        items=[TransactionOut.model_validate(t) for t in page.items], next_cursor=page.next_cursor
+    )
+
+
+@router.get("/payments", response_model=PaymentPageOut, summary="The user's payments")
+def list_payments(
+    user: CurrentUser, session: SessionDep, limit: Limit = 50, cursor: Cursor = None
+) -> PaymentPageOut:
+    """Payments newest first, with status, amount, currency, credits and package."""
+    page = payments.list_payments(session, user_id=user.id, limit=limit, cursor=cursor)
+    return PaymentPageOut(
+        items=[PaymentOut.model_validate(p) for p in page.items], next_cursor=page.next_cursor
+    )

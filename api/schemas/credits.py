@@ -1,0 +1,148 @@
+"""Request and response bodies of the credits, packages and payments routes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
+
+from db.models.billing import LEDGER_KINDS
+from services.ledger import MAX_CREDITS
+
+# Strict: "5" and 5.0 are refused rather than coerced; a credit is a whole number.
+Credits = Annotated[int, Field(strict=True, gt=0, le=MAX_CREDITS)]
+SignedCredits = Annotated[int, Field(strict=True, ge=-MAX_CREDITS, le=MAX_CREDITS)]
+Cents = Annotated[int, Field(strict=True, gt=0, le=100_000_000)]
+Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{1,63}$")]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+LedgerKind = Literal[LEDGER_KINDS]  # type: ignore[valid-type]
+
+
+class _In(BaseModel):
+    # A misspelt field is an error, not silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- user -------------------------------------------------------------------------------------
+
+
+class BalanceOut(BaseModel):
+    balance: int
+    purchased: int
+    used: int
+
+
+class SpendIn(_In):
+    credits: Credits
+    description: Annotated[str, StringConstraints(max_length=500)] | None = None
+    endpoint: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+
+
+class SpendOut(BaseModel):
+    balance: int
+    transaction_id: int
+
+
+class PackageOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    credits: int
+    price_cents: int
+    currency: str
+
+
+class AdminPackageOut(PackageOut):
+    active: bool
+    sort_order: int
+
+
+class PurchaseIn(_In):
+    package_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    flow: Literal["checkout", "payment_intent"] = "checkout"
+    success_url: AnyHttpUrl | None = Field(None, description="Only on the configured host")
+    cancel_url: AnyHttpUrl | None = Field(None, description="Only on the configured host")
+
+
+class PurchaseOut(BaseModel):
+    payment_id: uuid.UUID
+    flow: str
+    package_id: str
+    credits: int
+    amount_cents: int
+    currency: str
+    checkout_url: str | None = None
+    session_id: str | None = None
+    client_secret: str | None = None
+
+
+class TransactionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    amount: int
+    kind: str
+    balance_after: int
+    description: str | None
+    endpoint: str | None
+    reference_type: str | None
+    reference_id: str | None
+    created_at: datetime
+
+
+class TransactionPageOut(BaseModel):
+    items: list[TransactionOut]
+    next_cursor: str | None
+
+
+class PaymentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    status: str
+    flow: str
+    amount_cents: int
+    currency: str
+    credits: int
+    package_id: str | None
+    refunded_cents: int
+    created_at: datetime
+    succeeded_at: datetime | None
+
+
+class PaymentPageOut(BaseModel):
+    items: list[PaymentOut]
+    next_cursor: str | None
+
+
+# --- admin ------------------------------------------------------------------------------------
+
+
+class AdjustIn(_In):
+    amount: SignedCredits = Field(description="Signed: positive adds credits, negative takes")
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=1000)]
+
+
+class AdjustOut(BaseModel):
+    user_id: uuid.UUID
+    amount: int
+    balance_before: int
+    balance_after: int
+    transaction_id: int
+
+
+class PackageCreateIn(_In):
+    id: Slug
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    credits: Credits
+    price_cents: Cents
+    currency: Currency = "USD"
+    sort_order: Annotated[int, Field(strict=True, ge=0, le=10_000)] = 0
+
+
+class PackagePriceIn(_In):
+    price_cents: Cents
+    currency: Currency | None = None
