@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _psycopg_driver(cls, value: str | None) -> str | None:
+    # Daily report time (UTC, "HH:MM"); the report covers the previous UTC day.
+    report_time_utc: str = Field("00:15", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    log_retention_days: int = Field(90, ge=1)
+    # When on, every authenticated API request produces a usage record (not only spends).
+    log_all_requests: bool = False
+    log_batch_size: int = Field(1000, ge=1, le=10_000)
         if value is None:
             return None
         for prefix in ("postgresql://", "postgres://"):

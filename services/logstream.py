@@ -1,29 +1,82 @@
-"""Hand-off of log records (API usage, sign-in attempts) to the batch writers.
+"""Hand-off of log records (API usage, sign-in attempts) and their batch writer.
 
-A request only appends the record to a Redis stream (one XADD, well under a
-millisecond); workers read the streams in batches through a consumer group,
-insert them with ``ON CONFLICT (id) DO NOTHING`` and acknowledge afterwards, so a
-worker killed mid-batch loses nothing and writes nothing twice.
+A request only appends the record to a Redis stream (one round trip, well under
+a millisecond). Workers read the streams in batches through a consumer group,
+insert each batch with one statement ``ON CONFLICT (id) DO NOTHING``, commit,
+and only then acknowledge and delete the entries: a worker killed mid-batch
+leaves its entries pending, another drain reclaims them (``XAUTOCLAIM``) and
+the record ids make the re-insert a no-op. Nothing is lost, nothing is written
+twice.
+
+Draining is triggered, not polled: the first record after a drain sets a
+"kick" key and sends one ``logs.drain`` task; a drain holds a per-stream lock,
+reads until the stream is empty, releases the lock, clears the kick and
+re-checks the stream, so a record added meanwhile always gets a drain. Beat
+also sends a drain every second as a backstop (lost task, reclaim of a dead
+worker's entries).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
+import os
+import socket
+import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import redis
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from db.base import utc_now
+from db.models.users import LOGIN_METHODS
 from services import outbox
 
 USAGE_STREAM = "billing:logs:usage"
 LOGIN_STREAM = "billing:logs:login"
+STREAMS = {"usage": USAGE_STREAM, "login": LOGIN_STREAM}
+GROUP = "writers"
+DRAIN_TASK = "logs.drain"
+# Entries unacknowledged this long belong to a dead (or stuck) consumer and are reclaimed;
+# a stuck-but-alive one finishing late only causes an ON CONFLICT no-op.
+CLAIM_IDLE_MS = 5_000
+LOCK_TTL_S = 5.0
+DEAD_LETTER_MAXLEN = 100_000
+
+log = logging.getLogger(__name__)
 
 
-def _xadd(client: redis.Redis, stream: str, record: dict[str, Any]) -> None:
-    client.xadd(stream, {"r": json.dumps(record, default=str, separators=(",", ":"))})
+def _kick_key(stream: str) -> str:
+    return f"{stream}:kick"
+
+
+def _lock_key(stream: str) -> str:
+    return f"{stream}:lock"
+
+
+def dead_letter_key(stream: str) -> str:
+    """Where records that failed validation are parked (with the reason), for inspection."""
+    return f"{stream}:dead"
+
+
+# --- producer -------------------------------------------------------------------------------
+
+
+def _xadd(client: redis.Redis, kind: str, record: dict[str, Any]) -> None:
+    stream = STREAMS[kind]
+    pipe = client.pipeline(transaction=False)
+    pipe.xadd(stream, {"r": json.dumps(record, default=str, separators=(",", ":"))})
+    # The kick expires so that a lost drain task is only a short delay, never a stall.
+    pipe.set(_kick_key(stream), "1", nx=True, ex=5)
+    _, kicked = pipe.execute()
+    if kicked:
+        outbox.send_now(DRAIN_TASK, kind)
 
 
 def _stamp(record: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +88,7 @@ def record_login(client: redis.Redis, **fields: Any) -> None:
 
     ``fields``: user_id, identifier, method, success, reason, ip, user_agent.
     """
-    _xadd(client, LOGIN_STREAM, _stamp(fields))
+    _xadd(client, "login", _stamp(fields))
 
 
 def record_usage(session: Session, client: redis.Redis, **fields: Any) -> None:
@@ -45,4 +98,379 @@ def record_usage(session: Session, client: redis.Redis, **fields: Any) -> None:
     request_id, transaction_id.
     """
     record = _stamp(fields)
-    outbox.after_commit(session, lambda: _xadd(client, USAGE_STREAM, record))
+    outbox.after_commit(session, lambda: _xadd(client, "usage", record))
+
+
+def record_usage_now(client: redis.Redis, **fields: Any) -> None:
+    """Hand off one API usage record immediately (no transaction to wait for)."""
+    _xadd(client, "usage", _stamp(fields))
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: uuid.UUID
+    created_at: AwareDatetime
+
+
+class UsageRecord(_Record):
+    """A usage record as the writer accepts it."""
+
+    user_id: uuid.UUID
+    endpoint: str = Field(min_length=1, max_length=255)
+    method: str | None = Field(None, max_length=8)
+    credits: int = Field(0, ge=0, le=2**62)
+    status_code: int = Field(ge=100, le=599)
+    response_time_ms: float | None = Field(None, ge=0)
+    request_id: str | None = Field(None, max_length=64)
+    transaction_id: int | None = Field(None, ge=1)
+
+
+class LoginRecord(_Record):
+    """A sign-in attempt as the writer accepts it (free text is truncated, not refused)."""
+
+    user_id: uuid.UUID | None = None
+    identifier: str | None = None
+    method: Literal[LOGIN_METHODS]  # type: ignore[valid-type]
+    success: bool
+    reason: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+
+    @field_validator("identifier", "reason", "user_agent")
+    @classmethod
+    def _truncate(cls, value: str | None, info: Any) -> str | None:
+        limits = {"identifier": 320, "reason": 200, "user_agent": 1000}
+        return value[: limits[info.field_name]] if value is not None else None
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            return None  # an unparsable address is not worth losing the attempt over
+
+
+# --- writers --------------------------------------------------------------------------------
+
+_INSERT_USAGE = text(
+    """
+    WITH inserted AS (
+        INSERT INTO api_usage_log (id, user_id, endpoint, method, credits, status_code,
+                                   response_time_ms, request_id, transaction_id, created_at)
+        SELECT * FROM unnest(
+            CAST(:id AS uuid[]), CAST(:user_id AS uuid[]), CAST(:endpoint AS text[]),
+            CAST(:method AS text[]), CAST(:credits AS bigint[]), CAST(:status_code AS smallint[]),
+            CAST(:response_time_ms AS float8[]), CAST(:request_id AS text[]),
+            CAST(:transaction_id AS bigint[]), CAST(:created_at AS timestamptz[])
+        )
+        ON CONFLICT (id) DO NOTHING
+        RETURNING user_id, endpoint, credits, status_code, created_at
+    ), rolled AS (
+        -- Only rows really inserted count, so a re-delivered record is never counted twice.
+        INSERT INTO usage_daily AS d (day, user_id, endpoint, calls, credits, errors)
+        SELECT (created_at AT TIME ZONE 'UTC')::date, user_id, endpoint, count(*), sum(credits),
+               count(*) FILTER (WHERE status_code >= 400)
+        FROM inserted
+        GROUP BY 1, 2, 3
+        ON CONFLICT (day, user_id, endpoint) DO UPDATE
+        SET calls = d.calls + excluded.calls, credits = d.credits + excluded.credits,
+            errors = d.errors + excluded.errors
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM inserted)
+    """
+)
+
+_INSERT_LOGIN = text(
+    """
+    INSERT INTO login_history (id, user_id, identifier, method, success, reason, ip,
+                               user_agent, created_at)
+    SELECT * FROM unnest(
+        CAST(:id AS uuid[]), CAST(:user_id AS uuid[]), CAST(:identifier AS text[]),
+        CAST(:method AS text[]), CAST(:success AS boolean[]), CAST(:reason AS text[]),
+        CAST(:ip AS inet[]), CAST(:user_agent AS text[]), CAST(:created_at AS timestamptz[])
+    )
+    ON CONFLICT (id) DO NOTHING
+    """
+)
+
+_KNOWN_USERS = text("SELECT id FROM users WHERE id = ANY(CAST(:ids AS uuid[]))")
+
+
+def _columns(records: list[BaseModel], names: tuple[str, ...]) -> dict[str, list[Any]]:
+    return {name: [getattr(r, name) for r in records] for name in names}
+
+
+def _known_users(session: Session, ids: set[uuid.UUID]) -> set[uuid.UUID]:
+    if not ids:
+        return set()
+    return set(session.scalars(_KNOWN_USERS, {"ids": list(ids)}))
+
+
+def write_usage(session: Session, records: list[UsageRecord]) -> tuple[int, list[UsageRecord]]:
+    """Insert usage records (and their daily rollup); returns (inserted, orphans refused)."""
+    known = _known_users(session, {r.user_id for r in records})
+    rows = [r for r in records if r.user_id in known]
+    orphans = [r for r in records if r.user_id not in known]
+    if not rows:
+        return 0, orphans
+    names = ("id", "user_id", "endpoint", "method", "credits", "status_code",
+             "response_time_ms", "request_id", "transaction_id", "created_at")
+    inserted = session.execute(_INSERT_USAGE, _columns(list(rows), names)).scalar_one()
+    return int(inserted), orphans
+
+
+def write_logins(session: Session, records: list[LoginRecord]) -> tuple[int, list[LoginRecord]]:
+    """Insert sign-in attempts; an attempt naming an unknown user is kept without the user."""
+    known = _known_users(session, {r.user_id for r in records if r.user_id is not None})
+    rows = [
+        r if r.user_id is None or r.user_id in known else r.model_copy(update={"user_id": None})
+        for r in records
+    ]
+    if not rows:
+        return 0, []
+    names = ("id", "user_id", "identifier", "method", "success", "reason", "ip",
+             "user_agent", "created_at")
+    result = session.execute(_INSERT_LOGIN, _columns(list(rows), names))
+    return int(result.rowcount or 0), []  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class _Kind:
+    model: type[_Record]
+    write: Callable[[Session, list[Any]], tuple[int, list[Any]]]
+
+
+_KINDS: dict[str, _Kind] = {
+    "usage": _Kind(UsageRecord, write_usage),
+    "login": _Kind(LoginRecord, write_logins),
+}
+
+
+# --- the drain ------------------------------------------------------------------------------
+
+
+@dataclass
+class DrainResult:
+    """What one drain did."""
+
+    read: int = 0
+    written: int = 0
+    parked: int = 0
+    reclaimed: int = 0
+    batches: int = 0
+    more: bool = False
+    skipped: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+def consumer_name() -> str:
+    """This process's consumer name in the group (a dead process's entries get reclaimed)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def ensure_group(client: redis.Redis, stream: str) -> None:
+    """Create the stream's consumer group (reading from the start) if it does not exist."""
+    try:
+        client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def _parse(kind: _Kind, entries: list[Entry]) -> tuple[list[Any], list[tuple[Entry, str]]]:
+    good: list[Any] = []
+    bad: list[tuple[Entry, str]] = []
+    for entry in entries:
+        _, fields = entry
+        try:
+            good.append(kind.model.model_validate_json(fields.get(b"r", b"")))
+        except ValidationError as exc:
+            bad.append((entry, "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors()
+            )))
+    return good, bad
+
+
+def _park(client: redis.Redis, stream: str, bad: list[tuple[Entry, str]]) -> None:
+    pipe = client.pipeline(transaction=False)
+    for (entry_id, fields), reason in bad:
+        pipe.xadd(
+            dead_letter_key(stream),
+            {"entry": entry_id, "r": fields.get(b"r", b""), "reason": reason[:500]},
+            maxlen=DEAD_LETTER_MAXLEN, approximate=True,
+        )
+    pipe.execute()
+    for (entry_id, _), reason in bad:
+        log.warning("log record parked", extra={"stream": stream,
+                                                "entry": entry_id.decode(), "reason": reason})
+
+
+def _settle(client: redis.Redis, stream: str, ids: list[bytes]) -> None:
+    if ids:
+        pipe = client.pipeline(transaction=True)
+        pipe.xack(stream, GROUP, *ids)
+        pipe.xdel(stream, *ids)
+        pipe.execute()
+
+
+def _write_batch(
+    session_factory: Callable[[], Session], client: redis.Redis, stream: str, kind: _Kind,
+    entries: list[Entry], result: DrainResult,
+) -> None:
+    records, bad = _parse(kind, entries)
+    session = session_factory()
+    try:
+        written, refused = kind.write(session, records)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+    refused_ids = {r.id for r in refused}
+    for entry in entries:
+        if refused_ids and _entry_record_id(entry) in refused_ids:
+            bad.append((entry, "user does not exist"))
+    if bad:
+        _park(client, stream, bad)
+    # Only after the commit: a crash before this line re-delivers, and ON CONFLICT absorbs it.
+    _settle(client, stream, [entry_id for entry_id, _ in entries])
+    result.read += len(entries)
+    result.written += written
+    result.parked += len(bad)
+    result.batches += 1
+
+
+def _entry_record_id(entry: Entry) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(json.loads(entry[1][b"r"])["id"])
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _reclaim(
+    client: redis.Redis, stream: str, consumer: str, start: bytes | str, count: int,
+    min_idle_ms: int,
+) -> tuple[bytes | str, list[Entry]]:
+    reply: Any = client.xautoclaim(stream, GROUP, consumer, min_idle_time=min_idle_ms,
+                              start_id=start, count=count)
+    next_id, claimed = reply[0], reply[1]
+    # Entries deleted after delivery come back as ids only (Redis 7) or without fields (6.2).
+    deleted = list(reply[2]) if len(reply) > 2 else []
+    deleted += [entry_id for entry_id, fields in claimed if not fields]
+    if deleted:
+        client.xack(stream, GROUP, *deleted)
+    return next_id, [entry for entry in claimed if entry[1]]
+
+
+def _undelivered(client: redis.Redis, stream: str) -> bool:
+    """True if the stream holds entries the group has not yet handed to any consumer."""
+    try:
+        info = client.xinfo_stream(stream)
+        groups = client.xinfo_groups(stream)
+    except redis.ResponseError:  # no stream: nothing to do
+        return False
+    names = (GROUP, GROUP.encode())
+    delivered = next((g["last-delivered-id"] for g in groups if g["name"] in names), b"0-0")
+    return _id_tuple(info["last-generated-id"]) > _id_tuple(delivered) and info["length"] > 0
+
+
+def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
+    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = raw.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def drain(
+    session_factory: Callable[[], Session], client: redis.Redis, kind_name: str, *,
+    batch_size: int = 1000, budget_s: float = 4.0, claim_idle_ms: int = CLAIM_IDLE_MS,
+) -> DrainResult:
+    """Write the stream's records in batches until it is empty or ``budget_s`` is spent.
+
+    One drain per stream runs at a time (a Redis lock); entries left pending by a
+    dead consumer are reclaimed first. Sends a follow-up drain when records remain.
+    """
+    stream = STREAMS[kind_name]
+    kind = _KINDS[kind_name]
+    result = DrainResult()
+    lock = client.lock(_lock_key(stream), timeout=LOCK_TTL_S, blocking=False)
+    if not lock.acquire():
+        result.skipped = True
+        return result
+    consumer = consumer_name()
+    deadline = time.monotonic() + budget_s
+    try:
+        ensure_group(client, stream)
+        claim_from: bytes | str = "0-0"
+        while True:
+            # A dead consumer's entries first (one pass over the pending list), then new ones.
+            claim_from, entries = _reclaim(client, stream, consumer, claim_from,
+                                           batch_size, claim_idle_ms)
+            result.reclaimed += len(entries)
+            if not entries:
+                response: Any = client.xreadgroup(GROUP, consumer, {stream: ">"},
+                                                  count=batch_size)
+                entries = response[0][1] if response else []
+            if not entries:
+                if _id_tuple(claim_from) == (0, 0):
+                    break
+                continue
+            _write_batch(session_factory, client, stream, kind, entries, result)
+            if time.monotonic() >= deadline:
+                result.more = True
+                break
+            try:
+                lock.reacquire()  # keep the lock while making progress
+            except redis.exceptions.LockError:
+                result.more = True  # took too long and lost it: let a fresh drain go on
+                break
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            pass  # expired meanwhile: another drain may run; record ids keep writes single
+    # After the release: a record added during the drain either was read, or finds the
+    # kick cleared and sends a drain, or is seen here.
+    client.delete(_kick_key(stream))
+    if result.more or _undelivered(client, stream):
+        result.more = True
+        outbox.send_now(DRAIN_TASK, kind_name)
+    if result.read:
+        log.info("logs drained", extra={"stream": stream, "read": result.read,
+                                        "written": result.written, "parked": result.parked,
+                                        "reclaimed": result.reclaimed})
+    return result
+
+
+def pending(client: redis.Redis, kind_name: str) -> int:
+    """How many entries of the stream are delivered but not yet acknowledged."""
+    try:
+        summary = client.xpending(STREAMS[kind_name], GROUP)
+    except redis.ResponseError:
+        return 0
+    return int(summary["pending"])
+
+
+def backlog(client: redis.Redis, kind_name: str) -> int:
+    """Entries still in the stream (not yet written and acknowledged)."""
+    return int(client.xlen(STREAMS[kind_name]))
+
+
+def oldest_record_age_s(client: redis.Redis, kind_name: str) -> float | None:
+    """Age of the oldest unwritten record, for monitoring; None when the stream is empty."""
+    first: Any = client.xrange(STREAMS[kind_name], count=1)
+    if not first:
+        return None
+    ms, _ = _id_tuple(first[0][0])
+    return max(0.0, time.time() - ms / 1000)

@@ -10,6 +10,14 @@ from settings import Settings
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """Every periodic job, by task name, with its interval from the settings."""
     return {
+        # Backstop for the drains that records trigger themselves (lost task, dead worker).
+        **{
+            f"logs-drain-{kind}": {
+                "task": "logs.drain", "schedule": 1.0, "args": (kind,),
+                "options": {"expires": 5},  # a backlog of stale backstops is useless
+            }
+            for kind in ("usage", "login")
+        },
         "ledger-integrity-check": {
             "task": "maintenance.check_ledger",
             "schedule": float(settings.integrity_check_interval_s),

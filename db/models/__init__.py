@@ -8,6 +8,7 @@ from db.models.ops import (
     DailyReport,
     IdempotencyKey,
     IntegrityCheck,
+    UsageDaily,
 )
 from db.models.stripe import StripeEvent
 from db.models.users import AuthIdentity, LoginHistory, OneTimeToken, OtpCode, RefreshToken, User
@@ -30,5 +31,6 @@ __all__ = [
     "RefreshToken",
     "StripeEvent",
     "Subscription",
+    "UsageDaily",
     "User",
 ]

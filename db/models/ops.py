@@ -52,6 +52,22 @@ class ApiUsageLog(Base):
     created_at: Mapped[datetime] = created_at()
 
 
+class UsageDaily(Base):
+    """Usage per UTC day, user and endpoint; kept by the log writer in the insert's transaction."""
+
+    __tablename__ = "usage_daily"
+    __table_args__ = (Index("ix_usage_daily_user_id_day", "user_id", "day"),)
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    endpoint: Mapped[str] = mapped_column(String(255), primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    credits: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
 class AdminActivityLog(Base):
     """An operator's change, written in the same transaction as the change."""
 

@@ -344,6 +344,23 @@ def upgrade() -> None:
         unique=False,
     )
     op.create_table(
+        "usage_daily",
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("user_id", sa.UUID(), nullable=False),
+        sa.Column("endpoint", sa.String(length=255), nullable=False),
+        sa.Column("calls", sa.BigInteger(), nullable=False),
+        sa.Column("credits", sa.BigInteger(), nullable=False),
+        sa.Column("errors", sa.BigInteger(), server_default="0", nullable=False),
+        sa.ForeignKeyConstraint(
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_usage_daily_user_id_users"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("day", "user_id", "endpoint", name=op.f("pk_usage_daily")),
+    )
+    op.create_index("ix_usage_daily_user_id_day", "usage_daily", ["user_id", "day"], unique=False)
+    op.create_table(
         "auth_identities",
         sa.Column("id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
         sa.Column("user_id", sa.UUID(), nullable=False),
@@ -728,6 +745,8 @@ def downgrade() -> None:
     op.drop_index("uq_auth_identities_provider_subject", table_name="auth_identities")
     op.drop_index(op.f("ix_auth_identities_user_id"), table_name="auth_identities")
     op.drop_table("auth_identities")
+    op.drop_index("ix_usage_daily_user_id_day", table_name="usage_daily")
+    op.drop_table("usage_daily")
     op.drop_index("ix_api_usage_log_user_id_created_at", table_name="api_usage_log")
     op.drop_index("ix_api_usage_log_endpoint_created_at", table_name="api_usage_log")
     op.drop_index("ix_api_usage_log_created_at", table_name="api_usage_log")

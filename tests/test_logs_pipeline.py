@@ -1,0 +1,197 @@
+"""Usage and sign-in logs: handed off to Redis streams, written in batches by real workers."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from sqlalchemy import func, select, text
+
+from db.engine import get_sessionmaker
+from db.models import ApiUsageLog, LoginHistory, UsageDaily
+from services import logstream, outbox
+from tests.factories import make_user
+from tests.support import wait_for
+
+
+@pytest.fixture
+def rds(settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url)
+
+
+@pytest.fixture
+def sender(settings) -> None:
+    """This process publishes tasks (the kick that starts a drain) like the API does."""
+    outbox.install_sender(outbox.celery_sender(outbox.producer_app(settings.redis_url)))
+
+
+def _count(db, model) -> int:
+    db.expire_all()
+    return db.scalar(select(func.count()).select_from(model)) or 0
+
+
+def _hand_off_quietly(rds, **fields) -> None:
+    """Add a usage record as the producer does, minus the kick: these tests drain in-process,
+    and the session's shared worker must not race them."""
+    rds.xadd(logstream.USAGE_STREAM, {"r": json.dumps(logstream._stamp(fields), default=str)})
+
+
+def _drain_in_process(settings, rds, kind: str = "usage", **kw) -> logstream.DrainResult:
+    return logstream.drain(get_sessionmaker(settings.database_url), rds, kind, **kw)
+
+
+def test_burst_of_usage_records_is_written_once_each(db, rds, sender, celery_worker):
+    user = make_user(db)
+    for i in range(600):
+        logstream.record_usage(db, rds, user_id=user.id, endpoint="/v1/generate", method="POST",
+                               credits=1 + i % 3, status_code=200, response_time_ms=1.5,
+                               request_id=f"req-{i}")
+    db.commit()  # the records are handed off only now
+
+    # No beat runs here: the first record's kick alone must get everything written.
+    wait_for(lambda: _count(db, ApiUsageLog) == 600, timeout=30, message="600 usage rows")
+    wait_for(lambda: rds.xlen(logstream.USAGE_STREAM) == 0, timeout=10, message="stream emptied")
+    assert logstream.pending(rds, "usage") == 0
+    assert db.scalar(select(func.count(func.distinct(ApiUsageLog.request_id)))) == 600
+    rollup = db.execute(select(func.sum(UsageDaily.calls), func.sum(UsageDaily.credits))).one()
+    assert tuple(rollup) == (600, sum(1 + i % 3 for i in range(600)))
+
+
+def test_usage_record_of_a_rolled_back_request_is_never_written(db, rds, sender, celery_worker):
+    user = make_user(db)
+    logstream.record_usage(db, rds, user_id=user.id, endpoint="/v1/lost", status_code=200)
+    db.rollback()
+    logstream.record_usage(db, rds, user_id=user.id, endpoint="/v1/kept", status_code=200)
+    db.commit()
+    wait_for(lambda: _count(db, ApiUsageLog) >= 1, timeout=20, message="the kept record")
+    time.sleep(0.5)
+    assert db.scalars(select(ApiUsageLog.endpoint)).all() == ["/v1/kept"]
+
+
+def test_login_attempts_are_written_and_unknown_users_kept_without_the_user(
+    db, rds, sender, celery_worker
+):
+    user = make_user(db)
+    logstream.record_login(rds, user_id=str(user.id), identifier=user.email, method="password",
+                           success=True, reason=None, ip="203.0.113.9", user_agent="curl/8")
+    ghost = uuid.uuid4()
+    logstream.record_login(rds, user_id=str(ghost), identifier="ghost@example.com",
+                           method="password", success=False, reason="bad_credentials",
+                           ip="not-an-ip", user_agent="x" * 5000)
+    wait_for(lambda: _count(db, LoginHistory) == 2, timeout=20, message="2 login rows")
+    rows = {r.identifier: r for r in db.scalars(select(LoginHistory))}
+    assert rows[user.email].user_id == user.id and str(rows[user.email].ip) == "203.0.113.9"
+    ghost_row = rows["ghost@example.com"]
+    assert ghost_row.user_id is None and ghost_row.ip is None and not ghost_row.success
+    assert len(ghost_row.user_agent) == 1000
+
+
+def test_poison_and_orphan_records_are_parked_without_blocking_the_stream(db, rds, settings):
+    user = make_user(db)
+    rds.xadd(logstream.USAGE_STREAM, {"r": b"{not json"})
+    rds.xadd(logstream.USAGE_STREAM, {"r": json.dumps({"id": str(uuid.uuid4()),
+                                                       "endpoint": "/x"})})
+    _hand_off_quietly(rds, user_id=str(uuid.uuid4()), endpoint="/v1/orphan",
+                               status_code=200)
+    _hand_off_quietly(rds, user_id=str(user.id), endpoint="/v1/ok", status_code=201)
+
+    result = _drain_in_process(settings, rds)
+
+    assert (result.read, result.written, result.parked) == (4, 1, 3)
+    assert db.scalars(select(ApiUsageLog.endpoint)).all() == ["/v1/ok"]
+    assert rds.xlen(logstream.USAGE_STREAM) == 0 and logstream.pending(rds, "usage") == 0
+    parked = rds.xrange(logstream.dead_letter_key(logstream.USAGE_STREAM))
+    reasons = sorted(fields[b"reason"].decode() for _, fields in parked)
+    assert len(reasons) == 3
+    assert "user does not exist" in reasons
+    assert any("created_at" in r for r in reasons)  # names what is wrong
+
+
+def test_entries_of_a_consumer_that_died_before_acknowledging_are_written_once(
+    db, rds, settings
+):
+    user = make_user(db)
+    for i in range(50):
+        _hand_off_quietly(rds, user_id=str(user.id), endpoint="/v1/a", credits=2,
+                                   status_code=200, request_id=f"r{i}")
+    logstream.ensure_group(rds, logstream.USAGE_STREAM)
+    # A consumer reads the batch, writes it, commits, and dies before XACK.
+    delivered = rds.xreadgroup(logstream.GROUP, "dead-consumer", {logstream.USAGE_STREAM: ">"},
+                               count=100)[0][1]
+    records, _ = logstream._parse(logstream._KINDS["usage"], delivered)
+    with get_sessionmaker(settings.database_url).begin() as session:
+        logstream.write_usage(session, records[:30])
+    assert logstream.pending(rds, "usage") == 50
+
+    # Within the idle time the entries still belong to the (maybe alive) consumer.
+    assert _drain_in_process(settings, rds, claim_idle_ms=60_000).read == 0
+    result = _drain_in_process(settings, rds, claim_idle_ms=0)
+
+    assert (result.reclaimed, result.written) == (50, 20)
+    assert _count(db, ApiUsageLog) == 50
+    assert db.execute(select(UsageDaily.calls, UsageDaily.credits)).one() == (50, 100)
+    assert logstream.pending(rds, "usage") == 0 and rds.xlen(logstream.USAGE_STREAM) == 0
+
+
+def test_only_one_drain_per_stream_runs_at_a_time(db, rds, settings):
+    user = make_user(db)
+    _hand_off_quietly(rds, user_id=str(user.id), endpoint="/v1/a", status_code=200)
+    held = rds.lock("billing:logs:usage:lock", timeout=30)
+    assert held.acquire(blocking=False)
+    try:
+        assert _drain_in_process(settings, rds).skipped
+        assert _count(db, ApiUsageLog) == 0
+    finally:
+        held.release()
+    assert _drain_in_process(settings, rds).written == 1
+
+
+@pytest.fixture
+def only_own_worker(settings) -> Iterator[None]:
+    """Pause the session's shared worker (if any) so that the test's own worker drains."""
+    from workers.app import app
+
+    app.control.cancel_consumer("billing", reply=True, timeout=2)
+    try:
+        yield
+    finally:
+        app.control.add_consumer("billing", reply=True, timeout=2)
+
+
+def test_worker_killed_mid_batch_loses_no_record_and_writes_none_twice(
+    db, rds, sender, settings, own_worker, only_own_worker
+):
+    user = make_user(db)
+    total = 30_000
+    own_worker.start()
+    for i in range(total):
+        logstream.record_usage(db, rds, user_id=user.id, endpoint=f"/v1/e{i % 4}",
+                               method="POST", credits=1, status_code=200, request_id=f"k{i}")
+    db.commit()
+
+    # Kill the worker while it is draining: rows written, entries still pending.
+    wait_for(lambda: _count(db, ApiUsageLog) > 0 and logstream.pending(rds, "usage") > 0,
+             timeout=60, interval=0.01, message="the drain to be under way")
+    own_worker.kill()
+    written_at_kill = _count(db, ApiUsageLog)
+    assert written_at_kill < total, "the worker finished before it could be killed"
+    assert logstream.pending(rds, "usage") > 0 or rds.xlen(logstream.USAGE_STREAM) > 0
+
+    own_worker.start()
+
+    def written_all() -> bool:
+        # What beat does in production: a backstop drain every second.
+        outbox.send_now("logs.drain", "usage")
+        return _count(db, ApiUsageLog) >= total and rds.xlen(logstream.USAGE_STREAM) == 0
+
+    wait_for(written_all, timeout=90, interval=1.0, message="every record written")
+    time.sleep(1)
+    assert _count(db, ApiUsageLog) == total
+    assert db.scalar(select(func.count(func.distinct(ApiUsageLog.request_id)))) == total
+    assert db.scalar(select(func.sum(UsageDaily.calls))) == total  # rollup counted once each
+    assert logstream.pending(rds, "usage") == 0
+    assert db.scalar(text("SELECT count(*) FROM api_usage_log WHERE request_id = 'k0'")) == 1

@@ -1,0 +1,36 @@
+"""Log writers: drain the usage and sign-in streams into PostgreSQL in batches."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.exc import OperationalError
+
+from db.engine import get_sessionmaker
+from services import logstream
+from workers.app import app, settings
+
+
+@lru_cache(maxsize=1)
+def _redis() -> redis.Redis:
+    # redis-py re-creates its pool in a forked child, so one client per process is safe.
+    assert settings.redis_url is not None
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+
+
+# Not acks_late: a drain lost with its worker costs nothing (its entries stay pending and the
+# next drain, from beat or a kick, reclaims them), and a re-delivered one would only skip.
+@app.task(name="logs.drain", acks_late=False,
+          autoretry_for=(OperationalError, RedisConnectionError),
+          retry_backoff=True, max_retries=5, ignore_result=True)
+def drain(kind: str) -> int:
+    """Write a batch-wise drain of one log stream ("usage" or "login"); returns records read."""
+    if kind not in logstream.STREAMS:
+        raise ValueError(f"unknown log stream {kind!r}")
+    assert settings.database_url is not None
+    budget = max(1.0, min(10.0, settings.task_time_limit_s / 2))
+    result = logstream.drain(get_sessionmaker(settings.database_url), _redis(), kind,
+                             batch_size=settings.log_batch_size, budget_s=budget)
+    return result.read
