@@ -48,7 +48,9 @@ def request_id(request: Request) -> str:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the transaction commits before the response is sent, so a 200 is never
+# answered for work that then fails to commit (the default would commit after sending).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
 RequestIdDep = Annotated[str, Depends(request_id)]
 

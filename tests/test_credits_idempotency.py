@@ -1,0 +1,178 @@
+"""Idempotency-Key: a retry returns the first answer; the work happens once, even under races."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import httpx
+import pytest
+from sqlalchemy import func, select, update
+
+from db.base import utc_now
+from db.models import CreditTransaction, IdempotencyKey, User
+from tests.factories import auth_headers, make_user
+
+API = "/api/user-management"
+USE = f"{API}/credits/use"
+
+
+def _usage_rows(db, user_id) -> int:
+    return db.scalar(
+        select(func.count()).select_from(CreditTransaction).where(
+            CreditTransaction.user_id == user_id, CreditTransaction.kind == "usage"
+        )
+    )
+
+
+def _keyed(user, key: str) -> dict[str, str]:
+    return {**auth_headers(user), "Idempotency-Key": key}
+
+
+def test_retry_with_same_key_and_body_replays_first_answer_without_spending_again(client, db):
+    user = make_user(db, credits=10)
+    headers = _keyed(user, "spend-1")
+    body = {"credits": 4, "description": "render", "endpoint": "/v1/render"}
+    first = client.post(USE, json=body, headers=headers)
+    again = client.post(USE, json=body, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json() == {"balance": 6, "transaction_id": first.json()[
+        "transaction_id"]}
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    db.expire_all()
+    assert db.get(User, user.id).credit_balance == 6
+    assert _usage_rows(db, user.id) == 1
+
+
+def test_replay_is_independent_of_json_key_order_and_spacing(client, db):
+    user = make_user(db, credits=10)
+    headers = {**_keyed(user, "order"), "content-type": "application/json"}
+    first = client.post(USE, content=b'{"credits": 2, "endpoint": "/e"}', headers=headers)
+    again = client.post(USE, content=b'{"endpoint":"/e","credits":2}', headers=headers)
+    assert again.json() == first.json()
+    assert _usage_rows(db, user.id) == 1
+
+
+def test_same_key_with_different_body_is_409_and_spends_nothing_more(client, db):
+    user = make_user(db, credits=10)
+    headers = _keyed(user, "spend-2")
+    assert client.post(USE, json={"credits": 1}, headers=headers).status_code == 200
+    response = client.post(USE, json={"credits": 2}, headers=headers)
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "idempotency_key_reused"
+    db.expire_all()
+    assert db.get(User, user.id).credit_balance == 9
+
+
+def test_keys_are_scoped_per_user_and_per_route(client, db):
+    alice, bob = make_user(db, credits=5), make_user(db, credits=5)
+    assert client.post(USE, json={"credits": 1}, headers=_keyed(alice, "k")).status_code == 200
+    assert client.post(USE, json={"credits": 1}, headers=_keyed(bob, "k")).status_code == 200
+    buy = client.post(
+        f"{API}/credits/purchase",
+        json={"package_id": "starter", "flow": "payment_intent"},
+        headers=_keyed(alice, "k"),
+    )
+    assert buy.status_code == 201, buy.text
+    db.expire_all()
+    assert [db.get(User, u.id).credit_balance for u in (alice, bob)] == [4, 4]
+
+
+def test_a_refused_request_stores_no_key_so_a_retry_runs_again(client, db):
+    user = make_user(db, credits=1)
+    headers = _keyed(user, "top-up-first")
+    assert client.post(USE, json={"credits": 3}, headers=headers).status_code == 402
+    from services import ledger
+
+    ledger.post(db, user_id=user.id, amount=5, kind="bonus")
+    db.commit()
+    retry = client.post(USE, json={"credits": 3}, headers=headers)
+    assert retry.status_code == 200
+    assert retry.json()["balance"] == 3
+
+
+def test_expired_key_is_reclaimed_and_runs_again(client, db):
+    user = make_user(db, credits=10)
+    headers = _keyed(user, "old")
+    client.post(USE, json={"credits": 1}, headers=headers)
+    db.execute(update(IdempotencyKey).values(expires_at=utc_now() - timedelta(seconds=1)))
+    db.commit()
+    again = client.post(USE, json={"credits": 1}, headers=headers)
+    assert again.status_code == 200 and "Idempotent-Replayed" not in again.headers
+    assert again.json()["balance"] == 8
+    (row,) = db.scalars(select(IdempotencyKey)).all()
+    db.refresh(row)
+    assert row.expires_at > utc_now() + timedelta(hours=23)
+
+
+def test_keys_are_kept_for_at_least_a_day(client, db):
+    user = make_user(db, credits=10)
+    client.post(USE, json={"credits": 1}, headers=_keyed(user, "kept"))
+    row = db.scalars(select(IdempotencyKey)).one()
+    assert row.expires_at - row.created_at >= timedelta(hours=24) - timedelta(seconds=5)
+    assert row.state == "completed" and row.response_status == 200
+
+
+@pytest.mark.parametrize("key", ["x" * 256, "has space", "ключ"])
+def test_malformed_key_is_400_and_spends_nothing(client, db, key):
+    user = make_user(db, credits=10)
+    headers = {**auth_headers(user), "Idempotency-Key": key}
+    try:
+        response = client.post(USE, json={"credits": 1}, headers=headers)
+    except UnicodeEncodeError:  # httpx refuses non-latin-1 headers itself: nothing was sent
+        return
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_idempotency_key"
+    db.expire_all()
+    assert db.get(User, user.id).credit_balance == 10
+
+
+def test_concurrent_requests_with_one_key_do_the_work_once(live_api, db):
+    user = make_user(db, credits=50)
+    key = f"race-{uuid.uuid4()}"
+    headers = _keyed(user, key)
+    n = 12
+    barrier = threading.Barrier(n)
+
+    def send(_: int) -> httpx.Response:
+        with httpx.Client(base_url=live_api, timeout=60) as http:
+            http.get("/healthz")  # connected before the race starts
+            barrier.wait()
+            return http.post(USE, json={"credits": 5, "endpoint": "/race"}, headers=headers)
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        responses = list(pool.map(send, range(n)))
+    assert [r.status_code for r in responses] == [200] * n, [r.text for r in responses]
+    assert len({r.text for r in responses}) == 1  # every caller got the one first answer
+    assert sum("Idempotent-Replayed" not in r.headers for r in responses) == 1
+    db.expire_all()
+    assert db.get(User, user.id).credit_balance == 45
+    assert _usage_rows(db, user.id) == 1
+
+
+def test_concurrent_retries_of_a_purchase_make_one_payment(live_api, db):
+    from db.models import Payment
+
+    user = make_user(db)
+    headers = _keyed(user, "buy-race")
+    n = 6
+    barrier = threading.Barrier(n)
+
+    def send(_: int) -> httpx.Response:
+        with httpx.Client(base_url=live_api, timeout=60) as http:
+            http.get("/healthz")
+            barrier.wait()
+            return http.post(
+                f"{API}/credits/purchase",
+                json={"package_id": "starter", "flow": "payment_intent"},
+                headers=headers,
+            )
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        responses = list(pool.map(send, range(n)))
+    assert {r.status_code for r in responses} == {201}, [r.text for r in responses]
+    assert len({r.json()["payment_id"] for r in responses}) == 1
+    assert db.scalar(select(func.count()).select_from(Payment)) == 1
