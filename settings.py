@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
+from limits import parse_many
 from pydantic import (
     AnyHttpUrl,
     Field,
@@ -75,6 +76,20 @@ class Settings(BaseSettings):
     external_jwks_url: AnyHttpUrl | None = None
     external_jwt_issuer: str | None = None
     external_jwt_audience: str | None = "authenticated"
+    password_min_length: int = Field(10, ge=8, le=128)
+    email_token_ttl_s: int = Field(86_400, ge=60)
+    magic_link_ttl_s: int = Field(900, ge=60, le=86_400)
+    otp_ttl_s: int = Field(300, ge=30, le=3600)
+    otp_max_attempts: int = Field(5, ge=1, le=20)
+    # Where links in mails point (a frontend page that POSTs the token); default PUBLIC_BASE_URL.
+    link_base_url: AnyHttpUrl | None = None
+    # `limits` notation, ";"-separated; each applies per client IP and per account.
+    rate_limit_login: str = "10/minute;100/hour"
+    rate_limit_register: str = "5/minute;50/hour"
+    rate_limit_otp: str = "10/minute;30/hour"
+    rate_limit_magic_link: str = "5/minute;30/hour"
+    # Read only by `billing admin create` (instead of a prompt).
+    admin_password: SecretStr | None = None
 
     stripe_secret_key: SecretStr = SecretStr("sk_test_placeholder")
     stripe_webhook_secret: Annotated[list[SecretStr], NoDecode] = []
@@ -89,11 +104,14 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
+    mail_file_dir: Path | None = None
 
     sms_backend: Literal["console", "file", "twilio"] = "console"
     twilio_account_sid: str | None = None
     twilio_auth_token: SecretStr | None = None
     twilio_from_number: str | None = None
+    twilio_api_base: AnyHttpUrl = AnyHttpUrl("https://api.twilio.com")
+    sms_file_dir: Path | None = None
 
     google_client_id: str | None = None
     google_client_secret: SecretStr | None = None
@@ -101,6 +119,8 @@ class Settings(BaseSettings):
     google_token_url: AnyHttpUrl = AnyHttpUrl("https://oauth2.googleapis.com/token")
     google_jwks_url: AnyHttpUrl = AnyHttpUrl("https://www.googleapis.com/oauth2/v3/certs")
     google_issuer: str = "https://accounts.google.com"
+    # Default: PUBLIC_BASE_URL + /api/auth/oauth/google/callback.
+    google_redirect_url: AnyHttpUrl | None = None
 
     worker_concurrency: int = Field(2, ge=1, le=64)
     task_time_limit_s: int = Field(300, ge=1)
@@ -108,6 +128,12 @@ class Settings(BaseSettings):
     broker_visibility_timeout_s: int = Field(3600, ge=2)
     integrity_check_interval_s: int = Field(3600, ge=10)
     stats_interval_s: int = Field(60, ge=5)
+    # Daily report time (UTC, "HH:MM"); the report covers the previous UTC day.
+    report_time_utc: str = Field("00:15", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    log_retention_days: int = Field(90, ge=1)
+    # When on, every authenticated API request produces a usage record (not only spends).
+    log_all_requests: bool = False
+    log_batch_size: int = Field(1000, ge=1, le=10_000)
     event_sweep_interval_s: int = Field(30, ge=1)
 
     @field_validator("cors_origins", "trusted_proxies", "admin_emails", mode="before")
@@ -125,15 +151,17 @@ class Settings(BaseSettings):
     def _lower_emails(cls, value: list[str]) -> list[str]:
         return [email.lower() for email in value]
 
+    @field_validator(
+        "rate_limit_login", "rate_limit_register", "rate_limit_otp", "rate_limit_magic_link"
+    )
+    @classmethod
+    def _rate_limit_notation(cls, value: str) -> str:
+        parse_many(value)  # raises ValueError naming the bad part
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _psycopg_driver(cls, value: str | None) -> str | None:
-    # Daily report time (UTC, "HH:MM"); the report covers the previous UTC day.
-    report_time_utc: str = Field("00:15", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
-    log_retention_days: int = Field(90, ge=1)
-    # When on, every authenticated API request produces a usage record (not only spends).
-    log_all_requests: bool = False
-    log_batch_size: int = Field(1000, ge=1, le=10_000)
         if value is None:
             return None
         for prefix in ("postgresql://", "postgres://"):

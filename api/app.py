@@ -11,14 +11,19 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api.errors import install_error_handlers
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from api.routes import admin_credits, credits, health
-from logconfig import configure_logging
-from services import outbox
-from settings import Settings, get_settings
-
-API_PREFIX = "/api"
-
-
+from api.routes import (
+    API_PREFIX = "/api",
+    admin_credits,
+    admin_stripe,
+    credits,
+    from logconfig import configure_logging,
+    from services import outbox,
+    from settings import Settings,
+    get_settings,
+    health,
+    subscriptions,
+    webhooks,
+)
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API for ``settings`` (the process settings when omitted)."""
     settings = settings or get_settings()
@@ -50,6 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(credits.router)
     app.include_router(admin_credits.router)
+    app.include_router(webhooks.router)
+    app.include_router(subscriptions.router)
+    app.include_router(admin_stripe.router)
 
     if settings.cors_origins:
         app.add_middleware(

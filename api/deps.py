@@ -10,9 +10,11 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from api.client import auth_context
 from db.engine import get_sessionmaker
 from db.models import User
-from services.auth.tokens import decode_access_token
+from services.auth import external
+from services.auth.tokens import decode_access_token, is_revoked
 from services.errors import Forbidden, Unauthorized
 from settings import Settings
 
@@ -59,15 +61,29 @@ _bearer = HTTPBearer(auto_error=False, description="An access token from /api/au
 
 
 def current_user(
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
+    redis_client: RedisDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> User:
-    """The signed-in, active user of the request's bearer token; 401 otherwise."""
+    """The signed-in, active user of the request's bearer token; 401 otherwise.
+
+    Our own access token first; when an outside provider is configured, its tokens too.
+    """
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("a bearer access token is required", code="not_authenticated")
-    claims = decode_access_token(settings, credentials.credentials)
-    user = session.get(User, claims.user_id)
+    token = credentials.credentials
+    try:
+        claims = decode_access_token(settings, token)
+    except Unauthorized:
+        if not external.configured(settings) or external.issued_by_us(settings, token):
+            raise
+        user = external.authenticate(session, auth_context(request), token)
+    else:
+        if is_revoked(redis_client, claims.jti):
+            raise Unauthorized("access token was signed out", code="token_revoked") from None
+        user = session.get(User, claims.user_id)
     if user is None or not user.is_active:
         # A deactivated user's tokens stop working at once, not at expiry.
         raise Unauthorized("access token is invalid", code="invalid_token")

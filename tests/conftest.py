@@ -26,6 +26,7 @@ import stripe
 from sqlalchemy import make_url, text
 from sqlalchemy.orm import Session
 
+from tests.smtp import start_smtp_server
 from tests.stripe_stub import StripeStub
 from tests.support import ROOT, WorkerProcess, free_port, port_open, wait_for
 
@@ -33,6 +34,7 @@ TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 32
 TEST_STRIPE_KEY = "sk_test_localstripe_key_for_tests"
 TEST_WEBHOOK_SECRET = "whsec_test_secret_for_tests"
 ARTIFACTS = ROOT / "test-artifacts"
+pytest_plugins = ["tests.conftest_auth"]
 
 
 class _Servers:
@@ -46,6 +48,7 @@ class _Servers:
     stripe_stub: StripeStub | None = None
     database_url: str = ""
     redis_url: str = ""
+    smtp: Any = None  # aiosmtpd controller: the worker delivers mail to it over TCP
 
 
 SERVERS = _Servers()
@@ -105,6 +108,7 @@ def pytest_configure(config: pytest.Config) -> None:
     redis.Redis.from_url(SERVERS.redis_url).flushdb()
     SERVERS.localstripe_url = _start_localstripe()
     SERVERS.stripe_stub = StripeStub(SERVERS.localstripe_url).start()
+    SERVERS.smtp = start_smtp_server(SERVERS.tmp / "mail")
     ARTIFACTS.mkdir(exist_ok=True)
     for key in [k for k in os.environ if k.startswith("BILLING_") and
                 not k.startswith(("BILLING_TEST_", "BILLING_BENCH_"))]:
@@ -123,6 +127,11 @@ def pytest_configure(config: pytest.Config) -> None:
             "BILLING_TASK_TIME_LIMIT_S": "8",
             "BILLING_BROKER_VISIBILITY_TIMEOUT_S": "10",
             "BILLING_LOG_LEVEL": "INFO",
+            "BILLING_MAIL_BACKEND": "smtp",
+            "BILLING_SMTP_HOST": "127.0.0.1",
+            "BILLING_SMTP_PORT": str(SERVERS.smtp.port),
+            "BILLING_SMS_BACKEND": "file",
+            "BILLING_SMS_FILE_DIR": str(SERVERS.tmp / "sms"),
         }
     )
     from db.migrate import upgrade
@@ -131,6 +140,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if SERVERS.smtp is not None:
+        SERVERS.smtp.stop()
     if SERVERS.stripe_stub is not None:
         SERVERS.stripe_stub.stop()
     if SERVERS.localstripe is not None and SERVERS.localstripe.poll() is None:

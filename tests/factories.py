@@ -41,3 +41,60 @@ def auth_headers(user: User) -> dict[str, str]:
     """A bearer header with a fresh access token for ``user``."""
     token = create_access_token(get_settings(), user_id=user.id, role=user.role)
     return {"Authorization": f"Bearer {token}"}
+
+
+def make_payment(
+    db: Session, user: User, *, package_id: str = "starter", flow: str = "payment_intent",
+    stripe_client=None, payment_method: str | None = None,
+):
+    """A committed pending payment for a package, as ``services.payments`` leaves it.
+
+    With ``stripe_client`` its PaymentIntent is created in localstripe (metadata included),
+    confirmed at once with ``payment_method`` if given; otherwise the Stripe ids are made up.
+    """
+    from db.models import CreditPackage, Payment
+
+    package = db.get(CreditPackage, package_id)
+    assert package is not None, f"no package {package_id}"
+    payment = Payment(
+        id=uuid.uuid4(), user_id=user.id, package_id=package.id, flow=flow, status="pending",
+        amount_cents=package.price_cents, currency=package.currency, credits=package.credits,
+    )
+    intent_id, charge_id = f"pi_test{uuid.uuid4().hex[:20]}", f"ch_test{uuid.uuid4().hex[:20]}"
+    if stripe_client is not None:
+        params = {
+            "amount": package.price_cents, "currency": package.currency.lower(),
+            "metadata": {"payment_id": str(payment.id), "user_id": str(user.id),
+                         "package_id": package.id},
+        }
+        if payment_method:
+            params.update(payment_method=payment_method, confirm=True)
+        intent = stripe_client.v1.payment_intents.create(params=params)
+        intent_id = intent.id
+        latest = intent.get("latest_charge")
+        charge_id = (latest.get("id") if isinstance(latest, dict) else latest) or None
+    payment.stripe_payment_intent_id = intent_id
+    payment.stripe_charge_id = charge_id
+    if flow == "checkout":
+        payment.stripe_checkout_session_id = f"cs_test_{uuid.uuid4().hex}"
+    db.add(payment)
+    db.commit()
+    return payment
+
+
+def make_plan(
+    db: Session, *, slug: str | None = None, monthly_credits: int = 300, price_cents: int = 2000,
+    stripe_plan_id: str | None = None,
+):
+    """A committed plan on sale; its Stripe plan id is made up unless given."""
+    from db.models import Plan
+
+    n = next(_seq)
+    plan = Plan(
+        slug=slug or f"plan-{n}-{uuid.uuid4().hex[:6]}", name=f"Plan {n}",
+        monthly_credits=monthly_credits, price_cents=price_cents, currency="USD",
+        stripe_plan_id=stripe_plan_id or f"plan_test{uuid.uuid4().hex[:16]}",
+    )
+    db.add(plan)
+    db.commit()
+    return plan

@@ -16,7 +16,7 @@ from services import outbox
 from settings import Settings, get_settings
 from workers.schedule import beat_schedule
 
-TASK_MODULES = ["workers.tasks.maintenance", "workers.tasks.logs"]
+TASK_MODULES = ["workers.tasks.maintenance", "workers.tasks.logs", "workers.tasks.stripe"]
 
 
 def create_celery(settings: Settings) -> Celery:

@@ -22,4 +22,14 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": "maintenance.check_ledger",
             "schedule": float(settings.integrity_check_interval_s),
         },
+        "stripe-sweep": {
+            "task": "stripe.sweep",
+            "schedule": float(settings.event_sweep_interval_s),
+            "options": {"expires": settings.event_sweep_interval_s},
+        },
+        "stripe-reconcile": {
+            "task": "stripe.reconcile",
+            "schedule": float(settings.stripe_reconcile_interval_s),
+            "options": {"expires": settings.stripe_reconcile_interval_s},
+        },
     }

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import jwt
+import redis
 
 from db.base import utc_now
 from services.errors import Unauthorized
@@ -20,6 +21,7 @@ class AccessClaims:
     user_id: uuid.UUID
     role: str
     jti: str
+    expires_at: datetime | None = None
 
 
 def create_access_token(settings: Settings, *, user_id: uuid.UUID, role: str) -> str:
@@ -48,14 +50,35 @@ def decode_access_token(settings: Settings, token: str) -> AccessClaims:
             algorithms=[ALGORITHM],
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
-            options={"require": ["sub", "exp", "iat", "jti", "iss", "aud"]},
+            options={"require": ["sub", "exp", "iat", "jti", "iss", "aud", "role"]},
         )
         if claims.get("typ") != "access":
             raise jwt.InvalidTokenError("not an access token")
         return AccessClaims(
-            user_id=uuid.UUID(claims["sub"]), role=claims["role"], jti=claims["jti"]
+            user_id=uuid.UUID(claims["sub"]),
+            role=claims["role"],
+            jti=claims["jti"],
+            expires_at=datetime.fromtimestamp(claims["exp"], UTC),
         )
     except jwt.ExpiredSignatureError:
         raise Unauthorized("access token has expired", code="token_expired") from None
     except (jwt.InvalidTokenError, ValueError, KeyError):
         raise Unauthorized("access token is invalid", code="invalid_token") from None
+
+
+_REVOKED_PREFIX = "billing:revoked-jti:"
+
+
+def revoke_access_token(client: redis.Redis, claims: AccessClaims) -> None:
+    """Make one access token stop working before it expires (sign-out)."""
+    if claims.expires_at is None:
+        return
+    remaining = int((claims.expires_at - utc_now()).total_seconds()) + 1
+    if remaining > 0:
+        # Kept only as long as the token would live: the denylist never grows past that.
+        client.set(_REVOKED_PREFIX + claims.jti, b"1", ex=remaining)
+
+
+def is_revoked(client: redis.Redis, jti: str) -> bool:
+    """True if the access token with ``jti`` was signed out."""
+    return bool(client.exists(_REVOKED_PREFIX + jti))

@@ -1,0 +1,150 @@
+"""Sign-up and every way to sign in: /api/auth."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Cookie, Depends, Query, Response
+from fastapi.responses import RedirectResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.client import AuthContextDep
+from api.deps import RedisDep, SessionDep, SettingsDep
+from api.schemas.auth import (
+    ConfirmIn,
+    ConfirmOut,
+    LoginIn,
+    LogoutIn,
+    MagicLinkIn,
+    MagicLinkVerifyIn,
+    OtpIn,
+    OtpVerifyIn,
+    RefreshIn,
+    RegisterIn,
+    RegisterOut,
+    SentOut,
+    TokenOut,
+)
+from services.auth import accounts, google, magic_link, otp, refresh, tokens
+from services.auth.refresh import TokenPair
+from services.errors import Unauthorized
+
+router = APIRouter(prefix="/api/auth", tags=["auth"])
+
+STATE_COOKIE = "billing_oauth_state"
+_COOKIE_PATH = "/api/auth/oauth/google"
+_optional_bearer = HTTPBearer(auto_error=False)
+
+
+def _tokens(pair: TokenPair) -> TokenOut:
+    return TokenOut(access_token=pair.access_token, refresh_token=pair.refresh_token,
+                    expires_in=pair.expires_in)
+
+
+@router.post("/register", status_code=201, response_model=RegisterOut)
+def register(body: RegisterIn, session: SessionDep, ctx: AuthContextDep) -> RegisterOut:
+    """Create an account with email and password; a confirmation link is mailed."""
+    user = accounts.register(session, ctx, email=body.email, password=body.password,
+                             full_name=body.full_name)
+    assert user.email is not None
+    return RegisterOut(id=user.id, email=user.email,
+                       email_confirmation_required=ctx.settings.require_email_confirmation)
+
+
+@router.post("/confirm", response_model=ConfirmOut)
+def confirm(body: ConfirmIn, session: SessionDep, ctx: AuthContextDep) -> ConfirmOut:
+    """Confirm an email address (after sign-up, or a new one after an email change)."""
+    user = accounts.confirm(session, ctx, token=body.token)
+    assert user.email is not None
+    return ConfirmOut(email=user.email)
+
+
+@router.post("/login", response_model=TokenOut)
+def login(body: LoginIn, session: SessionDep, ctx: AuthContextDep) -> TokenOut:
+    """Sign in with email and password."""
+    return _tokens(accounts.login(session, ctx, email=body.email, password=body.password))
+
+
+@router.post("/refresh", response_model=TokenOut)
+def refresh_tokens(body: RefreshIn, session: SessionDep, ctx: AuthContextDep) -> TokenOut:
+    """Exchange a refresh token for a new pair (the old one stops working)."""
+    return _tokens(refresh.rotate(session, ctx, body.refresh_token))
+
+
+@router.post("/logout", status_code=204, response_class=Response)
+def logout(
+    body: LogoutIn,
+    session: SessionDep,
+    settings: SettingsDep,
+    redis: RedisDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_optional_bearer)],
+) -> Response:
+    """Sign out: revoke the refresh token's session and the presented access token."""
+    if body.refresh_token:
+        refresh.revoke(session, body.refresh_token)
+    if credentials is not None:
+        try:
+            tokens.revoke_access_token(
+                redis, tokens.decode_access_token(settings, credentials.credentials)
+            )
+        except Unauthorized:
+            pass  # an expired or foreign token needs no revoking
+    return Response(status_code=204)
+
+
+@router.post("/magic-link", status_code=202, response_model=SentOut)
+def request_magic_link(body: MagicLinkIn, session: SessionDep, ctx: AuthContextDep) -> SentOut:
+    """Mail a one-time sign-in link (the same answer whether or not the account exists)."""
+    magic_link.request(session, ctx, email=body.email)
+    return SentOut(message="if an account has this email, a sign-in link is on its way",
+                   expires_in=ctx.settings.magic_link_ttl_s)
+
+
+@router.post("/magic-link/verify", response_model=TokenOut)
+def verify_magic_link(
+    body: MagicLinkVerifyIn, session: SessionDep, ctx: AuthContextDep
+) -> TokenOut:
+    """Exchange a magic-link token for tokens."""
+    return _tokens(magic_link.verify(session, ctx, token=body.token))
+
+
+@router.post("/otp", status_code=202, response_model=SentOut)
+def request_otp(body: OtpIn, session: SessionDep, ctx: AuthContextDep) -> SentOut:
+    """Text a six-digit sign-in code to the phone number."""
+    otp.request_code(session, ctx, phone=body.phone)
+    return SentOut(message="a code is on its way", expires_in=ctx.settings.otp_ttl_s)
+
+
+@router.post("/otp/verify", response_model=TokenOut)
+def verify_otp(body: OtpVerifyIn, session: SessionDep, ctx: AuthContextDep) -> TokenOut:
+    """Sign in (or sign up) with the phone number and its code."""
+    return _tokens(otp.verify(session, ctx, phone=body.phone, code=body.code))
+
+
+@router.get("/oauth/google/authorize", status_code=302, response_class=RedirectResponse)
+def google_authorize(ctx: AuthContextDep) -> RedirectResponse:
+    """Redirect to Google's consent page (state, nonce and PKCE included)."""
+    url, state = google.authorize(ctx)
+    response = RedirectResponse(url, status_code=302)
+    response.set_cookie(
+        STATE_COOKIE, state, max_age=google.STATE_TTL_S, path=_COOKIE_PATH, httponly=True,
+        samesite="lax", secure=str(ctx.settings.public_base_url).startswith("https://"),
+    )
+    return response
+
+
+@router.get("/oauth/google/callback", response_model=TokenOut)
+def google_callback(
+    session: SessionDep,
+    ctx: AuthContextDep,
+    response: Response,
+    code: Annotated[str | None, Query(max_length=2048)] = None,
+    state: Annotated[str | None, Query(max_length=128)] = None,
+    error: Annotated[str | None, Query(max_length=256)] = None,
+    state_cookie: Annotated[str | None, Cookie(alias=STATE_COOKIE)] = None,
+) -> TokenOut:
+    """Finish Google sign-in: tokens for the linked or new account."""
+    pair = google.callback(session, ctx, code=code, state=state, cookie_state=state_cookie,
+                           error=error)
+    response.delete_cookie(STATE_COOKIE, path=_COOKIE_PATH)
+    return _tokens(pair)

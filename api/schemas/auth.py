@@ -1,0 +1,109 @@
+"""Request and response bodies of /api/auth and /api/user-management/profile."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Field limits refuse oversized input before any hashing or lookup.
+Email = Field(min_length=3, max_length=320, examples=["ada@example.com"])
+Password = Field(min_length=1, max_length=256)
+Token = Field(min_length=1, max_length=128)
+Phone = Field(min_length=3, max_length=32, examples=["+14155550123"])
+
+
+class In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RegisterIn(In):
+    email: str = Email
+    password: str = Password
+    full_name: str | None = Field(None, max_length=200)
+
+
+class RegisterOut(BaseModel):
+    id: uuid.UUID
+    email: str
+    email_confirmation_required: bool
+
+
+class ConfirmIn(In):
+    token: str = Token
+
+
+class ConfirmOut(BaseModel):
+    email: str
+    confirmed: Literal[True] = True
+
+
+class LoginIn(In):
+    email: str = Field(min_length=1, max_length=320)
+    password: str = Password
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 (the scheme, not a secret)
+    expires_in: int
+
+
+class RefreshIn(In):
+    refresh_token: str = Token
+
+
+class LogoutIn(In):
+    refresh_token: str | None = Field(None, min_length=1, max_length=128)
+
+
+class MagicLinkIn(In):
+    email: str = Email
+
+
+class MagicLinkVerifyIn(In):
+    token: str = Token
+
+
+class OtpIn(In):
+    phone: str = Phone
+
+
+class OtpVerifyIn(In):
+    phone: str = Phone
+    code: str = Field(pattern=r"^[0-9]{6}$", examples=["123456"])
+
+
+class SentOut(BaseModel):
+    status: Literal["sent"] = "sent"
+    message: str
+    expires_in: int
+
+
+class ProfileIn(In):
+    """Only the fields present are changed; null clears one. A new email must be confirmed."""
+
+    username: str | None = Field(None, max_length=32)
+    full_name: str | None = Field(None, max_length=200)
+    avatar_url: str | None = Field(None, max_length=2048)
+    bio: str | None = Field(None, max_length=2000)
+    phone: str | None = Field(None, max_length=32)
+    email: str | None = Field(None, max_length=320)
+
+
+class ProfileOut(BaseModel):
+    id: uuid.UUID
+    email: str | None
+    email_confirmed: bool
+    pending_email: str | None
+    phone: str | None
+    phone_confirmed: bool
+    username: str | None
+    full_name: str | None
+    avatar_url: str | None
+    bio: str | None
+    role: str
+    created_at: datetime

@@ -1,0 +1,126 @@
+"""Sign-in by a six-digit code sent by SMS: hashed, short-lived, a few attempts."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+
+import phonenumbers
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from db.base import utc_now
+from db.models import OtpCode, User
+from services.auth import outgoing, ratelimit
+from services.auth.accounts import check_can_sign_in, flush_unique
+from services.auth.context import AuthContext, separate_transaction
+from services.auth.refresh import TokenPair, sign_in
+from services.errors import DomainError, InvalidInput, Unauthorized
+from settings import Settings
+
+METHOD = "otp"
+
+
+def normalize_phone(raw: str) -> str:
+    """The number in E.164 (``+14155550123``); ``InvalidInput`` unless it is a valid number."""
+    message = "phone must be a valid number in international form, e.g. +14155550123"
+    if len(raw) > 32:
+        raise InvalidInput(message, code="invalid_phone")
+    try:
+        number = phonenumbers.parse(raw, None)
+    except phonenumbers.NumberParseException:
+        raise InvalidInput(message, code="invalid_phone") from None
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidInput(message, code="invalid_phone")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _code_hash(settings: Settings, phone: str, code: str) -> bytes:
+    # Keyed: a plain hash of one of a million codes is reversed in a millisecond.
+    key = settings.jwt_signing_key().encode()
+    return hmac.new(key, f"otp:{phone}:{code}".encode(), hashlib.sha256).digest()
+
+
+def request_code(session: Session, ctx: AuthContext, *, phone: str) -> None:
+    """Text a new code to ``phone``; any earlier unused code of the number stops working."""
+    phone = normalize_phone(phone)
+    ratelimit.hit(ctx, "otp", account=phone, bucket="send")
+    now = utc_now()
+    # One live code per number, so guesses cannot be spread over several codes.
+    session.execute(
+        update(OtpCode)
+        .where(OtpCode.phone == phone, OtpCode.used_at.is_(None))
+        .values(used_at=now)
+    )
+    code = f"{secrets.randbelow(1_000_000):06d}"
+    ttl = ctx.settings.otp_ttl_s
+    session.add(OtpCode(phone=phone, code_hash=_code_hash(ctx.settings, phone, code),
+                        expires_at=now + timedelta(seconds=ttl)))
+    session.flush()
+    body = f"Your sign-in code is {code}. It expires in {max(1, ttl // 60)} minutes."
+    outgoing.queue_sms(session, ctx.redis, ctx.settings, to=phone, body=body, ttl_s=ttl)
+
+
+def _spend_attempt(session: Session, code_id: object, max_attempts: int) -> int | None:
+    # Counted before the code is compared, in a transaction of its own, so neither a
+    # refusal's rollback nor concurrent guesses get more than ``max_attempts`` tries.
+    with separate_transaction(session) as conn:
+        return conn.execute(
+            update(OtpCode)
+            .where(OtpCode.id == code_id, OtpCode.used_at.is_(None),
+                   OtpCode.attempts < max_attempts)
+            .values(attempts=OtpCode.attempts + 1)
+            .returning(OtpCode.attempts)
+        ).scalar()
+
+
+def verify(session: Session, ctx: AuthContext, *, phone: str, code: str) -> TokenPair:
+    """Check the code; sign in the account with this phone, creating it on first sight."""
+    phone = normalize_phone(phone)
+
+    def refuse(error: DomainError, reason: str | None = None) -> DomainError:
+        ctx.record(method=METHOD, success=False, reason=reason or error.code, identifier=phone)
+        return error
+
+    try:
+        ratelimit.hit(ctx, "otp", account=phone, bucket="verify")
+    except DomainError as exc:
+        raise refuse(exc) from None
+    row = session.scalar(
+        select(OtpCode)
+        .where(OtpCode.phone == phone, OtpCode.used_at.is_(None))
+        .order_by(OtpCode.created_at.desc())
+        .limit(1)
+    )
+    wrong = Unauthorized("the code is wrong or expired; request a new one", code="invalid_code")
+    if row is None:
+        raise refuse(wrong, "no_code")
+    if row.expires_at <= utc_now():
+        raise refuse(Unauthorized("the code has expired; request a new one",
+                                  code="code_expired"))
+    max_attempts = ctx.settings.otp_max_attempts
+    attempts = _spend_attempt(session, row.id, max_attempts)
+    if attempts is None:
+        raise refuse(Unauthorized("too many wrong codes; request a new one",
+                                  code="too_many_attempts"))
+    if not hmac.compare_digest(row.code_hash, _code_hash(ctx.settings, phone, code)):
+        raise refuse(Unauthorized("the code is wrong", code="invalid_code",
+                                  attempts_left=max_attempts - attempts), "wrong_code")
+    used = session.execute(
+        update(OtpCode).where(OtpCode.id == row.id, OtpCode.used_at.is_(None))
+        .values(used_at=utc_now()).returning(OtpCode.id)
+    ).first()
+    if used is None:
+        raise refuse(wrong, "code_used")
+    user = session.scalar(select(User).where(User.phone == phone))
+    if user is None:
+        user = User(phone=phone)
+        session.add(user)
+        flush_unique(session, "phone")
+    check_can_sign_in(ctx, user, method=METHOD, identifier=phone)
+    if user.phone_confirmed_at is None:
+        user.phone_confirmed_at = utc_now()
+    ctx.record(method=METHOD, success=True, user_id=user.id, identifier=phone)
+    return sign_in(session, ctx.settings, user)

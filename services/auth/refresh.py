@@ -1,0 +1,150 @@
+"""Opaque refresh tokens: stored as SHA-256, rotated on each use, a reused one revokes its family.
+
+Each sign-in starts a family; every ``rotate`` marks the presented token used and
+issues its successor in the same family. A token presented again after it was
+used means two parties hold it (one of them a thief), so the whole family is
+revoked and both must sign in again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from db.base import utc_now
+from db.models import RefreshToken, User
+from services.auth.context import AuthContext, separate_transaction
+from services.auth.tokens import create_access_token
+from services.errors import Unauthorized
+from settings import Settings
+
+MAX_TOKEN_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    token_type: str = "bearer"  # noqa: S105 (the scheme's name, not a secret)
+
+
+def _hash(raw: str) -> bytes:
+    return hashlib.sha256(raw.encode()).digest()
+
+
+def _new_refresh(
+    session: Session, settings: Settings, *, user_id: uuid.UUID, family_id: uuid.UUID
+) -> str:
+    raw = secrets.token_urlsafe(32)
+    session.add(
+        RefreshToken(
+            user_id=user_id,
+            family_id=family_id,
+            token_hash=_hash(raw),
+            expires_at=utc_now() + timedelta(seconds=settings.refresh_token_ttl_s),
+        )
+    )
+    session.flush()
+    return raw
+
+
+def _pair(session: Session, settings: Settings, user: User, family_id: uuid.UUID) -> TokenPair:
+    return TokenPair(
+        access_token=create_access_token(settings, user_id=user.id, role=user.role),
+        refresh_token=_new_refresh(session, settings, user_id=user.id, family_id=family_id),
+        expires_in=settings.access_token_ttl_s,
+    )
+
+
+def sign_in(session: Session, settings: Settings, user: User) -> TokenPair:
+    """Start a new session (token family) for ``user`` and return its first token pair."""
+    user.last_login_at = utc_now()
+    return _pair(session, settings, user, uuid.uuid4())
+
+
+def _find(session: Session, raw: str) -> RefreshToken | None:
+    if not raw or len(raw) > MAX_TOKEN_LENGTH:
+        return None
+    return session.scalar(select(RefreshToken).where(RefreshToken.token_hash == _hash(raw)))
+
+
+def _revoke_family_now(session: Session, family_id: uuid.UUID) -> None:
+    # Committed on its own: the request answers 401 and its own transaction rolls back.
+    with separate_transaction(session) as conn:
+        conn.execute(
+            update(RefreshToken)
+            .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=utc_now())
+        )
+
+
+def rotate(session: Session, ctx: AuthContext, raw: str) -> TokenPair:
+    """Exchange a refresh token for a new pair; reuse of a used token revokes its family."""
+    row = _find(session, raw)
+
+    def refuse(message: str, code: str, user_id: uuid.UUID | None = None) -> Unauthorized:
+        ctx.record(method="refresh", success=False, reason=code, user_id=user_id)
+        return Unauthorized(message, code=code)
+
+    if row is None:
+        raise refuse("refresh token is invalid", "invalid_refresh_token")
+    if row.revoked_at is not None:
+        raise refuse("refresh token has been revoked", "refresh_token_revoked", row.user_id)
+    if row.used_at is not None:
+        _revoke_family_now(session, row.family_id)
+        raise refuse(
+            "refresh token was already used; every session of this sign-in is revoked",
+            "refresh_token_reused",
+            row.user_id,
+        )
+    now = utc_now()
+    if row.expires_at <= now:
+        raise refuse("refresh token has expired", "refresh_token_expired", row.user_id)
+    # Conditional: of two concurrent rotations, the loser sees reuse and revokes the family.
+    won = session.execute(
+        update(RefreshToken)
+        .where(
+            RefreshToken.id == row.id,
+            RefreshToken.used_at.is_(None),
+            RefreshToken.revoked_at.is_(None),
+        )
+        .values(used_at=now)
+        .returning(RefreshToken.id)
+    ).first()
+    if won is None:
+        _revoke_family_now(session, row.family_id)
+        raise refuse("refresh token was already used", "refresh_token_reused", row.user_id)
+    user = session.get(User, row.user_id)
+    if user is None or not user.is_active:
+        raise refuse("account is disabled", "account_disabled", row.user_id)
+    ctx.record(method="refresh", success=True, user_id=user.id)
+    return _pair(session, ctx.settings, user, row.family_id)
+
+
+def revoke(session: Session, raw: str) -> bool:
+    """Sign out: revoke the family of ``raw``; False if the token is unknown."""
+    row = _find(session, raw)
+    if row is None:
+        return False
+    session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.family_id == row.family_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=utc_now())
+    )
+    return True
+
+
+def revoke_all(session: Session, user_id: uuid.UUID) -> None:
+    """Revoke every refresh token of ``user_id`` (password change, deactivation)."""
+    session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=utc_now())
+    )
