@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.schedules import crontab
+
 from settings import Settings
 
 
@@ -18,6 +20,16 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             }
             for kind in ("usage", "login")
         },
+        "admin-stats-snapshot": {
+            "task": "stats.snapshot", "schedule": float(settings.stats_interval_s),
+            "options": {"expires": float(settings.stats_interval_s)},
+        },
+        "daily-report": {
+            "task": "reports.daily",
+            "schedule": crontab(hour=int(settings.report_time_utc[:2]),
+                                minute=int(settings.report_time_utc[3:])),
+        },
+        "log-retention": {"task": "logs.purge", "schedule": crontab(hour=3, minute=30)},
         "ledger-integrity-check": {
             "task": "maintenance.check_ledger",
             "schedule": float(settings.integrity_check_interval_s),
