@@ -11,19 +11,14 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api.errors import install_error_handlers
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from api.routes import (
-    API_PREFIX = "/api",
-    admin_credits,
-    admin_stripe,
-    credits,
-    from logconfig import configure_logging,
-    from services import outbox,
-    from settings import Settings,
-    get_settings,
-    health,
-    subscriptions,
-    webhooks,
-)
+from api.routes import admin_credits, auth, credits, health, profile
+from logconfig import configure_logging
+from services import outbox
+from settings import Settings, get_settings
+
+API_PREFIX = "/api"
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API for ``settings`` (the process settings when omitted)."""
     settings = settings or get_settings()
@@ -53,11 +48,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(auth.router)
+    app.include_router(profile.router)
     app.include_router(credits.router)
     app.include_router(admin_credits.router)
-    app.include_router(webhooks.router)
-    app.include_router(subscriptions.router)
-    app.include_router(admin_stripe.router)
 
     if settings.cors_origins:
         app.add_middleware(

@@ -16,7 +16,10 @@ from services import outbox
 from settings import Settings, get_settings
 from workers.schedule import beat_schedule
 
-TASK_MODULES = ["workers.tasks.maintenance", "workers.tasks.logs", "workers.tasks.stripe"]
+TASK_MODULES = [
+    "workers.tasks.maintenance", "workers.tasks.logs", "workers.tasks.stripe",
+    "workers.tasks.stats",
+]
 
 
 def create_celery(settings: Settings) -> Celery:
