@@ -18,7 +18,7 @@ from workers.schedule import beat_schedule
 
 TASK_MODULES = [
     "workers.tasks.maintenance", "workers.tasks.logs", "workers.tasks.stripe",
-    "workers.tasks.stats",
+    "workers.tasks.stats", "workers.tasks.auth",
 ]
 
 
