@@ -135,6 +135,13 @@ class Settings(BaseSettings):
     log_all_requests: bool = False
     log_batch_size: int = Field(1000, ge=1, le=10_000)
     event_sweep_interval_s: int = Field(30, ge=1)
+    # Stripe events: tries before a failing event is parked as `failed`; how long an event
+    # may stay pending before the sweep re-enqueues it; how often and how far back the
+    # reconciliation lists Stripe's events for ones the webhook never delivered.
+    stripe_event_max_attempts: int = Field(8, ge=1, le=50)
+    stripe_event_sweep_delay_s: int = Field(60, ge=1)
+    stripe_reconcile_interval_s: int = Field(600, ge=10)
+    stripe_reconcile_window_s: int = Field(86_400, ge=60, le=30 * 86_400)
 
     @field_validator("cors_origins", "trusted_proxies", "admin_emails", mode="before")
     @classmethod

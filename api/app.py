@@ -11,7 +11,16 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api.errors import install_error_handlers
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from api.routes import admin_credits, auth, credits, health, profile
+from api.routes import (
+    admin_credits,
+    admin_stripe,
+    auth,
+    credits,
+    health,
+    profile,
+    subscriptions,
+    webhooks,
+)
 from logconfig import configure_logging
 from services import outbox
 from settings import Settings, get_settings
@@ -52,6 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(profile.router)
     app.include_router(credits.router)
     app.include_router(admin_credits.router)
+    app.include_router(webhooks.router)
+    app.include_router(subscriptions.router)
+    app.include_router(admin_stripe.router)
 
     if settings.cors_origins:
         app.add_middleware(

@@ -1,0 +1,38 @@
+"""Stripe's webhook: verify, store once, enqueue after commit, answer at once."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Request
+
+from api.deps import SessionDep, SettingsDep
+from api.schemas.stripe import WebhookOut
+from services.stripe_events import inbox
+
+router = APIRouter(prefix="/api/user-management", tags=["webhooks"])
+
+
+async def raw_body(request: Request) -> bytes:
+    """The body exactly as sent: the signature covers these bytes, not a re-encoding."""
+    return await request.body()
+
+
+@router.post(
+    "/webhook/stripe",
+    response_model=WebhookOut,
+    summary="Receive a Stripe event",
+    responses={
+        400: {"description": "Missing or bad signature, stale timestamp, or not an event"},
+        503: {"description": "The database is down: nothing stored, Stripe delivers again"},
+    },
+)
+def stripe_webhook(
+    session: SessionDep,
+    settings: SettingsDep,
+    body: Annotated[bytes, Depends(raw_body)],
+    signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
+) -> WebhookOut:
+    """Store a signed event (once per id) and queue it; processing happens in a worker."""
+    stored = inbox.receive(session, body, signature, settings.stripe_webhook_secret)
+    return WebhookOut(duplicate=not stored.new)

@@ -1,0 +1,204 @@
+"""The worker's side of the inbox: process one stored event exactly once.
+
+The row is taken with ``SELECT ... FOR UPDATE SKIP LOCKED``: a second worker holding the
+same id (a duplicate message, a sweep, a redelivery after a crash) returns at once instead
+of waiting. The handler's money moves and the ``processed`` mark commit in one
+transaction, so a crash before commit leaves the event pending and moves nothing, and a
+crash after commit leaves it processed: it is never applied twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import stripe
+from sqlalchemy import select, tuple_
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from db.base import utc_now
+from db.models import AdminActivityLog, StripeEvent
+from services import outbox
+from services.errors import Conflict, InvalidInput, NotFound
+from services.stripe_events.context import Event
+from services.stripe_events.handlers import HANDLERS
+from services.stripe_events.inbox import PROCESS_TASK
+from services.stripe_objects import Skip
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+DONE = frozenset({"processed", "ignored"})
+_ERROR_MAX = 500
+
+
+def process(session: Session, *, event_id: str, settings: Settings) -> str:
+    """Run the handler of a pending event and mark it; returns the event's status after.
+
+    ``busy`` means another worker holds the event right now; ``missing`` that no such
+    event is stored. Handler errors propagate (the caller's transaction rolls back).
+    """
+    row = session.scalar(
+        select(StripeEvent).where(StripeEvent.id == event_id).with_for_update(skip_locked=True)
+    )
+    if row is None:
+        exists = session.scalar(select(StripeEvent.id).where(StripeEvent.id == event_id))
+        return "busy" if exists else "missing"
+    if row.status != "pending":
+        return row.status  # processed or ignored: done; failed: only an admin retry revives it
+    row.attempts += 1
+    handler = HANDLERS.get(row.type)
+    if handler is None:
+        _finish(row, "ignored", f"no handler for {row.type}")
+        return row.status
+    event = Event(
+        id=row.id,
+        type=row.type,
+        created=row.stripe_created,
+        object=row.payload["data"]["object"],
+        settings=settings,
+    )
+    try:
+        # A savepoint, so that a handler deciding to skip leaves none of its writes behind.
+        with session.begin_nested():
+            handler(session, event)
+    except Skip as skip:
+        _finish(row, "ignored", str(skip))
+    else:
+        _finish(row, "processed", None)
+    return row.status
+
+
+def _finish(row: StripeEvent, status: str, note: str | None) -> None:
+    row.status = status
+    row.last_error = note[:_ERROR_MAX] if note else None
+    row.processed_at = utc_now()
+
+
+def record_failure(
+    session: Session, *, event_id: str, error: BaseException, max_attempts: int, final: bool = False
+) -> bool:
+    """Count a failed try of a pending event; park it as ``failed`` after ``max_attempts``.
+
+    Returns True when the event needs no further retry (parked, or no longer pending).
+    """
+    row = session.scalar(select(StripeEvent).where(StripeEvent.id == event_id).with_for_update())
+    if row is None or row.status != "pending":
+        return True
+    row.attempts += 1
+    row.last_error = describe(error)
+    if final or row.attempts >= max_attempts:
+        row.status = "failed"
+        log.warning(
+            "stripe event parked as failed",
+            extra={"event_id": event_id, "event_type": row.type, "attempts": row.attempts},
+        )
+        return True
+    return False
+
+
+def describe(error: BaseException) -> str:
+    """The error's type and a short message, for operators: no SQL parameters, no secrets."""
+    if isinstance(error, DBAPIError):
+        inner = error.orig if error.orig is not None else error
+        message = str(inner).splitlines()[0] if str(inner) else ""
+        name = type(inner).__name__
+    elif isinstance(error, stripe.StripeError):
+        name = type(error).__name__
+        message = error.user_message or error.code or ""
+    else:
+        name = type(error).__name__
+        message = str(error).splitlines()[0] if str(error) else ""
+    return f"{name}: {message}"[:_ERROR_MAX]
+
+
+def retry(
+    session: Session, *, event_id: str, admin_id: uuid.UUID, request_id: str | None = None
+) -> StripeEvent:
+    """Put a failed (or stuck pending) event back in the queue, with a fresh count of tries."""
+    row = session.scalar(select(StripeEvent).where(StripeEvent.id == event_id).with_for_update())
+    if row is None:
+        raise NotFound(f"event '{event_id}' does not exist", code="event_not_found")
+    if row.status in DONE:
+        raise Conflict(f"event '{event_id}' is already {row.status}", code="event_done")
+    before = {"status": row.status, "attempts": row.attempts, "last_error": row.last_error}
+    row.status = "pending"
+    row.attempts = 0
+    session.add(
+        AdminActivityLog(
+            admin_id=admin_id,
+            action="stripe_event.retry",
+            before={"event_id": row.id, **before},
+            after={"event_id": row.id, "status": "pending"},
+            request_id=request_id,
+        )
+    )
+    session.flush()
+    outbox.enqueue(session, PROCESS_TASK, row.id)
+    return row
+
+
+def get(session: Session, event_id: str) -> StripeEvent:
+    """One stored event; 404 when unknown."""
+    row = session.get(StripeEvent, event_id)
+    if row is None:
+        raise NotFound(f"event '{event_id}' does not exist", code="event_not_found")
+    return row
+
+
+@dataclass(frozen=True)
+class EventPage:
+    items: Sequence[StripeEvent]
+    next_cursor: str | None
+
+
+def list_events(
+    session: Session,
+    *,
+    status: str | None = None,
+    event_type: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> EventPage:
+    """Stored events, newest first, optionally of one status and type."""
+    query = (
+        select(StripeEvent)
+        .order_by(StripeEvent.received_at.desc(), StripeEvent.id.desc())
+        .limit(limit + 1)
+    )
+    if status is not None:
+        query = query.where(StripeEvent.status == status)
+    if event_type is not None:
+        query = query.where(StripeEvent.type == event_type)
+    if cursor:
+        moment, last_id = _decode_cursor(cursor)
+        query = query.where(
+            tuple_(StripeEvent.received_at, StripeEvent.id) < tuple_(moment, last_id)
+        )
+    rows = list(session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = _encode_cursor(rows[-1].received_at, rows[-1].id) if more and rows else None
+    return EventPage(items=rows, next_cursor=next_cursor)
+
+
+def _encode_cursor(moment: datetime, event_id: str) -> str:
+    raw = f"{moment.isoformat()}|{event_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, event_id = raw.split("|", 1)
+        moment = datetime.fromisoformat(stamp)
+        if moment.tzinfo is None or not event_id:
+            raise ValueError("incomplete cursor")
+        return moment, event_id
+    except ValueError:
+        raise InvalidInput("cursor is not valid", code="invalid_cursor") from None
