@@ -71,7 +71,7 @@ def make_payment(
             params.update(payment_method=payment_method, confirm=True)
         intent = stripe_client.v1.payment_intents.create(params=params)
         intent_id = intent.id
-        latest = intent.get("latest_charge")
+        latest = intent.to_dict().get("latest_charge")
         charge_id = (latest.get("id") if isinstance(latest, dict) else latest) or None
     payment.stripe_payment_intent_id = intent_id
     payment.stripe_charge_id = charge_id
