@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from api.errors import install_error_handlers
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api.routes import (
+    admin,
     admin_credits,
     admin_stripe,
     auth,
@@ -21,6 +22,7 @@ from api.routes import (
     subscriptions,
     webhooks,
 )
+from api.usage_middleware import UsageLogMiddleware
 from logconfig import configure_logging
 from services import outbox
 from settings import Settings, get_settings
@@ -61,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(profile.router)
     app.include_router(credits.router)
     app.include_router(admin_credits.router)
+    app.include_router(admin.router)
     app.include_router(webhooks.router)
     app.include_router(subscriptions.router)
     app.include_router(admin_stripe.router)
@@ -72,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
         )
+    if settings.log_all_requests:
+        app.add_middleware(UsageLogMiddleware, client=app.state.redis)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -87,6 +87,7 @@ def current_user(
     if user is None or not user.is_active:
         # A deactivated user's tokens stop working at once, not at expiry.
         raise Unauthorized("access token is invalid", code="invalid_token")
+    request.state.user_id = user.id  # for the usage middleware (BILLING_LOG_ALL_REQUESTS)
     return user
 
 

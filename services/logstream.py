@@ -26,6 +26,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -50,6 +51,16 @@ LOCK_TTL_S = 5.0
 DEAD_LETTER_MAXLEN = 100_000
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class RequestUsage:
+    """Set by the request middleware: whether the request already recorded its own usage."""
+
+    recorded: bool = False
+
+
+REQUEST_USAGE: ContextVar[RequestUsage | None] = ContextVar("request_usage", default=None)
 
 
 def _kick_key(stream: str) -> str:
@@ -98,6 +109,9 @@ def record_usage(session: Session, client: redis.Redis, **fields: Any) -> None:
     request_id, transaction_id.
     """
     record = _stamp(fields)
+    box = REQUEST_USAGE.get()
+    if box is not None:
+        box.recorded = True  # the middleware must not add a second record for this request
     outbox.after_commit(session, lambda: _xadd(client, "usage", record))
 
 

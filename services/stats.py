@@ -244,6 +244,14 @@ def latest(session: Session) -> AdminStatsSnapshot | None:
     ).first()
 
 
+def latest_json(session: Session) -> str | None:
+    """The newest snapshot as a ready JSON document ``{computed_at, duration_ms, data}``."""
+    return session.scalar(text(
+        "SELECT json_build_object('computed_at', computed_at, 'duration_ms', duration_ms,"
+        " 'data', data)::text FROM admin_stats_snapshots ORDER BY computed_at DESC LIMIT 1"
+    ))
+
+
 def prune(session: Session, *, keep_days: int = 7) -> int:
     """Delete snapshots older than ``keep_days``; returns how many."""
     result = session.execute(

@@ -1,0 +1,214 @@
+"""Admin routes: users, payments, audit log, usage, statistics and daily reports."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response
+from pydantic import AwareDatetime
+
+from api.deps import AdminUser, RequestIdDep, SessionDep
+from api.schemas.admin import (
+    ActivationIn,
+    ActivationOut,
+    AdminPaymentOut,
+    AdminPaymentPageOut,
+    AdminUserDetailOut,
+    AdminUserOut,
+    AdminUserPageOut,
+    AuditOut,
+    AuditPageOut,
+    LoginOut,
+    RefreshOut,
+    ReportOut,
+    ReportPageOut,
+    ReportSummaryOut,
+    StatsOut,
+    SubscriptionOut,
+    UsageAggregateOut,
+    UsageGroupOut,
+    UsagePageOut,
+    UsageRecordOut,
+)
+from db.models.billing import PAYMENT_STATUSES
+from db.models.users import ROLES, SUBSCRIPTION_STATUSES
+from services import admin_users, outbox, reports, stats, usage
+from services.errors import NotFound
+
+router = APIRouter(prefix="/api/user-management/admin", tags=["admin"])
+
+Limit = Annotated[int, Query(ge=1, le=200, description="Items per page")]
+Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of the last page")]
+Since = Annotated[AwareDatetime | None, Query(description="Inclusive")]
+Until = Annotated[AwareDatetime | None, Query(description="Exclusive")]
+
+
+@router.get("/users", response_model=AdminUserPageOut, summary="Search users")
+def list_users(
+    admin: AdminUser,
+    session: SessionDep,
+    q: Annotated[str | None, Query(min_length=1, max_length=200,
+                                   description="Part of the email, name or username")] = None,
+    role: Literal[ROLES] | None = None,  # type: ignore[valid-type]
+    subscription_status: Literal[SUBSCRIPTION_STATUSES] | None = None,  # type: ignore[valid-type]
+    has_balance: bool | None = None,
+    active: bool | None = None,
+    sort: Literal["newest", "oldest"] = "newest",
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> AdminUserPageOut:
+    """Users matching the search and filters, by sign-up time, in cursor pages."""
+    page = admin_users.search_users(
+        session, q=q, role=role, subscription_status=subscription_status,
+        has_balance=has_balance, active=active, sort=sort, limit=limit, cursor=cursor,
+    )
+    return AdminUserPageOut(items=[AdminUserOut.model_validate(u) for u in page.items],
+                            next_cursor=page.next_cursor)
+
+
+@router.get("/users/{user_id}", response_model=AdminUserDetailOut, summary="One user in full")
+def get_user(user_id: uuid.UUID, admin: AdminUser, session: SessionDep) -> AdminUserDetailOut:
+    """Profile, balance, recent payments, subscription, recent usage and sign-ins."""
+    detail = admin_users.user_detail(session, user_id)
+    return AdminUserDetailOut(
+        user=AdminUserOut.model_validate(detail.user),
+        payments=[AdminPaymentOut.model_validate(p) for p in detail.payments],
+        subscription=SubscriptionOut.model_validate(detail.subscription)
+        if detail.subscription else None,
+        recent_usage=[UsageRecordOut.model_validate(u) for u in detail.recent_usage],
+        recent_logins=[LoginOut.model_validate(x) for x in detail.recent_logins],
+    )
+
+
+def _set_active(session: SessionDep, admin: AdminUser, user_id: uuid.UUID,
+                body: ActivationIn | None, request_id: str, active: bool) -> ActivationOut:
+    user, changed = admin_users.set_active(
+        session, admin_id=admin.id, user_id=user_id, active=active,
+        reason=body.reason if body else None, request_id=request_id,
+    )
+    return ActivationOut(user=AdminUserOut.model_validate(user), changed=changed)
+
+
+@router.post("/users/{user_id}/deactivate", response_model=ActivationOut,
+             summary="Deactivate a user")
+def deactivate_user(user_id: uuid.UUID, admin: AdminUser, session: SessionDep,
+                    request_id: RequestIdDep, body: ActivationIn | None = None) -> ActivationOut:
+    """Blocks sign-in and revokes sessions at once; audited; repeating it changes nothing."""
+    return _set_active(session, admin, user_id, body, request_id, active=False)
+
+
+@router.post("/users/{user_id}/activate", response_model=ActivationOut,
+             summary="Reactivate a user")
+def activate_user(user_id: uuid.UUID, admin: AdminUser, session: SessionDep,
+                  request_id: RequestIdDep, body: ActivationIn | None = None) -> ActivationOut:
+    """Lets a deactivated user sign in again; audited; repeating it changes nothing."""
+    return _set_active(session, admin, user_id, body, request_id, active=True)
+
+
+@router.get("/payments", response_model=AdminPaymentPageOut, summary="All payments")
+def list_payments(
+    admin: AdminUser,
+    session: SessionDep,
+    status: Literal[PAYMENT_STATUSES] | None = None,  # type: ignore[valid-type]
+    user_id: uuid.UUID | None = None,
+    since: Since = None,
+    until: Until = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> AdminPaymentPageOut:
+    """Payments of every user, newest first, filtered by status, user and time range."""
+    page = admin_users.list_payments(session, status=status, user_id=user_id, since=since,
+                                     until=until, limit=limit, cursor=cursor)
+    return AdminPaymentPageOut(items=[AdminPaymentOut.model_validate(p) for p in page.items],
+                               next_cursor=page.next_cursor)
+
+
+@router.get("/audit-log", response_model=AuditPageOut, summary="Operators' changes")
+def list_audit_log(
+    admin: AdminUser,
+    session: SessionDep,
+    admin_id: uuid.UUID | None = None,
+    target_user_id: uuid.UUID | None = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    since: Since = None,
+    until: Until = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> AuditPageOut:
+    """Every admin change, newest first, filtered by admin, target user, action and time."""
+    page = admin_users.audit_log(session, admin_id=admin_id, target_user_id=target_user_id,
+                                 action=action, since=since, until=until, limit=limit,
+                                 cursor=cursor)
+    return AuditPageOut(items=[AuditOut.model_validate(a) for a in page.items],
+                        next_cursor=page.next_cursor)
+
+
+@router.get("/usage", response_model=UsagePageOut | UsageAggregateOut, summary="API usage")
+def get_usage(
+    admin: AdminUser,
+    session: SessionDep,
+    group_by: Annotated[Literal["endpoint", "day"] | None,
+                        Query(description="Aggregate instead of listing records")] = None,
+    user_id: uuid.UUID | None = None,
+    endpoint: Annotated[str | None, Query(max_length=255)] = None,
+    since: Since = None,
+    until: Until = None,
+    since_day: Annotated[date | None, Query(description="Aggregates: first UTC day")] = None,
+    until_day: Annotated[date | None, Query(description="Aggregates: day after the last")] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> UsagePageOut | UsageAggregateOut:
+    """Usage records in cursor pages, or calls/credits/errors/users per endpoint or UTC day."""
+    if group_by is not None:
+        groups = usage.aggregate(session, group_by=group_by, user_id=user_id, endpoint=endpoint,
+                                 since=since_day, until=until_day)
+        return UsageAggregateOut(group_by=group_by,
+                                 groups=[UsageGroupOut.model_validate(g) for g in groups])
+    page = usage.records(session, user_id=user_id, endpoint=endpoint, since=since, until=until,
+                         limit=limit, cursor=cursor)
+    return UsagePageOut(items=[UsageRecordOut.model_validate(r) for r in page.items],
+                        next_cursor=page.next_cursor)
+
+
+@router.get("/stats", response_model=StatsOut, summary="The latest statistics snapshot",
+            responses={404: {"description": "no_snapshot: none computed yet"}})
+def get_stats(admin: AdminUser, session: SessionDep) -> Response:
+    """The newest stored snapshot with its ``computed_at``; never computed on request."""
+    raw = stats.latest_json(session)
+    if raw is None:
+        raise NotFound("no statistics computed yet; POST /stats/refresh", code="no_snapshot")
+    # Served as stored: no JSON parse and re-serialisation of the snapshot on each request.
+    return Response(raw, media_type="application/json")
+
+
+@router.post("/stats/refresh", response_model=RefreshOut, status_code=202,
+             summary="Recompute the statistics now")
+def refresh_stats(admin: AdminUser, session: SessionDep) -> RefreshOut:
+    """Queue a snapshot computation; GET /stats shows it once its ``computed_at`` moves."""
+    outbox.enqueue(session, "stats.snapshot")
+    return RefreshOut(status="queued")
+
+
+@router.get("/reports", response_model=ReportPageOut, summary="Daily reports")
+def list_reports(admin: AdminUser, session: SessionDep, limit: Limit = 50,
+                 cursor: Cursor = None) -> ReportPageOut:
+    """Stored daily reports, newest first."""
+    page = reports.list_reports(session, limit=limit, cursor=cursor)
+    return ReportPageOut(items=[ReportSummaryOut.model_validate(r) for r in page.items],
+                         next_cursor=page.next_cursor)
+
+
+@router.get("/reports/{report_id}", response_model=ReportOut, summary="One daily report",
+            responses={200: {"content": {"text/csv": {}}}})
+def get_report(report_id: int, admin: AdminUser, session: SessionDep,
+               format: Literal["json", "csv"] = "json") -> Response | ReportOut:
+    """The report as JSON, or as a CSV download (``?format=csv``)."""
+    report = reports.get(session, report_id)
+    if format == "csv":
+        return Response(
+            reports.to_csv(report), media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="report-{report.day}.csv"'},
+        )
+    return ReportOut.model_validate(report)

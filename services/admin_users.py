@@ -1,0 +1,170 @@
+"""Operators' view of accounts: search, detail, deactivation, payments and the audit log."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import Select, or_, select, update
+from sqlalchemy.orm import Session
+
+from db.base import utc_now
+from db.models import (
+    AdminActivityLog,
+    ApiUsageLog,
+    LoginHistory,
+    Payment,
+    RefreshToken,
+    Subscription,
+    User,
+)
+from services.errors import Conflict, InvalidInput, NotFound
+from services.pagination import Page, paginate
+
+RECENT = 20
+UserSort = Literal["newest", "oldest"]
+
+
+def _like(term: str) -> str:
+    """A LIKE pattern matching ``term`` anywhere, with its wildcards taken literally."""
+    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def search_users(
+    session: Session, *, q: str | None = None, role: str | None = None,
+    subscription_status: str | None = None, has_balance: bool | None = None,
+    active: bool | None = None, sort: UserSort = "newest", limit: int = 50,
+    cursor: str | None = None,
+) -> Page[User]:
+    """Users matching a search (email, name or username contain ``q``) and filters, paged."""
+    stmt: Select[Any] = select(User)
+    if q:
+        pattern = _like(q.strip())
+        stmt = stmt.where(or_(User.email.ilike(pattern), User.full_name.ilike(pattern),
+                              User.username.ilike(pattern)))
+    if role is not None:
+        stmt = stmt.where(User.role == role)
+    if subscription_status is not None:
+        stmt = stmt.where(User.subscription_status == subscription_status)
+    if has_balance is not None:
+        stmt = stmt.where(User.credit_balance > 0 if has_balance else User.credit_balance == 0)
+    if active is not None:
+        stmt = stmt.where(User.is_active.is_(active))
+    return paginate(session, stmt, created_col=User.created_at, id_col=User.id, limit=limit,
+                    cursor=cursor, ascending=sort == "oldest")
+
+
+@dataclass(frozen=True)
+class UserDetail:
+    """Everything an operator looks at for one user."""
+
+    user: User
+    payments: list[Payment]
+    subscription: Subscription | None
+    recent_usage: list[ApiUsageLog]
+    recent_logins: list[LoginHistory]
+
+
+def _recent(session: Session, model: Any, user_id: uuid.UUID) -> list[Any]:
+    return list(session.scalars(
+        select(model).where(model.user_id == user_id)
+        .order_by(model.created_at.desc(), model.id.desc()).limit(RECENT)
+    ))
+
+
+def user_detail(session: Session, user_id: uuid.UUID) -> UserDetail:
+    """Profile, balance, recent payments, current subscription, recent usage and sign-ins."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"user '{user_id}' does not exist", code="user_not_found")
+    subscription = session.scalars(
+        select(Subscription).where(Subscription.user_id == user_id)
+        .order_by(Subscription.created_at.desc()).limit(1)
+    ).first()
+    return UserDetail(
+        user=user,
+        payments=_recent(session, Payment, user_id),
+        subscription=subscription,
+        recent_usage=_recent(session, ApiUsageLog, user_id),
+        recent_logins=_recent(session, LoginHistory, user_id),
+    )
+
+
+def set_active(
+    session: Session, *, admin_id: uuid.UUID, user_id: uuid.UUID, active: bool,
+    reason: str | None = None, request_id: str | None = None,
+) -> tuple[User, bool]:
+    """Deactivate or reactivate a user, audited in the same transaction; (user, changed).
+
+    Deactivation also revokes the user's refresh tokens, and access tokens stop working
+    at once (the current-user check reads ``is_active``).
+    """
+    if admin_id == user_id and not active:
+        raise Conflict("an admin cannot deactivate their own account",
+                       code="cannot_deactivate_self")
+    user = session.scalars(select(User).where(User.id == user_id).with_for_update()).first()
+    if user is None:
+        raise NotFound(f"user '{user_id}' does not exist", code="user_not_found")
+    if reason is not None and len(reason) > 1000:
+        raise InvalidInput("reason must be at most 1000 characters", code="reason_too_long")
+    if user.is_active == active:
+        return user, False
+    user.is_active = active
+    if not active:
+        session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=utc_now())
+        )
+    session.add(AdminActivityLog(
+        admin_id=admin_id, target_user_id=user_id,
+        action="user.activate" if active else "user.deactivate",
+        before={"is_active": not active}, after={"is_active": active},
+        reason=reason, request_id=request_id,
+    ))
+    session.flush()
+    return user, True
+
+
+def list_payments(
+    session: Session, *, status: str | None = None, user_id: uuid.UUID | None = None,
+    since: datetime | None = None, until: datetime | None = None, limit: int = 50,
+    cursor: str | None = None,
+) -> Page[Payment]:
+    """All users' payments, newest first, filtered by status, user and creation time."""
+    stmt: Select[Any] = select(Payment)
+    if status is not None:
+        stmt = stmt.where(Payment.status == status)
+    if user_id is not None:
+        stmt = stmt.where(Payment.user_id == user_id)
+    if since is not None:
+        stmt = stmt.where(Payment.created_at >= since)
+    if until is not None:
+        stmt = stmt.where(Payment.created_at < until)
+    return paginate(session, stmt, created_col=Payment.created_at, id_col=Payment.id,
+                    limit=limit, cursor=cursor)
+
+
+def audit_log(
+    session: Session, *, admin_id: uuid.UUID | None = None,
+    target_user_id: uuid.UUID | None = None, action: str | None = None,
+    since: datetime | None = None, until: datetime | None = None, limit: int = 50,
+    cursor: str | None = None,
+) -> Page[AdminActivityLog]:
+    """Operators' changes, newest first, filtered by admin, target user, action and time."""
+    stmt: Select[Any] = select(AdminActivityLog)
+    if admin_id is not None:
+        stmt = stmt.where(AdminActivityLog.admin_id == admin_id)
+    if target_user_id is not None:
+        stmt = stmt.where(AdminActivityLog.target_user_id == target_user_id)
+    if action is not None:
+        stmt = stmt.where(AdminActivityLog.action == action)
+    if since is not None:
+        stmt = stmt.where(AdminActivityLog.created_at >= since)
+    if until is not None:
+        stmt = stmt.where(AdminActivityLog.created_at < until)
+    return paginate(session, stmt, created_col=AdminActivityLog.created_at,
+                    id_col=AdminActivityLog.id, limit=limit, cursor=cursor)
