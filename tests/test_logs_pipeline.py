@@ -14,7 +14,7 @@ from sqlalchemy import func, select, text
 from db.engine import get_sessionmaker
 from db.models import ApiUsageLog, LoginHistory, UsageDaily
 from services import logstream, outbox
-from tests.factories import make_user
+from tests.factories import auth_headers, make_user
 from tests.support import wait_for
 
 
@@ -195,3 +195,19 @@ def test_worker_killed_mid_batch_loses_no_record_and_writes_none_twice(
     assert db.scalar(select(func.sum(UsageDaily.calls))) == total  # rollup counted once each
     assert logstream.pending(rds, "usage") == 0
     assert db.scalar(text("SELECT count(*) FROM api_usage_log WHERE request_id = 'k0'")) == 1
+
+
+def test_burst_of_spends_over_http_produces_one_usage_record_each(db, client, celery_worker):
+    from db.models import CreditTransaction
+
+    user = make_user(db, credits=1000)
+    for i in range(120):
+        response = client.post("/api/user-management/credits/use", headers=auth_headers(user),
+                               json={"credits": 1, "endpoint": f"/v1/e{i % 3}"})
+        assert response.status_code == 200, response.text
+    wait_for(lambda: _count(db, ApiUsageLog) >= 120, timeout=30, message="120 usage rows")
+    time.sleep(0.5)
+    spends = set(db.scalars(select(CreditTransaction.id).where(
+        CreditTransaction.kind == "usage")))
+    logged = db.scalars(select(ApiUsageLog.transaction_id)).all()
+    assert len(logged) == 120 and set(logged) == spends  # one record per spend, none extra
