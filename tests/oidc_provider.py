@@ -84,8 +84,12 @@ class OidcProvider:
             "nonce": self.tamper.get("nonce", nonce),
             **self.next_claims,
         }
+        algorithm = self.tamper.get("alg", "RS256")
+        if algorithm == "HS256":
+            # Algorithm confusion: a relying party must accept only RS256 from this issuer.
+            return self.sign(claims, key=b"hs256-key-an-attacker-chose-32b!", algorithm="HS256")
         key = self.other_key if self.tamper.get("other_key") else None
-        return self.sign(claims, key=key, algorithm=self.tamper.get("alg", "RS256"))
+        return self.sign(claims, key=key, algorithm=algorithm)
 
     # --- serving ------------------------------------------------------------------------
 
