@@ -87,9 +87,9 @@ def make_client(settings) -> Iterator[Callable[..., TestClient]]:
 
     opened: list[TestClient] = []
 
-    def make(**overrides: Any) -> TestClient:
+    def make(*, client_ip: str = "198.51.100.7", **overrides: Any) -> TestClient:
         client = TestClient(create_app(settings.model_copy(update=overrides)),
-                            raise_server_exceptions=False)
+                            raise_server_exceptions=False, client=(client_ip, 50000))
         client.__enter__()
         opened.append(client)
         return client
