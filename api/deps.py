@@ -19,12 +19,12 @@ from services.errors import Forbidden, Unauthorized
 from settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The settings the app was created with."""
     return request.app.state.settings
 
 
-def get_redis(request: Request) -> redis.Redis:
+async def get_redis(request: Request) -> redis.Redis:
     """The app's Redis client (rate limits, hand-offs, short-lived state)."""
     return request.app.state.redis
 
@@ -44,7 +44,7 @@ def get_session(request: Request) -> Iterator[Session]:
         session.close()
 
 
-def request_id(request: Request) -> str:
+async def request_id(request: Request) -> str:
     """The id of this request (also in the ``X-Request-ID`` response header)."""
     return request.scope.get("state", {}).get("request_id", "")
 
@@ -100,3 +100,5 @@ def admin_user(user: Annotated[User, Depends(current_user)]) -> User:
 
 CurrentUser = Annotated[User, Depends(current_user)]
 AdminUser = Annotated[User, Depends(admin_user)]
+# The raw bearer credentials, for a route that calls ``current_user`` itself in one thread hop.
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import AwareDatetime
 
-from api.deps import CurrentUser, RedisDep, RequestIdDep, SessionDep, SettingsDep
+from api.deps import (
+    BearerDep,
+    CurrentUser,
+    RedisDep,
+    RequestIdDep,
+    SessionDep,
+    SettingsDep,
+    current_user,
+)
 from api.idempotency import IdempotencyDep
 from api.schemas.credits import (
     BalanceOut,
@@ -22,6 +31,7 @@ from api.schemas.credits import (
     TransactionOut,
     TransactionPageOut,
 )
+from db.engine import session_scope
 from services import credits, packages, payments
 
 router = APIRouter(prefix="/api/user-management", tags=["credits"])
@@ -95,29 +105,48 @@ def purchase(
     summary="Spend credits",
     responses={**_IDEMPOTENT, 402: {"description": "insufficient_credits, with the balance"}},
 )
-def use_credits(
+async def use_credits(
+    request: Request,
     body: SpendIn,
-    user: CurrentUser,
-    session: SessionDep,
+    settings: SettingsDep,
     redis_client: RedisDep,
     request_id: RequestIdDep,
     idem: IdempotencyDep,
+    credentials: BearerDep,
 ) -> Any:
-    """Take ``credits`` from the balance; 402 ``insufficient_credits`` changes nothing."""
+    """Take ``credits`` from the balance; 402 ``insufficient_credits`` changes nothing.
 
-    def work() -> SpendOut:
-        entry = credits.use(
-            session,
-            redis_client,
-            user_id=user.id,
-            credits=body.credits,
-            description=body.description,
-            endpoint=body.endpoint,
-            request_id=request_id,
-        )
-        return SpendOut(balance=entry.balance_after, transaction_id=entry.id)
+    The hot path: authentication, the spend and the commit run in one worker-thread call
+    (each sync dependency would cost a thread hop of its own), with the same checks as
+    ``CurrentUser`` and the same one-transaction-per-request rule as ``SessionDep``.
+    """
+    assert settings.database_url is not None
 
-    return idem.run(session, user_id=user.id, body=body, work=work)
+    def run() -> Any:
+        with session_scope(settings.database_url) as session:
+            user = current_user(
+                request=request,
+                session=session,
+                settings=settings,
+                redis_client=redis_client,
+                credentials=credentials,
+            )
+
+            def work() -> SpendOut:
+                entry = credits.use(
+                    session,
+                    redis_client,
+                    user_id=user.id,
+                    credits=body.credits,
+                    description=body.description,
+                    endpoint=body.endpoint,
+                    request_id=request_id,
+                )
+                return SpendOut(balance=entry.balance_after, transaction_id=entry.id)
+
+            return idem.run(session, user_id=user.id, body=body, work=work)
+
+    return await run_in_threadpool(run)
 
 
 @router.get(

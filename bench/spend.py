@@ -1,0 +1,366 @@
+"""Spend benchmark: ``POST /credits/use`` on the real stack vs pgbench's debit + ledger insert.
+
+One command: ``.venv/bin/python -m bench.spend`` (``--help`` for knobs). It
+
+1. recreates the database ``billing_bench`` on the machine's PostgreSQL and migrates it;
+2. creates users with large balances (through the ledger) and an access token for each;
+3. serves the API as ``billing api`` does, with 2 uvicorn workers;
+4. loads ``POST /credits/use`` with ``wrk`` (C, so the load generator takes little of the
+   2 cores; ``apt-get install wrk``) from many connections, rotating the users' tokens:
+   peak requests/s with p50/p99, then p99 at about half the peak rate;
+5. stops the API and runs ``pgbench`` on the same database with the same SQL transaction
+   as ``services/ledger.py`` (conditional debit + ledger insert), the physical ceiling;
+6. prints everything with the ratio and rewrites its section of ``bench/README.md``.
+
+Environment: ``BILLING_BENCH_DATABASE_URL`` (default
+``postgresql://postgres@127.0.0.1/billing_bench``), ``BILLING_BENCH_REDIS_URL`` (default
+``redis://127.0.0.1:6379/3``). Not a test: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import redis
+from sqlalchemy import make_url, text
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "bench" / "README.md"
+LUA = ROOT / "bench" / "spend.lua"
+START, END = "<!-- bench:spend:start -->", "<!-- bench:spend:end -->"
+BALANCE = 10**12  # never runs out during a run
+
+# The ledger's spend, as services/ledger.py issues it, for user number :n.
+PGBENCH_SCRIPT = """\
+\\set n random(1, {users})
+BEGIN;
+WITH changed AS (
+    UPDATE users
+    SET credit_balance = credit_balance + -1,
+        credits_purchased = credits_purchased + 0,
+        credits_used = credits_used + 1
+    WHERE id = ('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid
+      AND (false OR -1 > 0 OR credit_balance + -1 >= 0)
+    RETURNING credit_balance
+)
+INSERT INTO credit_transactions
+    (user_id, amount, kind, balance_after, reference_type, reference_id,
+     dedupe_key, description, endpoint)
+SELECT ('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid, -1, 'usage',
+       changed.credit_balance, NULL, NULL, NULL, 'bench', '/v1/bench'
+FROM changed
+RETURNING id, balance_after, created_at;
+END;
+"""
+
+
+def user_id(n: int) -> uuid.UUID:
+    """The deterministic id of bench user ``n`` (pgbench builds the same one in SQL)."""
+    return uuid.UUID(f"00000000-0000-4000-8000-{n:012d}")
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+
+
+def parse_wrk(output: str) -> WrkResult:
+    """Requests/s, p50/p99 and non-2xx count from ``wrk --latency`` output."""
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", output, re.M))
+    p = {k: _ms(*re.match(r"([\d.]+)(\w+)", v).groups()) for k, v in lat.items()}  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    errors = 0
+    for pattern in (r"Non-2xx or 3xx responses: (\d+)", r"Socket errors: (.*)"):
+        found = re.search(pattern, output)
+        if found:
+            errors += sum(int(x) for x in re.findall(r"\d+", found.group(1)))
+    return WrkResult(rps=rps, p50_ms=p["50"], p99_ms=p["99"], requests=requests, errors=errors)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def recreate_database(url: str) -> str:
+    """Drop and create the bench database, migrate it; return its SQLAlchemy URL."""
+    sa_url = make_url(url).set(drivername="postgresql+psycopg")
+    admin = sa_url.set(drivername="postgresql", database="postgres")
+    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{sa_url.database}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{sa_url.database}"')
+    from db.migrate import upgrade
+
+    rendered = sa_url.render_as_string(hide_password=False)
+    upgrade(rendered)
+    return rendered
+
+
+def seed_users(database_url: str, count: int) -> None:
+    """``count`` confirmed users, each granted ``BALANCE`` credits through the ledger."""
+    from db.engine import session_scope
+    from services import ledger
+
+    with session_scope(database_url) as session:
+        for n in range(1, count + 1):
+            session.execute(
+                text(
+                    "INSERT INTO users (id, email, role, is_active, email_confirmed_at) "
+                    "VALUES (:id, :email, 'user', true, now())"
+                ),
+                {"id": user_id(n), "email": f"bench{n}@example.com"},
+            )
+            ledger.post(session, user_id=user_id(n), amount=BALANCE, kind="bonus",
+                        reference_type="bench")
+
+
+def api_env(database_url: str, redis_url: str, jwt_secret: str, log_level: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    env.update(
+        BILLING_ENVIRONMENT="development",
+        BILLING_DATABASE_URL=database_url,
+        BILLING_REDIS_URL=redis_url,
+        BILLING_JWT_SECRET=jwt_secret,
+        BILLING_LOG_LEVEL=log_level,
+        BILLING_DATA_DIR=tempfile.mkdtemp(prefix="billing-bench-"),
+    )
+    return env
+
+
+def start_api(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[bytes]:
+    """The API as ``billing api --workers N`` serves it."""
+    from cli.main import uvicorn_args
+    from settings import Settings
+
+    settings = Settings(database_url=env["BILLING_DATABASE_URL"],
+                        redis_url=env["BILLING_REDIS_URL"], log_level=env["BILLING_LOG_LEVEL"])
+    args = uvicorn_args(settings, host="127.0.0.1", port=port, workers=workers)
+    proc = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "uvicorn", *args], cwd=ROOT, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"the API exited with {proc.returncode}")
+        time.sleep(0.3)
+    raise RuntimeError("the API did not become ready")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def wrk(url: str, tokens: Path, *, connections: int, seconds: int, delay_ms: int = 0) -> WrkResult:
+    env = {**os.environ, "BENCH_TOKENS": str(tokens), "BENCH_DELAY_MS": str(delay_ms)}
+    threads = min(2, connections)
+    out = subprocess.run(  # noqa: S603
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
+         "--timeout", "10s", "-s", str(LUA), url],  # noqa: S607
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    return parse_wrk(out)
+
+
+def half_load(url: str, tokens: Path, *, target: float, seconds: int, p50_ms: float) -> WrkResult:
+    """Hold about ``target`` requests/s: connections pause between requests (closed loop)."""
+    connections = 16
+    delay = max(1, round(connections * 1000 / target - p50_ms))
+    for _ in range(3):  # calibrate the pause on short runs, then measure
+        probe = wrk(url, tokens, connections=connections, seconds=4, delay_ms=delay)
+        if abs(probe.rps - target) / target < 0.07:
+            break
+        per_request = connections * 1000 / probe.rps  # ms between a connection's requests
+        delay = max(1, round(delay + per_request * (probe.rps / target - 1)))
+    return wrk(url, tokens, connections=connections, seconds=seconds, delay_ms=delay)
+
+
+@dataclass
+class PgbenchResult:
+    tps: float
+    latency_ms: float
+    clients: int
+
+
+def pgbench(database_url: str, users: int, *, clients: int, seconds: int) -> PgbenchResult:
+    binary = shutil.which("pgbench")
+    if binary is None:
+        raise RuntimeError("pgbench not found (Debian: apt-get install postgresql-client)")
+    url = make_url(database_url).set(drivername="postgresql").render_as_string(
+        hide_password=False)
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+        script.write(PGBENCH_SCRIPT.format(users=users))
+    try:
+        out = subprocess.run(  # noqa: S603
+            [binary, "-n", "-M", "prepared", "-c", str(clients), "-j", "2", "-T", str(seconds),
+             "-f", script.name, url],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    finally:
+        os.unlink(script.name)
+    tps = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    latency = float(re.search(r"latency average = ([\d.]+) ms", out).group(1))  # type: ignore[union-attr]
+    return PgbenchResult(tps=tps, latency_ms=latency, clients=clients)
+
+
+def check_ledger(database_url: str) -> tuple[int, int]:
+    """(users whose balance differs from their ledger sum, negative balance_after rows)."""
+    url = make_url(database_url).set(drivername="postgresql").render_as_string(
+        hide_password=False)
+    with psycopg.connect(url) as conn:
+        drift = conn.execute(
+            "SELECT count(*) FROM users u WHERE credit_balance <> (SELECT coalesce(sum(amount), 0) "
+            "FROM credit_transactions t WHERE t.user_id = u.id)"
+        ).fetchone()
+        negative = conn.execute(
+            "SELECT count(*) FROM credit_transactions WHERE balance_after < 0"
+        ).fetchone()
+    return int(drift[0]), int(negative[0])  # type: ignore[index]
+
+
+def write_readme(section: str) -> None:
+    """Replace this benchmark's section of bench/README.md (other sections are kept)."""
+    current = README.read_text() if README.exists() else "# Benchmarks\n"
+    block = f"{START}\n{section.rstrip()}\n{END}"
+    if START in current and END in current:
+        before, rest = current.split(START, 1)
+        after = rest.split(END, 1)[1]
+        current = before + block + after
+    else:
+        current = current.rstrip() + "\n\n" + block + "\n"
+    README.write_text(current)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections at peak")
+    parser.add_argument("--seconds", type=int, default=15, help="length of each measured run")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn workers")
+    parser.add_argument("--log-level", default="INFO", help="the API's BILLING_LOG_LEVEL")
+    parser.add_argument("--no-readme", action="store_true", help="print only")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: apt-get install -y wrk")
+
+    database_url = recreate_database(
+        os.environ.get("BILLING_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1/billing_bench")
+    )
+    redis_url = os.environ.get("BILLING_BENCH_REDIS_URL", "redis://127.0.0.1:6379/3")
+    seed_users(database_url, args.users)
+    jwt_secret = uuid.uuid4().hex * 2
+    env = api_env(database_url, redis_url, jwt_secret, args.log_level)
+
+    from services.auth.tokens import create_access_token
+    from settings import Settings
+
+    token_settings = Settings(jwt_secret=jwt_secret)
+    workdir = Path(tempfile.mkdtemp(prefix="billing-bench-"))
+    tokens = workdir / "tokens.txt"
+    tokens.write_text("\n".join(
+        create_access_token(token_settings, user_id=user_id(n), role="user")
+        for n in range(1, args.users + 1)
+    ) + "\n")
+
+    load_before = os.getloadavg()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    api = start_api(env, port, args.workers)
+    try:
+        wrk(url, tokens, connections=args.connections, seconds=3)  # warm-up
+        peak = wrk(url, tokens, connections=args.connections, seconds=args.seconds)
+        print(f"API peak: {peak.rps:.0f} req/s, p50 {peak.p50_ms:.2f} ms, "
+              f"p99 {peak.p99_ms:.2f} ms, errors {peak.errors}", flush=True)
+        half = half_load(url, tokens, target=peak.rps / 2, seconds=args.seconds,
+                         p50_ms=peak.p50_ms)
+        print(f"API at ~half load: {half.rps:.0f} req/s, p50 {half.p50_ms:.2f} ms, "
+              f"p99 {half.p99_ms:.2f} ms, errors {half.errors}", flush=True)
+    finally:
+        stop(api)
+    # The usage hand-off queued one record per spend; no log worker ran, so drop them.
+    redis.Redis.from_url(redis_url).delete("billing:logs:usage")
+
+    baselines = [pgbench(database_url, args.users, clients=c, seconds=args.seconds)
+                 for c in (8, 32)]
+    base = max(baselines, key=lambda b: b.tps)
+    for b in baselines:
+        print(f"pgbench ({b.clients} clients): {b.tps:.0f} tps, avg {b.latency_ms:.2f} ms")
+    ratio = peak.rps / base.tps
+    drift, negative = check_ledger(database_url)
+    print(f"ratio API/pgbench: {ratio:.0%}  (ledger drift {drift}, negative rows {negative})")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+    cores = os.cpu_count()
+    rows = "\n".join([
+        f"| API peak ({args.workers} uvicorn workers, wrk {args.connections} connections) "
+        f"| {peak.rps:.0f} | {peak.p50_ms:.2f} ms | {peak.p99_ms:.2f} ms |",
+        f"| API at ~half of peak | {half.rps:.0f} | {half.p50_ms:.2f} ms "
+        f"| {half.p99_ms:.2f} ms |",
+        f"| pgbench, same transaction ({base.clients} clients, best of 8/32) "
+        f"| {base.tps:.0f} tps | avg {base.latency_ms:.2f} ms | |",
+    ])
+    section = f"""## Spend: `POST /credits/use` vs pgbench
+
+`.venv/bin/python -m bench.spend` — measured {time.strftime('%Y-%m-%d', time.gmtime())} on
+{cores} cores (load average before the run {load_before[0]:.1f}; the machine is shared).
+
+| | requests/s | p50 | p99 |
+|---|---:|---:|---:|
+{rows}
+
+API / pgbench: **{ratio:.0%}** (target ≥ 50%); p99 at half load **{half.p99_ms:.1f} ms**
+(target < 25 ms). Errors (non-2xx, socket): peak {peak.errors}, half {half.errors}.
+After the run: {drift} users whose balance differs from their ledger sum, {negative}
+negative `balance_after` rows.
+
+How: {args.users} users with large balances, one access token each; `wrk` (C) rotates the
+tokens over `POST /credits/use` (`{{"credits": 1, ...}}`), so every request authenticates,
+debits through the ledger and hands a usage record to Redis. Half load is held by pausing
+each of 16 connections between requests (closed loop, calibrated to half the peak rate).
+pgbench runs afterwards on the same database with the API stopped: the ledger's statement
+(conditional debit + ledger insert in one CTE) in a transaction, prepared. Load generator,
+API and PostgreSQL share the same {cores} cores; API log level {args.log_level}; no Celery
+worker ran (the usage records stay queued in Redis and are dropped afterwards).
+"""
+    print(section)
+    if not args.no_readme:
+        write_readme(section)
+
+
+if __name__ == "__main__":
+    main()
