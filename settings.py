@@ -195,6 +195,17 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _twilio_complete(self) -> Settings:
+        if self.sms_backend == "twilio" and not (
+            self.twilio_account_sid and self.twilio_auth_token and self.twilio_from_number
+        ):
+            raise ValueError(
+                "BILLING_SMS_BACKEND=twilio needs BILLING_TWILIO_ACCOUNT_SID, "
+                "BILLING_TWILIO_AUTH_TOKEN and BILLING_TWILIO_FROM_NUMBER"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _no_placeholders_in_production(self) -> Settings:
         if self.environment == "development":
             return self
