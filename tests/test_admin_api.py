@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from db.models import AdminActivityLog, AdminStatsSnapshot, LoginHistory, Payment, User
+from db.models import (
+    AdminActivityLog,
+    AdminStatsSnapshot,
+    ApiUsageLog,
+    LoginHistory,
+    Payment,
+    User,
+)
 from services import logstream, reports, stats
 from tests.factories import auth_headers, make_user
 from tests.support import wait_for
@@ -260,11 +266,10 @@ def test_reports_are_listed_and_downloadable_as_json_and_csv(client, db, admin):
                       headers=auth_headers(admin)).status_code == 422
 
 
-def test_log_all_requests_records_each_authenticated_request_once(db, settings):
+def test_log_all_requests_records_each_authenticated_request_once(db, settings, celery_worker):
     from api.app import create_app
 
     app = create_app(settings.model_copy(update={"log_all_requests": True}))
-    rds = redis.Redis.from_url(settings.redis_url)
     user = make_user(db, credits=10)
     with TestClient(app) as http:
         assert http.get("/api/user-management/credits").status_code == 401
@@ -274,10 +279,16 @@ def test_log_all_requests_records_each_authenticated_request_once(db, settings):
                           json={"credits": 2, "endpoint": "/v1/generate"})
         assert spent.status_code == 200
 
-    records = [json.loads(f[b"r"]) for _, f in rds.xrange(logstream.USAGE_STREAM)]
+    def rows() -> list[ApiUsageLog]:
+        db.expire_all()
+        return list(db.scalars(select(ApiUsageLog)))
+
+    wait_for(lambda: len(rows()) >= 2, timeout=30, message="2 usage rows")
+    time.sleep(0.5)
+    records = rows()
     assert len(records) == 2  # the anonymous request produced none; the spend only its own
-    plain = next(r for r in records if r["request_id"] == "rq-1")
-    assert (plain["user_id"], plain["endpoint"], plain["method"], plain["status_code"]) == (
-        str(user.id), "/api/user-management/credits", "GET", 200)
-    assert plain["response_time_ms"] >= 0
-    assert next(r for r in records if r is not plain)["credits"] == 2
+    plain = next(r for r in records if r.request_id == "rq-1")
+    assert (plain.user_id, plain.endpoint, plain.method, plain.status_code) == (
+        user.id, "/api/user-management/credits", "GET", 200)
+    assert plain.response_time_ms is not None and plain.response_time_ms >= 0
+    assert next(r for r in records if r is not plain).credits == 2
