@@ -17,6 +17,7 @@ from api.routes import (
     admin_stripe,
     auth,
     credits,
+    dashboard,
     health,
     profile,
     subscriptions,
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(subscriptions.router)
     app.include_router(admin_stripe.router)
+    app.include_router(dashboard.router)
 
     if settings.cors_origins:
         app.add_middleware(

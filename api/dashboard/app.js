@@ -1,0 +1,233 @@
+// The dashboard shell: sign-in, the admin check, the theme toggle and the hash router.
+
+import * as api from "./api.js";
+import { announce, h, replace } from "./dom.js";
+import { auditView, paymentsView, reportsView, webhooksView } from "./lists.js";
+import { overviewView } from "./overview.js";
+import { userView, usersView } from "./users.js";
+
+const THEME_KEY = "billing-admin-theme";
+const dark = window.matchMedia("(prefers-color-scheme: dark)");
+
+const $ = (id) => document.getElementById(id);
+const state = { me: null, config: { stats_interval_s: 60 }, cleanups: [] };
+
+// --- theme ------------------------------------------------------------------------------
+
+function effectiveTheme() {
+  return document.documentElement.dataset.theme || (dark.matches ? "dark" : "light");
+}
+
+function showTheme() {
+  const isDark = effectiveTheme() === "dark";
+  const toggle = $("theme-toggle");
+  toggle.setAttribute("aria-pressed", String(isDark));
+  toggle.textContent = "Dark mode";
+  toggle.title = isDark ? "Switch to the light theme" : "Switch to the dark theme";
+}
+
+function toggleTheme() {
+  const next = effectiveTheme() === "dark" ? "light" : "dark";
+  const system = dark.matches ? "dark" : "light";
+  // Choosing what the system already says means "follow the system" again.
+  try {
+    if (next === system) window.localStorage.removeItem(THEME_KEY);
+    else window.localStorage.setItem(THEME_KEY, next);
+  } catch {
+    // Not persisted; it still applies to this page.
+  }
+  if (next === system) delete document.documentElement.dataset.theme;
+  else document.documentElement.dataset.theme = next;
+  showTheme();
+  announce(`${next === "dark" ? "Dark" : "Light"} theme`);
+}
+
+// --- sign-in ----------------------------------------------------------------------------
+
+function showSignIn(text = "", tone = "error") {
+  cleanup();
+  state.me = null;
+  $("nav").hidden = true;
+  $("sign-out").hidden = true;
+  $("whoami").hidden = true;
+  $("view").hidden = true;
+  replace($("view"));
+  $("signin").hidden = false;
+  const box = $("signin-message");
+  box.className = `message ${text ? tone : ""}`;
+  box.textContent = text;
+  document.title = "Sign in · Billing admin";
+}
+
+/** Who is signed in; refuses (and signs out) anyone who is not an admin. */
+async function checkAdmin() {
+  const me = await api.get("/api/user-management/profile");
+  if (me.role !== "admin") {
+    await api.logout();
+    const who = me.email || me.phone || me.username || "this account";
+    showSignIn(`Signed in as ${who}, but this account is not an administrator. `
+      + "The dashboard is only for operators with the admin role.", "refusal");
+    return false;
+  }
+  state.me = me;
+  return true;
+}
+
+async function onSignIn(event) {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const email = form.email.value.trim();
+  const password = form.password.value;
+  const box = $("signin-message");
+  if (!email || !password) {
+    box.className = "message error";
+    box.textContent = "Enter your email and password.";
+    return;
+  }
+  const button = form.querySelector("button[type=submit]");
+  button.disabled = true;
+  box.className = "message";
+  box.textContent = "Signing in…";
+  try {
+    await api.login(email, password);
+    form.password.value = "";
+    if (await checkAdmin()) await enter();
+  } catch (err) {
+    box.className = "message error";
+    box.textContent = err.code === "invalid_credentials"
+      ? "The email or password is wrong." : err.message;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function enter() {
+  $("signin").hidden = true;
+  $("nav").hidden = false;
+  $("sign-out").hidden = false;
+  const who = $("whoami");
+  who.hidden = false;
+  who.textContent = state.me.email || state.me.username || "admin";
+  if (!window.location.hash.startsWith("#/")) {
+    window.history.replaceState(null, "", "#/overview");
+  }
+  await route();
+}
+
+async function signOut() {
+  await api.logout();
+  showSignIn("You are signed out.", "info");
+  window.history.replaceState(null, "", "#/");
+}
+
+// --- router -----------------------------------------------------------------------------
+
+const routes = [
+  [/^\/overview$/, overviewView, "overview"],
+  [/^\/users$/, usersView, "users"],
+  [/^\/users\/([0-9a-f-]{36})$/, userView, "users"],
+  [/^\/payments$/, paymentsView, "payments"],
+  [/^\/webhooks$/, webhooksView, "webhooks"],
+  [/^\/reports$/, reportsView, "reports"],
+  [/^\/audit$/, auditView, "audit"],
+];
+
+function cleanup() {
+  for (const fn of state.cleanups.splice(0)) fn();
+}
+
+/** What every view gets: where to render, its parameters, and how to react to errors. */
+function context(root, params, query) {
+  return {
+    root,
+    params,
+    query,
+    config: state.config,
+    onLeave: (fn) => state.cleanups.push(fn),
+    setQuery(next) {
+      const qs = new URLSearchParams(Object.entries(next).filter(([, v]) => v)).toString();
+      const path = window.location.hash.slice(1).split("?")[0];
+      window.history.replaceState(null, "", `#${path}${qs ? `?${qs}` : ""}`);
+    },
+    handleError(err, where) {
+      if (err.status === 401) {
+        showSignIn("Your session has ended. Please sign in again.");
+        return true;
+      }
+      if (err.code === "admin_required") {
+        api.logout();
+        showSignIn("This account is no longer an administrator.", "refusal");
+        return true;
+      }
+      replace(where, h("div", { class: "message error", role: "alert" }, err.message));
+      return false;
+    },
+  };
+}
+
+async function route() {
+  if (!state.me) return;
+  cleanup();
+  const [path, qs = ""] = window.location.hash.slice(1).split("?");
+  const match = routes.map(([re, view, section]) => [path.match(re), view, section])
+    .find(([m]) => m);
+  if (!match) {
+    window.history.replaceState(null, "", "#/overview");
+    return route();
+  }
+  const [m, view, section] = match;
+  for (const link of document.querySelectorAll("#nav a")) {
+    if (link.dataset.section === section) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  const root = $("view");
+  root.hidden = false;
+  replace(root, h("p", { class: "muted", text: "Loading…" }));
+  const ctx = context(root, m.slice(1), new URLSearchParams(qs));
+  try {
+    await view(ctx);
+  } catch (err) {
+    ctx.handleError(err, root);
+  }
+  const heading = root.querySelector("h1");
+  if (heading) {
+    document.title = `${heading.textContent} · Billing admin`;
+    // Move focus to the new page's heading so keyboard and screen reader users land there.
+    if (document.activeElement === document.body || document.activeElement?.closest("nav")) {
+      heading.setAttribute("tabindex", "-1");
+      heading.focus({ preventScroll: false });
+    }
+  }
+}
+
+// --- start ------------------------------------------------------------------------------
+
+async function start() {
+  showTheme();
+  dark.addEventListener("change", showTheme);
+  $("theme-toggle").addEventListener("click", toggleTheme);
+  $("signin-form").addEventListener("submit", onSignIn);
+  $("sign-out").addEventListener("click", signOut);
+  $("skip-link").addEventListener("click", (event) => {
+    event.preventDefault(); // the hash belongs to the router
+    $("main").focus();
+  });
+  window.addEventListener("hashchange", route);
+  try {
+    const response = await fetch("config.json", { cache: "no-store" });
+    if (response.ok) state.config = await response.json();
+  } catch {
+    // The defaults do.
+  }
+  if (!api.hasSession()) {
+    showSignIn();
+    return;
+  }
+  try {
+    if (await checkAdmin()) await enter();
+  } catch {
+    showSignIn();
+  }
+}
+
+start();

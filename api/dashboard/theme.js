@@ -1,0 +1,10 @@
+// Runs before the first paint (a classic script in <head>) so a chosen theme does not flash.
+// Without a stored choice the page follows the system's prefers-color-scheme.
+try {
+  const theme = window.localStorage.getItem("billing-admin-theme");
+  if (theme === "dark" || theme === "light") {
+    document.documentElement.dataset.theme = theme;
+  }
+} catch {
+  // Storage can be blocked (private modes); the system setting still applies.
+}

@@ -1,0 +1,90 @@
+"""The admin dashboard: static pages at ``/admin``, plus the one read the admin API lacks.
+
+The page is plain HTML, CSS and ES modules shipped in the package (``api/dashboard/``); it
+signs in with ``/api/auth/login`` and calls the admin API with a bearer token kept in the
+browser's session storage. Only a fixed list of files is served, never a path from the URL.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+
+from api.deps import AdminUser, SessionDep, SettingsDep
+from api.schemas.credits import TransactionOut, TransactionPageOut
+from db.models import User
+from services import credits
+from services.errors import NotFound
+
+ASSETS = Path(__file__).resolve().parent.parent / "dashboard"
+_MEDIA = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+# The files that exist when the app starts are all that is served; never a path from a URL.
+_FILES = {p.name: _MEDIA[p.suffix] for p in ASSETS.iterdir() if p.suffix in _MEDIA}
+# The page needs nothing but its own origin: no inline script or style, no outside resource.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    # Revalidate on each load, so a deploy is seen at once (the files are tiny).
+    "Cache-Control": "no-cache",
+}
+
+router = APIRouter()
+
+
+@router.get("/admin", include_in_schema=False)
+def dashboard_root() -> RedirectResponse:
+    """Relative asset URLs need the trailing slash."""
+    return RedirectResponse("/admin/", status_code=308)
+
+
+@router.get("/admin/", include_in_schema=False)
+def dashboard_page() -> FileResponse:
+    """The single page of the dashboard."""
+    return FileResponse(ASSETS / "index.html", media_type="text/html; charset=utf-8",
+                        headers=_HEADERS)
+
+
+@router.get("/admin/config.json", include_in_schema=False)
+def dashboard_config(settings: SettingsDep) -> JSONResponse:
+    """What the page needs to know of the server: how often statistics are recomputed."""
+    return JSONResponse({"stats_interval_s": settings.stats_interval_s},
+                        headers={"Cache-Control": "no-store"})
+
+
+@router.get("/admin/{name}", include_in_schema=False)
+def dashboard_asset(name: str) -> FileResponse:
+    """One of the dashboard's script or style files."""
+    media_type = _FILES.get(name)
+    if media_type is None:
+        # Unknown names (and any attempt at a path) get the API's usual 404 shape.
+        raise NotFound(f"no dashboard file '{name}'", code="not_found")
+    return FileResponse(ASSETS / name, media_type=media_type, headers=_HEADERS)
+
+
+@router.get("/api/user-management/admin/users/{user_id}/transactions",
+            response_model=TransactionPageOut, tags=["admin"],
+            summary="A user's ledger, newest first", include_in_schema=True)
+def user_transactions(
+    user_id: uuid.UUID,
+    admin: AdminUser,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> TransactionPageOut:
+    """Ledger entries of any user, for the dashboard's user page."""
+    if session.get(User, user_id) is None:
+        raise NotFound(f"user {user_id} does not exist", code="user_not_found")
+    page = credits.transactions(session, user_id=user_id, limit=limit, cursor=cursor)
+    return TransactionPageOut(
+        items=[TransactionOut.model_validate(t) for t in page.items], next_cursor=page.next_cursor
+    )
