@@ -1,0 +1,223 @@
+"""The ``billing`` command: the whole stack for development, or each part for deployment."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from db.migrate import upgrade
+from settings import Settings, SettingsError, load_settings
+
+R = TypeVar("R")
+
+# Exit status for a configuration the command cannot run with (click uses 2 for usage errors).
+EXIT_CONFIG = 2
+
+
+def load_settings_or_exit() -> Settings:
+    """The settings from the environment; an invalid one ends the process with status 2."""
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        click.echo(f"billing: {exc}", err=True)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def with_settings(command: Callable[..., R]) -> Callable[..., R]:
+    """Load the settings before ``command`` runs and pass them as its first argument."""
+
+    @functools.wraps(command)
+    def wrapper(*args: object, **kwargs: object) -> R:
+        return command(load_settings_or_exit(), *args, **kwargs)
+
+    return wrapper
+
+
+def require_servers(settings: Settings, command: str, *, redis: bool = True) -> str:
+    """The database URL, after checking the servers ``command`` needs are configured.
+
+    Exits with status 2 when one is missing: only ``billing dev`` starts embedded servers.
+    """
+    missing = ["BILLING_DATABASE_URL"] if settings.database_url is None else []
+    if redis and settings.redis_url is None:
+        missing.append("BILLING_REDIS_URL")
+    if settings.database_url is None or missing:
+        click.echo(
+            f"billing {command}: {' and '.join(missing)} must be set. "
+            "To run everything on an embedded PostgreSQL and Redis, use `billing dev`.",
+            err=True,
+        )
+        raise SystemExit(EXIT_CONFIG)
+    return settings.database_url
+
+
+def exec_python_module(module: str, args: list[str]) -> NoReturn:
+    """Replace this process with ``python -m module args`` (same interpreter, same env)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", module, *args])  # noqa: S606
+
+
+class LazyGroup(click.Group):
+    """A group that imports the modules of some subcommands only when they are used."""
+
+    def __init__(self, *args: Any, lazy_commands: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # name -> "module:attribute" of a click command defined elsewhere.
+        self.lazy_commands = lazy_commands
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy_commands])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy_commands:
+            return super().get_command(ctx, cmd_name)
+        module, attribute = self.lazy_commands[cmd_name].split(":")
+        command = getattr(importlib.import_module(module), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{self.lazy_commands[cmd_name]} is not a click command")
+        return command
+
+
+# Command groups that live in their own module are registered here by name, so
+# that `billing api|worker|beat` do not pay for importing them.
+@click.group(
+    name="billing",
+    cls=LazyGroup,
+    lazy_commands={"admin": "cli.admin:admin"},
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+def billing() -> None:
+    """Billing backend: prepaid credits, Stripe payments and subscriptions for an API product.
+
+    Every command reads the same BILLING_* environment settings; `billing dev` runs the
+    whole stack locally, the other commands run one part each for deployment.
+    """
+
+
+@billing.command()
+@with_settings
+def dev(settings: Settings) -> None:
+    """Run the whole stack locally, in one command.
+
+    Runs the migrations, then the API, a Celery worker and Celery beat, and stops them
+    all on Ctrl-C. Without BILLING_DATABASE_URL / BILLING_REDIS_URL it starts its own
+    PostgreSQL and Redis under BILLING_DATA_DIR (default ./.billing), keeping their data.
+    """
+    # Imported here: the embedded servers' clients would double the start-up
+    # time of every other command (and of `billing --help`).
+    from cli.dev import run_dev
+
+    raise SystemExit(run_dev(settings))
+
+
+@billing.command()
+@click.option("--host", help="Interface to listen on.  [default: BILLING_API_HOST]")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), help="TCP port.  [default: BILLING_API_PORT]"
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Number of uvicorn worker processes.",
+)  # fmt: skip
+@with_settings
+def api(settings: Settings, host: str | None, port: int | None, workers: int) -> None:
+    """Serve the HTTP API with uvicorn.
+
+    Listens on BILLING_API_HOST:BILLING_API_PORT unless --host/--port say otherwise.
+    Needs BILLING_DATABASE_URL and BILLING_REDIS_URL (`billing dev` runs it all locally).
+    """
+    require_servers(settings, "api")
+    exec_python_module("uvicorn", uvicorn_args(settings, host=host, port=port, workers=workers))
+
+
+def uvicorn_args(
+    settings: Settings, *, host: str | None, port: int | None, workers: int
+) -> list[str]:
+    """The uvicorn command line that serves the API for ``settings``."""
+    args = [
+        "api.app:create_app", "--factory",
+        "--host", host or settings.api_host,
+        "--port", str(port or settings.api_port),
+        "--workers", str(workers),
+        "--log-level", settings.log_level.lower(),
+        # The API logs each request itself, with its request id.
+        "--no-access-log",
+    ]  # fmt: skip
+    if settings.trusted_proxies:
+        args += ["--proxy-headers", "--forwarded-allow-ips", ",".join(settings.trusted_proxies)]
+    else:
+        # Trust no X-Forwarded-* header unless a proxy is configured.
+        args.append("--no-proxy-headers")
+    return args
+
+
+@billing.command()
+@click.option(
+    "--concurrency", type=click.IntRange(1, 64),
+    help="Task processes to run in parallel.  [default: BILLING_WORKER_CONCURRENCY]",
+)  # fmt: skip
+@with_settings
+def worker(settings: Settings, concurrency: int | None) -> None:
+    """Run a Celery worker for the task queue.
+
+    It processes Stripe events, usage and login logs, and reports. Needs
+    BILLING_DATABASE_URL and BILLING_REDIS_URL; run as many as the load needs.
+    """
+    require_servers(settings, "worker")
+    exec_python_module(
+        "celery",
+        [
+            "-A", "workers.app", "worker",
+            "--concurrency", str(concurrency or settings.worker_concurrency),
+            "--loglevel", settings.log_level,
+        ],
+    )  # fmt: skip
+
+
+@billing.command()
+@with_settings
+def beat(settings: Settings) -> None:
+    """Run the Celery beat scheduler.
+
+    It enqueues the periodic work: stats snapshots, reports, event sweeps, integrity
+    checks. Run exactly one per deployment; its schedule state lives in BILLING_DATA_DIR.
+    """
+    require_servers(settings, "beat")
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    exec_python_module(
+        "celery",
+        [
+            "-A", "workers.app", "beat",
+            "--schedule", str(data_dir / "celerybeat-schedule"),
+            "--loglevel", settings.log_level,
+        ],
+    )  # fmt: skip
+
+
+@billing.command()
+@with_settings
+def migrate(settings: Settings) -> None:
+    """Apply pending database migrations.
+
+    Upgrades the schema of BILLING_DATABASE_URL to the latest Alembic revision; safe to
+    run repeatedly. `billing dev` does this by itself on every start.
+    """
+    upgrade(require_servers(settings, "migrate", redis=False))
+    click.echo("billing migrate: database schema is up to date")
+
+
+def main() -> None:
+    """Entry point of the ``billing`` console script."""
+    billing(prog_name="billing")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""The ``billing`` command: help, settings errors, and ``billing dev`` on the embedded default."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import psycopg
+import pytest
+from sqlalchemy import make_url
+
+from cli._process import free_tcp_port
+from cli.embedded import EmbeddedPostgres, EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parent.parent
+BILLING = [sys.executable, "-m", "cli.main"]
+COMMANDS = ["dev", "api", "worker", "beat", "migrate"]
+READY_TIMEOUT_S = 30
+STOP_TIMEOUT_S = 30
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """This environment without any BILLING_* setting, plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    return {**env, **settings}
+
+
+def billing(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*BILLING, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+# --- help and settings -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        ((), "prepaid credits"),
+        (("dev",), "whole stack"),
+        (("api",), "HTTP API"),
+        (("worker",), "Celery worker"),
+        (("beat",), "beat scheduler"),
+        (("migrate",), "migrations"),
+    ],
+)
+def test_help_explains_each_command(args: tuple[str, ...], phrase: str) -> None:
+    # Help must work even when the settings are broken.
+    result = billing(*args, "--help", env=clean_env(BILLING_API_PORT="abc"))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"Usage: billing {' '.join(args)}".rstrip())
+    assert phrase in result.stdout
+
+
+def test_help_lists_every_command() -> None:
+    result = billing("--help", env=clean_env())
+
+    listed = result.stdout.split("Commands:")[1]
+    for command in COMMANDS:
+        assert f"\n  {command} " in listed
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize(("variable", "value"), [("BILLING_API_PORT", "abc"), ("BILLING_FOO", "1")])
+def test_invalid_setting_exits_2_naming_the_variable(
+    command: str, variable: str, value: str
+) -> None:
+    result = billing(command, env=clean_env(**{variable: value}))
+
+    assert result.returncode == 2
+    assert variable in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["api", "worker", "beat", "migrate"])
+def test_part_commands_without_server_urls_point_to_billing_dev(command: str) -> None:
+    result = billing(command, env=clean_env())
+
+    assert result.returncode == 2
+    assert "BILLING_DATABASE_URL" in result.stderr
+    assert "billing dev" in result.stderr
+
+
+# --- billing dev, end to end -------------------------------------------------------------------
+
+
+class DevRun:
+    """One ``billing dev`` process on a data directory, its output kept in a log file."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [*BILLING, "dev"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def tree(self) -> list[psutil.Process]:
+        """The running process and all its descendants."""
+        parent = psutil.Process(self.proc.pid)
+        return [parent, *parent.children(recursive=True)]
+
+    def wait(self) -> int:
+        try:
+            return self.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"billing dev did not exit within {STOP_TIMEOUT_S}s:\n{self.output()}")
+
+
+def wait_ready(run: DevRun, base_url: str) -> None:
+    """Wait until /readyz answers 200, failing early with the log if billing dev exits."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert run.proc.poll() is None, f"billing dev exited early:\n{run.output()}"
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"/readyz did not answer 200 within {READY_TIMEOUT_S}s:\n{run.output()}")
+
+
+def survivors(procs: list[psutil.Process], data_dir: Path) -> list[str]:
+    """Which of ``procs``, or any process working with ``data_dir``, is still alive."""
+    alive = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.cwd().startswith(str(data_dir)) or any(
+                str(data_dir) in arg for arg in proc.cmdline()
+            ):
+                alive.append(proc)
+        except psutil.Error:
+            continue
+    described = []
+    for proc in alive:
+        try:
+            described.append(f"{proc.pid}: {' '.join(proc.cmdline())}")
+        except psutil.Error:
+            continue
+    return described
+
+
+@pytest.fixture
+def dev_env(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path, str]]:
+    data_dir = tmp_path / "data"
+    port = free_tcp_port()
+    env = clean_env(
+        BILLING_DATA_DIR=str(data_dir), BILLING_API_PORT=str(port), BILLING_LOG_JSON="false"
+    )
+    yield env, data_dir, f"http://127.0.0.1:{port}"
+    # If the test failed half-way, nothing it started may outlive it.
+    for proc in psutil.process_iter():
+        try:
+            if str(data_dir) in " ".join(proc.cmdline()) and proc.pid != os.getpid():
+                proc.kill()
+        except psutil.Error:
+            continue
+    EmbeddedRedis(data_dir).stop()
+    EmbeddedPostgres(data_dir).stop()
+
+
+def test_billing_dev_runs_the_stack_and_sigterm_leaves_nothing_behind(
+    dev_env: tuple[dict[str, str], Path, str], tmp_path: Path
+) -> None:
+    env, data_dir, base_url = dev_env
+    run = DevRun(env, tmp_path / "dev-1.log")
+    wait_ready(run, base_url)
+
+    second = billing("dev", env=env)
+    assert second.returncode != 0
+    assert "already running" in second.stderr and str(data_dir) in second.stderr
+
+    database = make_url(EmbeddedPostgres(data_dir).admin_url("billing"))
+    with psycopg.connect(database.set(drivername="postgresql").render_as_string(False)) as conn:
+        conn.execute("CREATE TABLE dev_probe (note text)")
+        conn.execute("INSERT INTO dev_probe VALUES ('written in the first run')")
+
+    tree = run.tree()
+    assert len(tree) >= 4, f"expected billing dev with api, worker and beat: {tree}"
+    run.proc.send_signal(signal.SIGTERM)
+
+    assert run.wait() == 0, run.output()
+    assert survivors(tree, data_dir) == [], run.output()
+    assert not (data_dir / "postgres" / "data" / "postmaster.pid").exists()
+    assert not (data_dir / "redis" / "redis.pid").exists()
+
+    # The next start finds the same data; a child that dies takes everything down.
+    run = DevRun(env, tmp_path / "dev-2.log")
+    wait_ready(run, base_url)
+    with psycopg.connect(database.set(drivername="postgresql").render_as_string(False)) as conn:
+        assert conn.execute("SELECT note FROM dev_probe").fetchall() == [
+            ("written in the first run",)
+        ]
+    tree = run.tree()
+    beat = next(p for p in tree if "beat" in p.cmdline())
+    os.killpg(beat.pid, signal.SIGKILL)
+
+    assert run.wait() != 0
+    assert "beat process exited unexpectedly" in run.output()
+    assert survivors(tree, data_dir) == [], run.output()
