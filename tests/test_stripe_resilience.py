@@ -116,9 +116,8 @@ def test_reconciliation_finds_an_event_sent_while_the_endpoint_was_down(
     assert _payment(db, payment_id).status == "succeeded"
 
 
-def test_worker_killed_mid_burst_moves_each_payment_exactly_once(
-    client, db, own_worker, only_own_worker
-):
+@pytest.mark.usefixtures("only_own_worker")
+def test_worker_killed_mid_burst_moves_each_payment_exactly_once(client, db, own_worker):
     users = [make_user(db) for _ in range(10)]
     payments = [make_payment(db, users[i % 10]) for i in range(300)]
     events = [se.event("payment_intent.succeeded", se.payment_intent(p)) for p in payments]
@@ -190,8 +189,9 @@ def test_events_arriving_while_redis_is_down_are_stored_and_swept_later(
     assert db.scalars(select(StripeEvent.status)).all() == ["processed"] * 5
 
 
+@pytest.mark.usefixtures("only_own_worker")
 def test_event_failing_every_try_is_parked_listed_and_retried_by_an_admin(
-    client, db, own_worker, only_own_worker
+    client, db, own_worker
 ):
     own_worker.extra_env = {"BILLING_STRIPE_EVENT_MAX_ATTEMPTS": "2"}
     own_worker.start()

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from db.models import StripeEvent
+from services import outbox
 from tests.conftest import TEST_WEBHOOK_SECRET
 from tests.stripe_events import WEBHOOK_PATH, deliver, event, signature, stripe_object
 from tests.support import free_port
@@ -22,15 +23,26 @@ def _stored(db) -> int:
     return db.scalar(select(func.count()).select_from(StripeEvent)) or 0
 
 
-def _queued(settings) -> int:
-    return redis.Redis.from_url(settings.redis_url).llen("billing")
+@pytest.fixture
+def sent(settings) -> Iterator[list[tuple[str, tuple]]]:
+    """The tasks this process sends, recorded (and still delivered to the broker)."""
+    real = outbox.celery_sender(outbox.producer_app(settings.redis_url))
+    record: list[tuple[str, tuple]] = []
+
+    def recording(name: str, args: tuple, options: dict) -> None:
+        record.append((name, args))
+        real(name, args, options)
+
+    outbox.install_sender(recording)
+    yield record
+    outbox.install_sender(real)
 
 
 def _plain_event():
     return event("customer.created", stripe_object("customer"))
 
 
-def test_signed_event_is_stored_once_and_enqueued_only_when_new(client, db, settings):
+def test_signed_event_is_stored_once_and_enqueued_only_when_new(client, db, sent):
     evt = _plain_event()
     first = deliver(client, evt)
     again = deliver(client, evt)
@@ -41,7 +53,7 @@ def test_signed_event_is_stored_once_and_enqueued_only_when_new(client, db, sett
     assert row is not None and row.status == "pending" and row.type == "customer.created"
     assert row.payload == evt and row.stripe_created == evt["created"]
     assert _stored(db) == 1
-    assert _queued(settings) == 1  # no worker runs here: the one message waits in the queue
+    assert sent == [("stripe.process_event", (evt["id"],))]
 
 
 def _post_raw(client, body: bytes, headers: dict[str, str]):
@@ -61,7 +73,7 @@ def _post_raw(client, body: bytes, headers: dict[str, str]):
         ("signed_binary_body", "malformed_event"),
     ],
 )
-def test_bad_delivery_is_refused_with_400_and_nothing_stored(client, db, settings, case, code):
+def test_bad_delivery_is_refused_with_400_and_nothing_stored(client, db, sent, case, code):
     body = json.dumps(_plain_event()).encode()
     headers = {"Stripe-Signature": signature(body)}
     if case == "wrong_secret":
@@ -89,7 +101,7 @@ def test_bad_delivery_is_refused_with_400_and_nothing_stored(client, db, setting
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == code
     assert _stored(db) == 0
-    assert _queued(settings) == 0
+    assert sent == []
 
 
 def test_previous_secret_still_verifies_during_rotation(settings, db):
@@ -106,17 +118,18 @@ def test_previous_secret_still_verifies_during_rotation(settings, db):
     assert _stored(db) == 2
 
 
-def test_database_down_answers_503_so_stripe_delivers_again(settings):
+def test_database_down_answers_503_so_stripe_delivers_again(settings, sent):
     from api.app import create_app
 
     dead = settings.model_copy(
         update={"database_url": f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none"}
     )
     with TestClient(create_app(dead), raise_server_exceptions=False) as down:
+        outbox.install_sender(lambda name, args, options: sent.append((name, args)))
         response = deliver(down, _plain_event())
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "database_unavailable"
-    assert _queued(settings) == 0
+    assert sent == []
 
 
 def test_webhook_needs_no_sign_in_and_rejects_get(client):
