@@ -35,7 +35,7 @@ function shortDay(iso) {
 /** One SVG drawing of the chart at `width` CSS pixels (text stays at its real size). */
 function drawChart(series, currency, width) {
   const height = 220;
-  const pad = { top: 12, right: 8, bottom: 28, left: 64 };
+  const pad = { top: 12, right: 20, bottom: 28, left: 64 };
   const plotW = width - pad.left - pad.right;
   const plotH = height - pad.top - pad.bottom;
   const max = niceMax(Math.max(...series.map((p) => p.cents)));

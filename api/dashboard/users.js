@@ -342,8 +342,8 @@ export async function userView(ctx) {
   const user = detail.user;
 
   const balance = h("span", { id: "user-balance", text: formatNumber(user.credit_balance) });
-  const txBox = h("div", { id: "user-transactions" });
-  const auditBox = h("div", { id: "user-audit" });
+  const txBox = h("div", { id: "user-transactions" }, h("p", { class: "muted", text: "Loading…" }));
+  const auditBox = h("div", { id: "user-audit" }, h("p", { class: "muted", text: "Loading…" }));
   const activeBox = h("div", { class: "actions" });
   const activeStatus = h("div", { class: "message", role: "status" });
 
