@@ -168,6 +168,7 @@ def test_admin_signs_in_sees_stats_and_adjusts_a_users_credits(browser, live_api
     # And the audit log page lists it.
     page.get_by_role("link", name="Audit log").click()
     expect(page.locator("tbody tr").first).to_contain_text("Goodwill for incident 42")
+    shot(page, "audit-desktop")
     assert problems.errors == []
 
 
@@ -333,6 +334,7 @@ def test_failed_webhook_event_is_retried_from_the_page(browser, live_api, data, 
     rows = page.locator("tbody tr")
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text("payment not found")
+    shot(page, "webhooks-desktop")
     page.get_by_role("button", name="Retry event evt_test_dashboard_failed").click()
     expect(page.get_by_text("No events match.")).to_be_visible()
 
