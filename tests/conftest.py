@@ -24,6 +24,7 @@ import pytest
 import redis
 import stripe
 from sqlalchemy import make_url, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from tests.smtp import start_smtp_server
@@ -195,16 +196,24 @@ def _data_tables(conn) -> list[str]:
 @pytest.fixture(autouse=True)
 def clean_state(engine, _seed_rows, settings) -> Iterator[None]:
     """Each test starts from the migrated schema with only its seed rows, and an empty queue."""
-    with engine.begin() as conn:
-        tables = _data_tables(conn)
-        conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-        for table, rows in _seed_rows.items():
-            cols = list(rows[0])
-            conn.execute(
-                text(f'INSERT INTO "{table}" ({", ".join(cols)}) '
-                     f'VALUES ({", ".join(":" + c for c in cols)})'),
-                rows,
-            )
+    for attempt in range(5):
+        try:
+            with engine.begin() as conn:
+                tables = _data_tables(conn)
+                conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+                for table, rows in _seed_rows.items():
+                    cols = list(rows[0])
+                    conn.execute(
+                        text(f'INSERT INTO "{table}" ({", ".join(cols)}) '
+                             f'VALUES ({", ".join(":" + c for c in cols)})'),
+                        rows,
+                    )
+            break
+        except OperationalError as exc:
+            # The session worker may still be writing the previous test's log batch; its
+            # inserts and this TRUNCATE can deadlock. PostgreSQL aborts one side: go again.
+            if attempt == 4 or not isinstance(exc.orig, psycopg.errors.DeadlockDetected):
+                raise
     client = redis.Redis.from_url(settings.redis_url)
     for key in client.scan_iter(match="billing:*"):
         client.delete(key)
