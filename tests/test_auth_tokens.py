@@ -173,3 +173,34 @@ def test_token_made_by_create_access_token_is_accepted(client, db, settings):
     user = make_user(db)
     token = create_access_token(settings, user_id=user.id, role=user.role)
     assert client.get(PROFILE, headers=_bearer(token)).json()["id"] == str(user.id)
+
+
+def test_concurrent_use_of_one_refresh_token_yields_one_pair_and_revokes_the_family(
+    client, db, live_api
+):
+    import threading
+
+    import httpx
+
+    pair = _sign_in(client, db)
+    barrier = threading.Barrier(4)
+    results: list[httpx.Response] = []
+
+    def use() -> None:
+        barrier.wait()
+        results.append(httpx.post(f"{live_api}/api/auth/refresh", timeout=60,
+                                  json={"refresh_token": pair["refresh_token"]}))
+
+    threads = [threading.Thread(target=use) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    statuses = sorted(r.status_code for r in results)
+    assert statuses == [200, 401, 401, 401]
+    winner = next(r for r in results if r.status_code == 200).json()
+    # Reuse was seen, so even the winner's new token belongs to a revoked family.
+    after = client.post("/api/auth/refresh", json={"refresh_token": winner["refresh_token"]})
+    assert after.status_code == 401
+    db.expire_all()
+    assert all(r.revoked_at is not None for r in db.scalars(select(RefreshToken)))
