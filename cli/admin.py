@@ -33,8 +33,11 @@ def _password(settings: Settings, from_stdin: bool) -> str:
     if settings.admin_password is not None:
         return settings.admin_password.get_secret_value()
     if not sys.stdin.isatty():
-        click.echo("billing admin create: no password: use --password-stdin, set "
-                   "BILLING_ADMIN_PASSWORD, or run it in a terminal", err=True)
+        click.echo(
+            "billing admin create: no password: use --password-stdin, set "
+            "BILLING_ADMIN_PASSWORD, or run it in a terminal",
+            err=True,
+        )
         raise SystemExit(EXIT_FAILED)
     return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
 
@@ -46,8 +49,11 @@ def admin() -> None:
 
 @admin.command()
 @click.argument("email")
-@click.option("--password-stdin", is_flag=True,
-              help="Read the password from the first line of standard input.")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the password from the first line of standard input.",
+)
 def create(email: str, password_stdin: bool) -> None:
     """Create an admin account for EMAIL, confirmed, with a password.
 
