@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ import click
 import sqlalchemy.exc
 
 from cli._process import LockHeld, exclusive_lock
+from cli.commands import api_argv, beat_argv, worker_argv
 from cli.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
 from db.migrate import upgrade
 from settings import Settings
@@ -118,7 +118,7 @@ class DevStack:
             _check_port_free(self.settings.api_host, self.settings.api_port)
             settings = self._start_servers()
             self._prepare(settings)
-            self._spawn_children()
+            self._spawn_children(settings)
             self._supervise(settings)
         except _StopRequested:
             return 0
@@ -130,6 +130,7 @@ class DevStack:
             self._stop_requested = True
             self._stop_children()
             self._stop_servers()
+            click.echo("billing dev: stopped")
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self._stop_requested:
@@ -185,15 +186,18 @@ class DevStack:
         except sqlalchemy.exc.OperationalError as exc:
             raise DevError(f"cannot migrate the database: {exc.orig}") from None
 
-    def _spawn_children(self) -> None:
-        for name in ("api", "worker", "beat"):
+    def _spawn_children(self, settings: Settings) -> None:
+        commands = {
+            "api": api_argv(settings),
+            "worker": worker_argv(settings),
+            "beat": beat_argv(settings),
+        }
+        for name, argv in commands.items():
             # A stop arriving between the fork and the bookkeeping would leave
             # a child nobody stops.
             with self._stop_deferred():
-                proc = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
-                    [sys.executable, "-m", "cli.main", name],
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
+                proc = subprocess.Popen(  # noqa: S603 (our own interpreter and modules)
+                    argv, stdin=subprocess.DEVNULL, start_new_session=True
                 )
                 self.children.append(Child(name, proc))
 
@@ -261,8 +265,6 @@ class DevStack:
                 server.stop()
             except (EmbeddedServerError, OSError) as exc:
                 click.echo(f"billing dev: could not stop {type(server).__name__}: {exc}", err=True)
-        if self.servers:
-            click.echo("billing dev: stopped")
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -95,6 +95,8 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         """Shut the server down cleanly (fast mode), killing it only if that fails."""
         if not self.root.exists():
+            # Data deleted under a running server: no pid file, only its processes.
+            terminate(processes_in(self.pgdata, name="postgres"), timeout=5)
             return
         with exclusive_lock(self._lock_file, wait=True):
             if self._postmaster() is not None:
@@ -274,16 +276,18 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         """Shut the server down (it saves its data first when persistent)."""
-        if not self.dir.exists():
-            return
-        with exclusive_lock(self._lock_file, wait=True):
-            proc = self._server()
-            if proc is not None:
-                terminate([proc], timeout=_STOP_TIMEOUT_S)
-            if self._child is not None:
-                self._child.wait()
-                self._child = None
-            self._clear_crash_leftovers()
+        if self.dir.exists():
+            with exclusive_lock(self._lock_file, wait=True):
+                proc = self._server()
+                if proc is not None:
+                    terminate([proc], timeout=_STOP_TIMEOUT_S)
+                self._clear_crash_leftovers()
+        else:
+            # Data deleted under a running server: no pid file, only its process.
+            terminate(processes_in(self.dir, name="redis-server"), timeout=5)
+        if self._child is not None:
+            self._child.wait()
+            self._child = None
 
     def _server(self) -> psutil.Process | None:
         return process_if_ours(read_pid_file(self.pid_file), name="redis-server", cwd=self.dir)

@@ -11,6 +11,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from cli.commands import api_argv, beat_argv, beat_schedule_file, worker_argv
 from db.migrate import upgrade
 from settings import Settings, SettingsError, load_settings
 
@@ -57,11 +58,11 @@ def require_servers(settings: Settings, command: str, *, redis: bool = True) -> 
     return settings.database_url
 
 
-def exec_python_module(module: str, args: list[str]) -> NoReturn:
-    """Replace this process with ``python -m module args`` (same interpreter, same env)."""
+def exec_argv(argv: list[str]) -> NoReturn:
+    """Replace this process with ``argv`` (same environment)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", module, *args])  # noqa: S606
+    os.execv(argv[0], argv)  # noqa: S606
 
 
 class LazyGroup(click.Group):
@@ -134,28 +135,7 @@ def api(settings: Settings, host: str | None, port: int | None, workers: int) ->
     Needs BILLING_DATABASE_URL and BILLING_REDIS_URL (`billing dev` runs it all locally).
     """
     require_servers(settings, "api")
-    exec_python_module("uvicorn", uvicorn_args(settings, host=host, port=port, workers=workers))
-
-
-def uvicorn_args(
-    settings: Settings, *, host: str | None, port: int | None, workers: int
-) -> list[str]:
-    """The uvicorn command line that serves the API for ``settings``."""
-    args = [
-        "api.app:create_app", "--factory",
-        "--host", host or settings.api_host,
-        "--port", str(port or settings.api_port),
-        "--workers", str(workers),
-        "--log-level", settings.log_level.lower(),
-        # The API logs each request itself, with its request id.
-        "--no-access-log",
-    ]  # fmt: skip
-    if settings.trusted_proxies:
-        args += ["--proxy-headers", "--forwarded-allow-ips", ",".join(settings.trusted_proxies)]
-    else:
-        # Trust no X-Forwarded-* header unless a proxy is configured.
-        args.append("--no-proxy-headers")
-    return args
+    exec_argv(api_argv(settings, host=host, port=port, workers=workers))
 
 
 @billing.command()
@@ -171,14 +151,7 @@ def worker(settings: Settings, concurrency: int | None) -> None:
     BILLING_DATABASE_URL and BILLING_REDIS_URL; run as many as the load needs.
     """
     require_servers(settings, "worker")
-    exec_python_module(
-        "celery",
-        [
-            "-A", "workers.app", "worker",
-            "--concurrency", str(concurrency or settings.worker_concurrency),
-            "--loglevel", settings.log_level,
-        ],
-    )  # fmt: skip
+    exec_argv(worker_argv(settings, concurrency=concurrency))
 
 
 @billing.command()
@@ -190,16 +163,8 @@ def beat(settings: Settings) -> None:
     checks. Run exactly one per deployment; its schedule state lives in BILLING_DATA_DIR.
     """
     require_servers(settings, "beat")
-    data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    exec_python_module(
-        "celery",
-        [
-            "-A", "workers.app", "beat",
-            "--schedule", str(data_dir / "celerybeat-schedule"),
-            "--loglevel", settings.log_level,
-        ],
-    )  # fmt: skip
+    beat_schedule_file(settings).parent.mkdir(parents=True, exist_ok=True)
+    exec_argv(beat_argv(settings))
 
 
 @billing.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,13 +24,19 @@ ROOT = Path(__file__).resolve().parent.parent
 BILLING = [sys.executable, "-m", "cli.main"]
 COMMANDS = ["dev", "api", "worker", "beat", "migrate"]
 READY_TIMEOUT_S = 30
-STOP_TIMEOUT_S = 30
+# Generous: on a loaded 2-CPU machine a clean stop of everything can take a while.
+STOP_TIMEOUT_S = 60
 
 
 def clean_env(**settings: str) -> dict[str, str]:
     """This environment without any BILLING_* setting, plus ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
     return {**env, **settings}
+
+
+def psycopg_url(url: str) -> str:
+    """The libpq form of a SQLAlchemy URL."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def billing(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
@@ -69,8 +76,17 @@ def test_help_lists_every_command() -> None:
         assert f"\n  {command} " in listed
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-@pytest.mark.parametrize(("variable", "value"), [("BILLING_API_PORT", "abc"), ("BILLING_FOO", "1")])
+# Every command, each of the two kinds of mistake (a bad value, an unknown name).
+@pytest.mark.parametrize(
+    ("command", "variable", "value"),
+    [
+        ("dev", "BILLING_API_PORT", "abc"),
+        ("api", "BILLING_FOO", "1"),
+        ("worker", "BILLING_API_PORT", "abc"),
+        ("beat", "BILLING_FOO", "1"),
+        ("migrate", "BILLING_API_PORT", "abc"),
+    ],
+)
 def test_invalid_setting_exits_2_naming_the_variable(
     command: str, variable: str, value: str
 ) -> None:
@@ -155,38 +171,61 @@ def survivors(procs: list[psutil.Process], data_dir: Path) -> list[str]:
     return described
 
 
+class DevHarness:
+    """Starts ``billing dev`` runs on one data directory and API port."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.data_dir = tmp_path / "data"
+        port = free_tcp_port()
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.env = clean_env(
+            BILLING_DATA_DIR=str(self.data_dir),
+            BILLING_API_PORT=str(port),
+            BILLING_LOG_JSON="false",
+        )
+        self.runs: list[DevRun] = []
+
+    def start(self) -> DevRun:
+        run = DevRun(self.env, self.tmp_path / f"dev-{len(self.runs) + 1}.log")
+        self.runs.append(run)
+        return run
+
+    def clean_up(self) -> None:
+        """Stop whatever a failed test left running, so nothing outlives it."""
+        for run in self.runs:
+            if run.proc.poll() is not None:
+                continue
+            tree = run.tree()
+            run.proc.terminate()
+            try:
+                run.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                for proc in tree:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        proc.kill()
+                run.proc.wait()
+        EmbeddedRedis(self.data_dir).stop()
+        EmbeddedPostgres(self.data_dir).stop()
+
+
 @pytest.fixture
-def dev_env(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path, str]]:
-    data_dir = tmp_path / "data"
-    port = free_tcp_port()
-    env = clean_env(
-        BILLING_DATA_DIR=str(data_dir), BILLING_API_PORT=str(port), BILLING_LOG_JSON="false"
-    )
-    yield env, data_dir, f"http://127.0.0.1:{port}"
-    # If the test failed half-way, nothing it started may outlive it.
-    for proc in psutil.process_iter():
-        try:
-            if str(data_dir) in " ".join(proc.cmdline()) and proc.pid != os.getpid():
-                proc.kill()
-        except psutil.Error:
-            continue
-    EmbeddedRedis(data_dir).stop()
-    EmbeddedPostgres(data_dir).stop()
+def dev(tmp_path: Path) -> Iterator[DevHarness]:
+    harness = DevHarness(tmp_path)
+    yield harness
+    harness.clean_up()
 
 
-def test_billing_dev_runs_the_stack_and_sigterm_leaves_nothing_behind(
-    dev_env: tuple[dict[str, str], Path, str], tmp_path: Path
-) -> None:
-    env, data_dir, base_url = dev_env
-    run = DevRun(env, tmp_path / "dev-1.log")
-    wait_ready(run, base_url)
+def test_billing_dev_runs_the_stack_and_sigterm_leaves_nothing_behind(dev: DevHarness) -> None:
+    run = dev.start()
+    wait_ready(run, dev.base_url)
 
-    second = billing("dev", env=env)
+    second = billing("dev", env=dev.env)
     assert second.returncode != 0
-    assert "already running" in second.stderr and str(data_dir) in second.stderr
+    assert "already running" in second.stderr and str(dev.data_dir) in second.stderr
 
-    database = make_url(EmbeddedPostgres(data_dir).admin_url("billing"))
-    with psycopg.connect(database.set(drivername="postgresql").render_as_string(False)) as conn:
+    database = psycopg_url(EmbeddedPostgres(dev.data_dir).admin_url("billing"))
+    with psycopg.connect(database) as conn:
         conn.execute("CREATE TABLE dev_probe (note text)")
         conn.execute("INSERT INTO dev_probe VALUES ('written in the first run')")
 
@@ -195,21 +234,20 @@ def test_billing_dev_runs_the_stack_and_sigterm_leaves_nothing_behind(
     run.proc.send_signal(signal.SIGTERM)
 
     assert run.wait() == 0, run.output()
-    assert survivors(tree, data_dir) == [], run.output()
-    assert not (data_dir / "postgres" / "data" / "postmaster.pid").exists()
-    assert not (data_dir / "redis" / "redis.pid").exists()
+    assert survivors(tree, dev.data_dir) == [], run.output()
+    assert not (dev.data_dir / "postgres" / "data" / "postmaster.pid").exists()
+    assert not (dev.data_dir / "redis" / "redis.pid").exists()
 
     # The next start finds the same data; a child that dies takes everything down.
-    run = DevRun(env, tmp_path / "dev-2.log")
-    wait_ready(run, base_url)
-    with psycopg.connect(database.set(drivername="postgresql").render_as_string(False)) as conn:
-        assert conn.execute("SELECT note FROM dev_probe").fetchall() == [
-            ("written in the first run",)
-        ]
+    run = dev.start()
+    wait_ready(run, dev.base_url)
+    with psycopg.connect(database) as conn:
+        notes = conn.execute("SELECT note FROM dev_probe").fetchall()
+    assert notes == [("written in the first run",)]
     tree = run.tree()
     beat = next(p for p in tree if "beat" in p.cmdline())
     os.killpg(beat.pid, signal.SIGKILL)
 
     assert run.wait() != 0
     assert "beat process exited unexpectedly" in run.output()
-    assert survivors(tree, data_dir) == [], run.output()
+    assert survivors(tree, dev.data_dir) == [], run.output()

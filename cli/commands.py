@@ -1,0 +1,61 @@
+"""The command lines of the long-running processes: the API, a worker and beat.
+
+``billing api|worker|beat`` exec them; ``billing dev`` spawns them directly,
+so each child costs one interpreter start, not two.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from settings import Settings
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """``python -m module args`` with this very interpreter."""
+    return [sys.executable, "-m", module, *args]
+
+
+def api_argv(
+    settings: Settings, *, host: str | None = None, port: int | None = None, workers: int = 1
+) -> list[str]:
+    """uvicorn serving the API for ``settings`` (``host``/``port`` override theirs)."""
+    args = [
+        "api.app:create_app", "--factory",
+        "--host", host or settings.api_host,
+        "--port", str(port or settings.api_port),
+        "--workers", str(workers),
+        "--log-level", settings.log_level.lower(),
+        # The API logs each request itself, with its request id.
+        "--no-access-log",
+    ]  # fmt: skip
+    if settings.trusted_proxies:
+        args += ["--proxy-headers", "--forwarded-allow-ips", ",".join(settings.trusted_proxies)]
+    else:
+        # Trust no X-Forwarded-* header unless a proxy is configured.
+        args.append("--no-proxy-headers")
+    return python_module("uvicorn", *args)
+
+
+def worker_argv(settings: Settings, *, concurrency: int | None = None) -> list[str]:
+    """A Celery worker for the task queue."""
+    return python_module(
+        "celery", "-A", "workers.app", "worker",
+        "--concurrency", str(concurrency or settings.worker_concurrency),
+        "--loglevel", settings.log_level,
+    )  # fmt: skip
+
+
+def beat_schedule_file(settings: Settings) -> Path:
+    """Where beat keeps its schedule state (last run of each entry)."""
+    return settings.data_dir.resolve() / "celerybeat-schedule"
+
+
+def beat_argv(settings: Settings) -> list[str]:
+    """The Celery beat scheduler."""
+    return python_module(
+        "celery", "-A", "workers.app", "beat",
+        "--schedule", str(beat_schedule_file(settings)),
+        "--loglevel", settings.log_level,
+    )  # fmt: skip
