@@ -280,7 +280,8 @@ def main() -> None:
     section = f"""## Admin statistics (`python -m bench.stats`)
 
 Machine: {os.cpu_count()} cores, {platform.system()} {platform.release()}, PostgreSQL on
-127.0.0.1 (database `billing_bench_stats`), run {when}.
+127.0.0.1 (database `billing_bench_stats`), run {when}, 1-minute load average at the
+end {os.getloadavg()[0]:.1f}.
 Data: {args.users:,} users, {args.usage_rows:,} usage rows over 90 days (20 endpoints),
 {args.payments:,} payments, {max(1, args.users // 50):,} subscriptions; the daily rollup has
 {timings['rollup_rows']:,.0f} rows. Generation: users {timings['users_s']:.0f} s, usage
