@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.client import auth_context
-from db.engine import get_sessionmaker
+from db import rls
 from db.models import User
 from services.auth import external
 from services.auth.tokens import decode_access_token, is_revoked
@@ -30,18 +30,15 @@ async def get_redis(request: Request) -> redis.Redis:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """One transaction for the request: committed after the route returns, else rolled back."""
+    """One transaction for the request: committed after the route returns, else rolled back.
+
+    It runs as the application role under Row Level Security (``db.rls``) and sees no user
+    rows until ``CurrentUser``/``AdminUser`` (or ``ServiceSessionDep``) says whose request it is.
+    """
     settings: Settings = request.app.state.settings
     assert settings.database_url is not None
-    session = get_sessionmaker(settings.database_url)()
-    try:
+    with rls.app_transaction(settings.database_url) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 async def request_id(request: Request) -> str:
@@ -79,10 +76,16 @@ def current_user(
     except Unauthorized:
         if not external.configured(settings) or external.issued_by_us(settings, token):
             raise
+        # Finding (or creating) the account of an outside identity looks across accounts.
+        rls.set_context(session, scope="service")
         user = external.authenticate(session, auth_context(request), token)
+        if user is not None:
+            rls.set_context(session, scope="user", user_id=user.id)
     else:
         if is_revoked(redis_client, claims.jti):
             raise Unauthorized("access token was signed out", code="token_revoked") from None
+        # From here on the transaction sees and changes only this user's rows.
+        rls.set_context(session, scope="user", user_id=claims.user_id)
         user = session.get(User, claims.user_id)
     if user is None or not user.is_active:
         # A deactivated user's tokens stop working at once, not at expiry.
@@ -91,14 +94,26 @@ def current_user(
     return user
 
 
-def admin_user(user: Annotated[User, Depends(current_user)]) -> User:
-    """The current user if they are an admin; 403 otherwise."""
+def admin_user(user: Annotated[User, Depends(current_user)], session: SessionDep) -> User:
+    """The current user if they are an admin (the request then sees every row); 403 otherwise."""
     if user.role != "admin":
         raise Forbidden("this operation needs the admin role", code="admin_required")
+    rls.set_context(session, scope="admin", user_id=user.id)
     return user
+
+
+def service_session(session: SessionDep) -> Session:
+    """The request's session in the ``service`` scope, for requests without a signed-in user.
+
+    Sign-in flows find accounts by email, phone, token or provider, and the Stripe webhook
+    stores events: the policies let this scope see the tables those need, and no more.
+    """
+    rls.set_context(session, scope="service")
+    return session
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
 AdminUser = Annotated[User, Depends(admin_user)]
+ServiceSessionDep = Annotated[Session, Depends(service_session)]
 # The raw bearer credentials, for a route that calls ``current_user`` itself in one thread hop.
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]

@@ -153,14 +153,14 @@ def api_env(database_url: str, redis_url: str, jwt_secret: str, log_level: str) 
 
 def start_api(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[bytes]:
     """The API as ``billing api --workers N`` serves it."""
-    from cli.main import uvicorn_args
+    from cli.commands import api_argv
     from settings import Settings
 
     settings = Settings(database_url=env["BILLING_DATABASE_URL"],
                         redis_url=env["BILLING_REDIS_URL"], log_level=env["BILLING_LOG_LEVEL"])
-    args = uvicorn_args(settings, host="127.0.0.1", port=port, workers=workers)
+    argv = api_argv(settings, host="127.0.0.1", port=port, workers=workers)
     proc = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "uvicorn", *args], cwd=ROOT, env=env,
+        argv, cwd=ROOT, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     deadline = time.monotonic() + 60

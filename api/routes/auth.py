@@ -9,7 +9,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.client import AuthContextDep
-from api.deps import RedisDep, SessionDep, SettingsDep
+from api.deps import RedisDep, ServiceSessionDep, SettingsDep
 from api.schemas.auth import (
     ConfirmIn,
     ConfirmOut,
@@ -42,7 +42,7 @@ def _tokens(pair: TokenPair) -> TokenOut:
 
 
 @router.post("/register", status_code=201, response_model=RegisterOut)
-def register(body: RegisterIn, session: SessionDep, ctx: AuthContextDep) -> RegisterOut:
+def register(body: RegisterIn, session: ServiceSessionDep, ctx: AuthContextDep) -> RegisterOut:
     """Create an account with email and password; a confirmation link is mailed."""
     user = accounts.register(session, ctx, email=body.email, password=body.password,
                              full_name=body.full_name)
@@ -52,7 +52,7 @@ def register(body: RegisterIn, session: SessionDep, ctx: AuthContextDep) -> Regi
 
 
 @router.post("/confirm", response_model=ConfirmOut)
-def confirm(body: ConfirmIn, session: SessionDep, ctx: AuthContextDep) -> ConfirmOut:
+def confirm(body: ConfirmIn, session: ServiceSessionDep, ctx: AuthContextDep) -> ConfirmOut:
     """Confirm an email address (after sign-up, or a new one after an email change)."""
     user = accounts.confirm(session, ctx, token=body.token)
     assert user.email is not None
@@ -60,13 +60,13 @@ def confirm(body: ConfirmIn, session: SessionDep, ctx: AuthContextDep) -> Confir
 
 
 @router.post("/login", response_model=TokenOut)
-def login(body: LoginIn, session: SessionDep, ctx: AuthContextDep) -> TokenOut:
+def login(body: LoginIn, session: ServiceSessionDep, ctx: AuthContextDep) -> TokenOut:
     """Sign in with email and password."""
     return _tokens(accounts.login(session, ctx, email=body.email, password=body.password))
 
 
 @router.post("/refresh", response_model=TokenOut)
-def refresh_tokens(body: RefreshIn, session: SessionDep, ctx: AuthContextDep) -> TokenOut:
+def refresh_tokens(body: RefreshIn, session: ServiceSessionDep, ctx: AuthContextDep) -> TokenOut:
     """Exchange a refresh token for a new pair (the old one stops working)."""
     return _tokens(refresh.rotate(session, ctx, body.refresh_token))
 
@@ -74,7 +74,7 @@ def refresh_tokens(body: RefreshIn, session: SessionDep, ctx: AuthContextDep) ->
 @router.post("/logout", status_code=204, response_class=Response)
 def logout(
     body: LogoutIn,
-    session: SessionDep,
+    session: ServiceSessionDep,
     settings: SettingsDep,
     redis: RedisDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_optional_bearer)],
@@ -93,7 +93,9 @@ def logout(
 
 
 @router.post("/magic-link", status_code=202, response_model=SentOut)
-def request_magic_link(body: MagicLinkIn, session: SessionDep, ctx: AuthContextDep) -> SentOut:
+def request_magic_link(
+    body: MagicLinkIn, session: ServiceSessionDep, ctx: AuthContextDep
+) -> SentOut:
     """Mail a one-time sign-in link (the same answer whether or not the account exists)."""
     magic_link.request(session, ctx, email=body.email)
     return SentOut(message="if an account has this email, a sign-in link is on its way",
@@ -102,21 +104,21 @@ def request_magic_link(body: MagicLinkIn, session: SessionDep, ctx: AuthContextD
 
 @router.post("/magic-link/verify", response_model=TokenOut)
 def verify_magic_link(
-    body: MagicLinkVerifyIn, session: SessionDep, ctx: AuthContextDep
+    body: MagicLinkVerifyIn, session: ServiceSessionDep, ctx: AuthContextDep
 ) -> TokenOut:
     """Exchange a magic-link token for tokens."""
     return _tokens(magic_link.verify(session, ctx, token=body.token))
 
 
 @router.post("/otp", status_code=202, response_model=SentOut)
-def request_otp(body: OtpIn, session: SessionDep, ctx: AuthContextDep) -> SentOut:
+def request_otp(body: OtpIn, session: ServiceSessionDep, ctx: AuthContextDep) -> SentOut:
     """Text a six-digit sign-in code to the phone number."""
     otp.request_code(session, ctx, phone=body.phone)
     return SentOut(message="a code is on its way", expires_in=ctx.settings.otp_ttl_s)
 
 
 @router.post("/otp/verify", response_model=TokenOut)
-def verify_otp(body: OtpVerifyIn, session: SessionDep, ctx: AuthContextDep) -> TokenOut:
+def verify_otp(body: OtpVerifyIn, session: ServiceSessionDep, ctx: AuthContextDep) -> TokenOut:
     """Sign in (or sign up) with the phone number and its code."""
     return _tokens(otp.verify(session, ctx, phone=body.phone, code=body.code))
 
@@ -135,7 +137,7 @@ def google_authorize(ctx: AuthContextDep) -> RedirectResponse:
 
 @router.get("/oauth/google/callback", response_model=TokenOut)
 def google_callback(
-    session: SessionDep,
+    session: ServiceSessionDep,
     ctx: AuthContextDep,
     response: Response,
     code: Annotated[str | None, Query(max_length=2048)] = None,

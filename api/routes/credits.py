@@ -31,7 +31,7 @@ from api.schemas.credits import (
     TransactionOut,
     TransactionPageOut,
 )
-from db.engine import session_scope
+from db import rls
 from services import credits, packages, payments
 
 router = APIRouter(prefix="/api/user-management", tags=["credits"])
@@ -123,7 +123,7 @@ async def use_credits(
     assert settings.database_url is not None
 
     def run() -> Any:
-        with session_scope(settings.database_url) as session:
+        with rls.app_transaction(settings.database_url) as session:
             user = current_user(
                 request=request,
                 session=session,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
 
-from api.deps import SessionDep, SettingsDep
+from api.deps import ServiceSessionDep, SettingsDep
 from api.schemas.stripe import WebhookOut
 from services.stripe_events import inbox
 
@@ -28,7 +28,7 @@ async def raw_body(request: Request) -> bytes:
     },
 )
 def stripe_webhook(
-    session: SessionDep,
+    session: ServiceSessionDep,
     settings: SettingsDep,
     body: Annotated[bytes, Depends(raw_body)],
     signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,

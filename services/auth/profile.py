@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db import rls
 from db.base import utc_now
 from db.models import OneTimeToken, User
 from services.auth.accounts import by_email, flush_unique, mail_token, normalize_email
@@ -94,7 +95,11 @@ def update(session: Session, ctx: AuthContext, user: User, changes: dict[str, An
     new_email = normalize_email(new_email)
     if new_email == user.email:
         return False
-    if by_email(session, new_email) is not None:
+    # Whether another account has the address is a question about other users' rows: asked
+    # in the service scope (Row Level Security), for this one lookup only.
+    with rls.scope(session, "service"):
+        taken = by_email(session, new_email) is not None
+    if taken:
         raise Conflict("this email is already in use", code="email_taken")
     mail_token(session, ctx, user=user, purpose="email_change", email=new_email)
     return True

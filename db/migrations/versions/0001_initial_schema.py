@@ -711,9 +711,11 @@ def upgrade() -> None:
     op.create_index("ix_subscriptions_user_id", "subscriptions", ["user_id"], unique=False)
     _create_triggers()
     _seed_packages()
+    _enable_row_level_security()
 
 
 def downgrade() -> None:
+    _revoke_app_role()
     op.drop_index("ix_subscriptions_user_id", table_name="subscriptions")
     op.drop_index("ix_subscriptions_status_plan_id", table_name="subscriptions")
     op.drop_table("subscriptions")
@@ -862,3 +864,104 @@ def _seed_packages() -> None:
             },
         ],
     )
+
+
+# Row Level Security (see db/rls.py). The API runs each request's transaction as APP_ROLE,
+# which owns nothing, so these policies apply to it; the owner (migrations, workers, CLI)
+# is not subject to them (RLS is not FORCEd).
+APP_ROLE = "billing_app"
+_USER_ID = "nullif(current_setting('app.user_id', true), '')::uuid"
+_SCOPE = "current_setting('app.scope', true)"
+
+# table: (privileges of APP_ROLE, the column naming the row's user or None,
+#         scopes that see every row). Least privilege: the ledger is append-only, logs and
+#         rollups are written by workers, deletes are done by workers only.
+RLS_TABLES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
+    "users": ("SELECT, INSERT, UPDATE", "id", ("admin", "service")),
+    "auth_identities": ("SELECT, INSERT, UPDATE", "user_id", ("admin", "service")),
+    "refresh_tokens": ("SELECT, INSERT, UPDATE", "user_id", ("admin", "service")),
+    "one_time_tokens": ("SELECT, INSERT, UPDATE", "user_id", ("admin", "service")),
+    "login_history": ("SELECT", "user_id", ("admin",)),
+    "credit_transactions": ("SELECT, INSERT", "user_id", ("admin",)),
+    "payments": ("SELECT, INSERT, UPDATE", "user_id", ("admin",)),
+    "subscriptions": ("SELECT, INSERT, UPDATE", "user_id", ("admin",)),
+    "api_usage_log": ("SELECT", "user_id", ("admin",)),
+    "usage_daily": ("SELECT", "user_id", ("admin",)),
+    "idempotency_keys": ("SELECT, INSERT, UPDATE", "user_id", ("admin",)),
+    "otp_codes": ("SELECT, INSERT, UPDATE", None, ("service",)),
+    "stripe_events": ("SELECT, INSERT, UPDATE", None, ("admin", "service")),
+    "admin_activity_log": ("SELECT, INSERT", None, ("admin",)),
+    "admin_stats_snapshots": ("SELECT", None, ("admin",)),
+    "daily_reports": ("SELECT", None, ("admin",)),
+    "integrity_checks": ("SELECT", None, ("admin",)),
+}
+# Readable by every request (what is for sale), written by admins only.
+CATALOG_TABLES = ("credit_packages", "plans")
+
+
+def _enable_row_level_security() -> None:
+    # Roles are cluster-wide: another database on the cluster may have made it already, maybe
+    # at this very moment (a concurrent CREATE ROLE fails with unique_violation).
+    op.execute(
+        f"""
+        DO $$
+        BEGIN
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
+                BEGIN
+                    CREATE ROLE {APP_ROLE} NOLOGIN;
+                EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+                END;
+            END IF;
+            IF NOT pg_has_role(current_user, '{APP_ROLE}', 'MEMBER') THEN
+                BEGIN
+                    -- lets the connecting owner switch to the role (SET LOCAL ROLE)
+                    EXECUTE format('GRANT {APP_ROLE} TO %I', current_user);
+                EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+                END;
+            END IF;
+        END $$
+        """
+    )
+    op.execute(f"GRANT USAGE ON SCHEMA {_schema()} TO {APP_ROLE}")
+    for table, (privileges, owner_column, scopes) in RLS_TABLES.items():
+        op.execute(f"GRANT {privileges} ON {table} TO {APP_ROLE}")
+        op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+        allowed = f"{_SCOPE} IN ({', '.join(repr(s) for s in scopes)})"
+        rule = f"{owner_column} = {_USER_ID} OR {allowed}" if owner_column else allowed
+        op.execute(
+            f"CREATE POLICY {table}_access ON {table} FOR ALL TO {APP_ROLE} "
+            f"USING ({rule}) WITH CHECK ({rule})"
+        )
+    for table in CATALOG_TABLES:
+        op.execute(f"GRANT SELECT, INSERT, UPDATE ON {table} TO {APP_ROLE}")
+        op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+        op.execute(f"CREATE POLICY {table}_read ON {table} FOR SELECT TO {APP_ROLE} USING (true)")
+        op.execute(
+            f"CREATE POLICY {table}_admin ON {table} FOR ALL TO {APP_ROLE} "
+            f"USING ({_SCOPE} = 'admin') WITH CHECK ({_SCOPE} = 'admin')"
+        )
+    # Identity columns: nextval on the tables the role inserts into.
+    op.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {_schema()} TO {APP_ROLE}")
+
+
+def _revoke_app_role() -> None:
+    # The role and its memberships stay: other databases of the cluster may use them.
+    # Policies go with their tables.
+    op.execute(
+        f"""
+        DO $$
+        BEGIN
+            IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
+                EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM {APP_ROLE}',
+                               current_schema());
+                EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA %I FROM {APP_ROLE}',
+                               current_schema());
+                EXECUTE format('REVOKE USAGE ON SCHEMA %I FROM {APP_ROLE}', current_schema());
+            END IF;
+        END $$
+        """
+    )
+
+
+def _schema() -> str:
+    return str(op.get_bind().execute(sa.text("SELECT quote_ident(current_schema())")).scalar_one())
