@@ -22,4 +22,7 @@ class Event:
     settings: Settings
 
 
+# A handler moves money and state for its event in the caller's transaction. It raises
+# ``Skip`` (event marked ignored) only before writing anything; any other exception rolls
+# the whole transaction back.
 Handler = Callable[[Session, Event], None]

@@ -64,9 +64,7 @@ def process(session: Session, *, event_id: str, settings: Settings) -> str:
         settings=settings,
     )
     try:
-        # A savepoint, so that a handler deciding to skip leaves none of its writes behind.
-        with session.begin_nested():
-            handler(session, event)
+        handler(session, event)
     except Skip as skip:
         _finish(row, "ignored", str(skip))
     else:

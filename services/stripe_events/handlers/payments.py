@@ -10,6 +10,12 @@ from services.stripe_events.context import Event, Handler
 from services.stripe_objects import Skip, StripeObject, as_int, as_uuid, currency, metadata, ref
 
 
+def _not_subscription(payment: Payment) -> None:
+    # Checked before anything is written: a skipped event must leave no change behind.
+    if payment.flow == "subscription":
+        raise Skip("subscription payments are granted by their invoice events")
+
+
 def _session_payment(session: Session, obj: StripeObject) -> Payment:
     if obj.get("mode") not in (None, "payment"):
         raise Skip("subscription checkouts are settled by subscription and invoice events")
@@ -22,6 +28,7 @@ def _session_payment(session: Session, obj: StripeObject) -> Payment:
     )
     if payment is None:
         raise Skip(f"checkout session {ref(obj.get('id'))} is not one of our payments")
+    _not_subscription(payment)
     settlement.link(
         payment,
         checkout_session_id=ref(obj.get("id")),
@@ -38,6 +45,7 @@ def _intent_payment(session: Session, obj: StripeObject) -> Payment:
     )
     if payment is None:
         raise Skip(f"payment intent {ref(obj.get('id'))} is not one of our payments")
+    _not_subscription(payment)
     settlement.link(
         payment, payment_intent_id=ref(obj.get("id")), charge_id=ref(obj.get("latest_charge"))
     )
