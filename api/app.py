@@ -9,6 +9,7 @@ import redis
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from api.error_docs import install_error_docs
 from api.errors import install_error_handlers
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api.routes import (
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.redis_url, socket_timeout=1, socket_connect_timeout=1, health_check_interval=30
     )
     install_error_handlers(app)
+    install_error_docs(app)
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(profile.router)

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -110,6 +110,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
     app.add_exception_handler(DBAPIError, _unexpected_db)
+    app.add_exception_handler(UnicodeEncodeError, _unstorable_value)
     app.add_exception_handler(Exception, _unexpected)
 
 
@@ -117,4 +118,14 @@ async def _unexpected_db(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DBAPIError)
     if exc.connection_invalidated:
         return await _database_unavailable(request, exc)
+    if isinstance(exc, DataError):
+        return await _unstorable_value(request, exc)
     return await _unexpected(request, exc)
+
+
+async def _unstorable_value(_: Request, exc: Exception) -> JSONResponse:
+    # The database refused a value the request carried (a NUL character in text, a number
+    # beyond BIGINT, a lone surrogate that is no UTF-8): the client's input, not our fault.
+    log.warning("value refused by the database", extra={"error": type(exc).__name__})
+    return error_response(400, "invalid_value", "a value in the request cannot be stored "
+                          "(NUL character, invalid text or a number out of range)")

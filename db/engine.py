@@ -18,6 +18,9 @@ def create_db_engine(url: str, *, pool_size: int = 10, application_name: str = "
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_timeout=5,
+        # A database error's message would otherwise carry the bound values (token hashes,
+        # emails, request text) into the logs.
+        hide_parameters=True,
         connect_args={"application_name": application_name, "connect_timeout": 5},
     )
 

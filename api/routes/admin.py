@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response
-from pydantic import AwareDatetime
+from fastapi import APIRouter, Path, Query, Response
 
 from api.deps import AdminUser, RequestIdDep, SessionDep
 from api.schemas.admin import (
@@ -32,6 +30,7 @@ from api.schemas.admin import (
     UsagePageOut,
     UsageRecordOut,
 )
+from api.schemas.params import IsoDate, IsoDatetime
 from db.models.billing import PAYMENT_STATUSES
 from db.models.users import ROLES, SUBSCRIPTION_STATUSES
 from services import admin_users, outbox, reports, stats, usage
@@ -41,8 +40,8 @@ router = APIRouter(prefix="/api/user-management/admin", tags=["admin"])
 
 Limit = Annotated[int, Query(ge=1, le=200, description="Items per page")]
 Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of the last page")]
-Since = Annotated[AwareDatetime | None, Query(description="Inclusive")]
-Until = Annotated[AwareDatetime | None, Query(description="Exclusive")]
+Since = Annotated[IsoDatetime | None, Query(description="Inclusive")]
+Until = Annotated[IsoDatetime | None, Query(description="Exclusive")]
 
 
 @router.get("/users", response_model=AdminUserPageOut, summary="Search users")
@@ -155,8 +154,9 @@ def get_usage(
     endpoint: Annotated[str | None, Query(max_length=255)] = None,
     since: Since = None,
     until: Until = None,
-    since_day: Annotated[date | None, Query(description="Aggregates: first UTC day")] = None,
-    until_day: Annotated[date | None, Query(description="Aggregates: day after the last")] = None,
+    since_day: Annotated[IsoDate | None, Query(description="Aggregates: first UTC day")] = None,
+    until_day: Annotated[IsoDate | None,
+                         Query(description="Aggregates: day after the last")] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> UsagePageOut | UsageAggregateOut:
@@ -202,7 +202,8 @@ def list_reports(admin: AdminUser, session: SessionDep, limit: Limit = 50,
 
 @router.get("/reports/{report_id}", response_model=ReportOut, summary="One daily report",
             responses={200: {"content": {"text/csv": {}}}})
-def get_report(report_id: int, admin: AdminUser, session: SessionDep,
+def get_report(report_id: Annotated[int, Path(ge=1, le=2**63 - 1)], admin: AdminUser,
+               session: SessionDep,
                format: Literal["json", "csv"] = "json") -> Response | ReportOut:
     """The report as JSON, or as a CSV download (``?format=csv``)."""
     report = reports.get(session, report_id)

@@ -72,7 +72,9 @@ def list_plans(admin: AdminUser, session: SessionDep) -> list[AdminPlanOut]:
     return [AdminPlanOut.model_validate(p) for p in subscriptions.all_plans(session)]
 
 
-@router.post("/plans", response_model=AdminPlanOut, status_code=201, summary="Add a plan")
+@router.post("/plans", response_model=AdminPlanOut, status_code=201, summary="Add a plan",
+             responses={409: {"description": "plan_exists"},
+                        503: {"description": "Stripe is unavailable; nothing was made"}})
 def create_plan(
     body: PlanCreateIn,
     admin: AdminUser,

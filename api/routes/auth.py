@@ -34,6 +34,12 @@ router = APIRouter(prefix="/api/auth", tags=["auth"])
 STATE_COOKIE = "billing_oauth_state"
 _COOKIE_PATH = "/api/auth/oauth/google"
 _optional_bearer = HTTPBearer(auto_error=False)
+# Error answers particular to sign-in (the generic ones come from api/error_docs.py).
+_LIMITED = {429: {"description": "rate_limited: too many attempts; see Retry-After"}}
+_SIGN_IN = {
+    401: {"description": "the credentials, code or token are wrong, used or expired"},
+    403: {"description": "account_disabled, or the email is not confirmed yet"},
+}
 
 
 def _tokens(pair: TokenPair) -> TokenOut:
@@ -41,7 +47,8 @@ def _tokens(pair: TokenPair) -> TokenOut:
                     expires_in=pair.expires_in)
 
 
-@router.post("/register", status_code=201, response_model=RegisterOut)
+@router.post("/register", status_code=201, response_model=RegisterOut,
+             responses={**_LIMITED, 409: {"description": "email_taken"}})
 def register(body: RegisterIn, session: ServiceSessionDep, ctx: AuthContextDep) -> RegisterOut:
     """Create an account with email and password; a confirmation link is mailed."""
     user = accounts.register(session, ctx, email=body.email, password=body.password,
@@ -59,19 +66,21 @@ def confirm(body: ConfirmIn, session: ServiceSessionDep, ctx: AuthContextDep) ->
     return ConfirmOut(email=user.email)
 
 
-@router.post("/login", response_model=TokenOut)
+@router.post("/login", response_model=TokenOut, responses={**_SIGN_IN, **_LIMITED})
 def login(body: LoginIn, session: ServiceSessionDep, ctx: AuthContextDep) -> TokenOut:
     """Sign in with email and password."""
     return _tokens(accounts.login(session, ctx, email=body.email, password=body.password))
 
 
-@router.post("/refresh", response_model=TokenOut)
+@router.post("/refresh", response_model=TokenOut, responses=_SIGN_IN)
 def refresh_tokens(body: RefreshIn, session: ServiceSessionDep, ctx: AuthContextDep) -> TokenOut:
     """Exchange a refresh token for a new pair (the old one stops working)."""
     return _tokens(refresh.rotate(session, ctx, body.refresh_token))
 
 
-@router.post("/logout", status_code=204, response_class=Response)
+# The bearer token is optional here (a refresh token alone signs out): say so in the schema.
+@router.post("/logout", status_code=204, response_class=Response,
+             openapi_extra={"security": [{}, {"HTTPBearer": []}]})
 def logout(
     body: LogoutIn,
     session: ServiceSessionDep,
@@ -92,7 +101,7 @@ def logout(
     return Response(status_code=204)
 
 
-@router.post("/magic-link", status_code=202, response_model=SentOut)
+@router.post("/magic-link", status_code=202, response_model=SentOut, responses=_LIMITED)
 def request_magic_link(
     body: MagicLinkIn, session: ServiceSessionDep, ctx: AuthContextDep
 ) -> SentOut:
@@ -102,7 +111,7 @@ def request_magic_link(
                    expires_in=ctx.settings.magic_link_ttl_s)
 
 
-@router.post("/magic-link/verify", response_model=TokenOut)
+@router.post("/magic-link/verify", response_model=TokenOut, responses=_SIGN_IN)
 def verify_magic_link(
     body: MagicLinkVerifyIn, session: ServiceSessionDep, ctx: AuthContextDep
 ) -> TokenOut:
@@ -110,14 +119,14 @@ def verify_magic_link(
     return _tokens(magic_link.verify(session, ctx, token=body.token))
 
 
-@router.post("/otp", status_code=202, response_model=SentOut)
+@router.post("/otp", status_code=202, response_model=SentOut, responses=_LIMITED)
 def request_otp(body: OtpIn, session: ServiceSessionDep, ctx: AuthContextDep) -> SentOut:
     """Text a six-digit sign-in code to the phone number."""
     otp.request_code(session, ctx, phone=body.phone)
     return SentOut(message="a code is on its way", expires_in=ctx.settings.otp_ttl_s)
 
 
-@router.post("/otp/verify", response_model=TokenOut)
+@router.post("/otp/verify", response_model=TokenOut, responses={**_SIGN_IN, **_LIMITED})
 def verify_otp(body: OtpVerifyIn, session: ServiceSessionDep, ctx: AuthContextDep) -> TokenOut:
     """Sign in (or sign up) with the phone number and its code."""
     return _tokens(otp.verify(session, ctx, phone=body.phone, code=body.code))
@@ -135,7 +144,9 @@ def google_authorize(ctx: AuthContextDep) -> RedirectResponse:
     return response
 
 
-@router.get("/oauth/google/callback", response_model=TokenOut)
+@router.get("/oauth/google/callback", response_model=TokenOut, responses={
+    **_SIGN_IN, 404: {"description": "google_not_configured"},
+    503: {"description": "Google cannot be reached"}})
 def google_callback(
     session: ServiceSessionDep,
     ctx: AuthContextDep,

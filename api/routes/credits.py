@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import AwareDatetime
 
 from api.deps import (
     BearerDep,
@@ -31,6 +30,7 @@ from api.schemas.credits import (
     TransactionOut,
     TransactionPageOut,
 )
+from api.schemas.params import IsoDatetime
 from db import rls
 from services import credits, packages, payments
 
@@ -59,7 +59,11 @@ def list_credit_packages(session: SessionDep) -> list[PackageOut]:
     response_model=PurchaseOut,
     status_code=201,
     summary="Start buying a package",
-    responses={**_IDEMPOTENT, 503: {"description": "Stripe is unavailable; nothing was made"}},
+    responses={
+        **_IDEMPOTENT,
+        404: {"description": "package_not_found"},
+        503: {"description": "Stripe is unavailable; nothing was made"},
+    },
 )
 def purchase(
     body: PurchaseIn,
@@ -158,8 +162,8 @@ def list_transactions(
     limit: Limit = 50,
     cursor: Cursor = None,
     kind: LedgerKind | None = None,
-    since: Annotated[AwareDatetime | None, Query(description="Inclusive")] = None,
-    until: Annotated[AwareDatetime | None, Query(description="Exclusive")] = None,
+    since: Annotated[IsoDatetime | None, Query(description="Inclusive")] = None,
+    until: Annotated[IsoDatetime | None, Query(description="Exclusive")] = None,
 ) -> TransactionPageOut:
     """The user's ledger entries, filtered by kind and time range, in cursor pages."""
     page = credits.transactions(

@@ -45,6 +45,7 @@ def get_subscription(user: CurrentUser, session: SessionDep) -> SubscriptionStat
     status_code=201,
     summary="Subscribe to a plan",
     responses={
+        404: {"description": "plan_not_found"},
         409: {"description": "subscription_exists, or an Idempotency-Key conflict"},
         503: {"description": "Stripe is unavailable; nothing was made"},
     },

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Request
 
 from api.deps import ServiceSessionDep, SettingsDep
 from api.schemas.stripe import WebhookOut
@@ -15,6 +15,10 @@ router = APIRouter(prefix="/api/user-management", tags=["webhooks"])
 
 async def raw_body(request: Request) -> bytes:
     """The body exactly as sent: the signature covers these bytes, not a re-encoding."""
+    # Stripe sends application/json; a body declared as anything else is not its delivery.
+    declared = request.headers.get("content-type")
+    if declared is not None and declared.split(";")[0].strip().lower() != "application/json":
+        raise HTTPException(415, "a Stripe event is sent as application/json")
     return await request.body()
 
 
@@ -23,7 +27,9 @@ async def raw_body(request: Request) -> bytes:
     response_model=WebhookOut,
     summary="Receive a Stripe event",
     responses={
-        400: {"description": "Missing or bad signature, stale timestamp, or not an event"},
+        400: {"description": "Missing or bad signature, stale or future timestamp, not an event"},
+        413: {"description": "payload_too_large"},
+        415: {"description": "unsupported_media_type: the body is not declared as JSON"},
         503: {"description": "The database is down: nothing stored, Stripe delivers again"},
     },
 )

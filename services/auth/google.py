@@ -124,7 +124,7 @@ def verify_id_token(settings: Settings, id_token: str, *, nonce: str) -> dict[st
         raise UpstreamUnavailable("Google's signing keys cannot be fetched") from None
     except jwt.PyJWTError:
         raise invalid from None
-    if not hmac.compare_digest(str(claims["nonce"]), nonce):
+    if not hmac.compare_digest(str(claims["nonce"]).encode(), nonce.encode()):
         raise invalid
     return claims
 
@@ -144,7 +144,8 @@ def callback(
             raise Unauthorized("the sign-in was cancelled at Google", code="oauth_denied")
         if not code or not state or len(code) > 2048 or len(state) > 128:
             raise InvalidInput("code and state are required", code="invalid_oauth_callback")
-        if not cookie_state or not hmac.compare_digest(cookie_state, state):
+        # As bytes: compare_digest refuses str with non-ASCII characters (a 500, not a 401).
+        if not cookie_state or not hmac.compare_digest(cookie_state.encode(), state.encode()):
             raise InvalidInput("this sign-in was not started in this browser",
                                code="oauth_state_mismatch")
         saved = ctx.redis.getdel(_state_key(state))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,7 +42,17 @@ def _username(value: str) -> str:
     return value
 
 
+def _no_controls(value: str, *, field: str, allow: str = "") -> str:
+    # Control characters (CR/LF would split a mail or HTTP header this value lands in, NUL is
+    # refused by PostgreSQL) and lone surrogates (not encodable as UTF-8) are not text.
+    for char in value:
+        if char not in allow and unicodedata.category(char) in ("Cc", "Cs"):
+            raise InvalidInput(f"{field} contains a control character", code=f"invalid_{field}")
+    return value
+
+
 def _avatar_url(value: str) -> str:
+    _no_controls(value, field="avatar_url")
     parts = urlsplit(value.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc or len(value) > 2048:
         raise InvalidInput("avatar_url must be an http(s) URL of at most 2048 characters",
@@ -50,7 +61,7 @@ def _avatar_url(value: str) -> str:
 
 
 def _text(value: str, *, field: str, limit: int) -> str | None:
-    value = value.strip()
+    value = _no_controls(value, field=field, allow="\r\n\t" if field == "bio" else "").strip()
     if len(value) > limit:
         raise InvalidInput(f"{field} must be at most {limit} characters", code=f"invalid_{field}")
     return value or None

@@ -1,0 +1,23 @@
+"""Query parameter types shared by routes: times as ISO 8601 text only."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Annotated
+
+from pydantic import AwareDatetime, BeforeValidator
+
+_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+
+
+def _not_a_number(value: object) -> object:
+    # Pydantic reads a bare number as a Unix timestamp; the schema promises ISO 8601 text
+    # (format date-time/date), so "0.5" is refused like any other non-date.
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.match(value)):
+        raise ValueError("expected an ISO 8601 date or time, not a number")
+    return value
+
+
+IsoDatetime = Annotated[AwareDatetime, BeforeValidator(_not_a_number)]
+IsoDate = Annotated[date, BeforeValidator(_not_a_number)]
