@@ -11,7 +11,11 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api.error_docs import install_error_docs
 from api.errors import install_error_handlers
-from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from api.middleware import (
+    BodyLimitMiddleware,
+    RequestContextMiddleware,
+    SecurityHeadersMiddleware,
+)
 from api.routes import (
     admin,
     admin_credits,
@@ -76,11 +80,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            # Bearer tokens, never cookies: a browser sends no credentials cross-origin.
+            allow_credentials=False,
+            expose_headers=["X-Request-ID", "Retry-After", "Idempotent-Replayed"],
         )
     if settings.log_all_requests:
         app.add_middleware(UsageLogMiddleware, client=app.state.redis)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
+    # Outermost: its headers also go on refusals of the middleware inside (413, CORS).
+    app.add_middleware(SecurityHeadersMiddleware,
+                       hsts=str(settings.public_base_url).startswith("https://"))
     return app

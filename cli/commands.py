@@ -30,11 +30,9 @@ def api_argv(
         # The API logs each request itself, with its request id.
         "--no-access-log",
     ]  # fmt: skip
-    if settings.trusted_proxies:
-        args += ["--proxy-headers", "--forwarded-allow-ips", ",".join(settings.trusted_proxies)]
-    else:
-        # Trust no X-Forwarded-* header unless a proxy is configured.
-        args.append("--no-proxy-headers")
+    # uvicorn leaves X-Forwarded-* alone: api/client.py reads X-Forwarded-For itself, and
+    # only from the peers in BILLING_TRUSTED_PROXIES (one place, whatever server runs the app).
+    args.append("--no-proxy-headers")
     return python_module("uvicorn", *args)
 
 

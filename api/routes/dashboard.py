@@ -24,16 +24,9 @@ ASSETS = Path(__file__).resolve().parent.parent / "dashboard"
 _MEDIA = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 # The files that exist when the app starts are all that is served; never a path from a URL.
 _FILES = {p.name: _MEDIA[p.suffix] for p in ASSETS.iterdir() if p.suffix in _MEDIA}
-# The page needs nothing but its own origin: no inline script or style, no outside resource.
-CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
-)
+# Its Content-Security-Policy and the other security headers come from
+# api.middleware.SecurityHeadersMiddleware (by path), like every other response's.
 _HEADERS = {
-    "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
     # Revalidate on each load, so a deploy is seen at once (the files are tiny).
     "Cache-Control": "no-cache",
 }
