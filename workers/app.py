@@ -54,6 +54,9 @@ outbox.install_sender(outbox.celery_sender(app))
 def transaction() -> Iterator[Session]:
     """One database transaction for a task body; its enqueued work is sent on commit."""
     assert settings.database_url is not None
+    # As the owner role, not Row Level Security's billing_app (db/rls.py): tasks work across
+    # users (event handlers, sweeps, stats, log batches) on ids from our own queue, never on
+    # a caller's say-so, so there is no request whose rows they should be limited to.
     with session_scope(settings.database_url) as session:
         yield session
 
