@@ -54,6 +54,9 @@ def configure_logging(*, level: str = "INFO", json: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery"):
+    for name in ("uvicorn", "uvicorn.error", "celery"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # api.middleware writes one access line per request, with its request id; uvicorn's
+    # own line would say the same thing twice.
+    logging.getLogger("uvicorn.access").disabled = True

@@ -280,6 +280,9 @@ def luminance(css_color: str) -> float:
 
 
 def contrast(page: Page, selector: str, background_selector: str) -> float:
+    # The overview renders after its data arrives: wait for both elements first.
+    for css in (selector, background_selector):
+        page.locator(css).first.wait_for(state="attached")
     fg, bg = page.evaluate(
         "([a, b]) => [getComputedStyle(document.querySelector(a)).color,"
         " getComputedStyle(document.querySelector(b)).backgroundColor]",
