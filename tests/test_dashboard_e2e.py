@@ -323,8 +323,12 @@ def test_dark_mode_follows_the_system_and_the_toggle_persists(browser, live_api,
 
 
 def test_failed_webhook_event_is_retried_from_the_page(browser, live_api, data, db):
-    db.add(StripeEvent(id="evt_test_dashboard_failed", type="payment_intent.succeeded",
-                       livemode=False, stripe_created=1_700_000_000, payload={"id": "x"},
+    # A type the pipeline does not handle: once retried, a worker marks it ignored, so it
+    # leaves the failed list whether or not the session's worker takes it at once.
+    db.add(StripeEvent(id="evt_test_dashboard_failed", type="customer.created",
+                       livemode=False, stripe_created=1_700_000_000,
+                       payload={"id": "evt_test_dashboard_failed", "type": "customer.created",
+                                "data": {"object": {"id": "cus_x", "object": "customer"}}},
                        status="failed", attempts=8, last_error="payment not found"))
     db.add(StripeEvent(id="evt_test_dashboard_done", type="charge.refunded", livemode=False,
                        stripe_created=1_700_000_000, payload={"id": "y"}, status="processed",
@@ -343,7 +347,7 @@ def test_failed_webhook_event_is_retried_from_the_page(browser, live_api, data, 
 
     db.expire_all()
     event = db.get(StripeEvent, "evt_test_dashboard_failed")
-    assert (event.status, event.attempts) == ("pending", 0)
+    assert event.status in {"pending", "ignored"}, event.status
     assert db.scalar(select(AdminActivityLog.action).where(
         AdminActivityLog.admin_id == data["admin"].id)) == "stripe_event.retry"
     assert problems.errors == []
