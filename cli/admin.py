@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from cli.embedded import database_url
 from db.engine import session_scope
 from services.auth import accounts
 from services.errors import DomainError
@@ -15,16 +16,12 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 
-def _settings(command: str) -> tuple[Settings, str]:
+def _settings() -> Settings:
     try:
-        settings = load_settings()
+        return load_settings()
     except SettingsError as exc:
         click.echo(f"billing: {exc}", err=True)
         raise SystemExit(EXIT_CONFIG) from None
-    if settings.database_url is None:
-        click.echo(f"billing admin {command}: BILLING_DATABASE_URL must be set", err=True)
-        raise SystemExit(EXIT_CONFIG)
-    return settings, settings.database_url
 
 
 def _password(settings: Settings, from_stdin: bool) -> str:
@@ -60,10 +57,13 @@ def create(email: str, password_stdin: bool) -> None:
     The password comes from --password-stdin, else BILLING_ADMIN_PASSWORD, else a prompt.
     It must pass the same policy as sign-up (length, not a common password).
     """
-    settings, url = _settings("create")
+    settings = _settings()
     password = _password(settings, password_stdin)
     try:
-        with session_scope(url) as session:
+        with (
+            database_url(settings.database_url, settings.data_dir) as url,
+            session_scope(url) as session,
+        ):
             user = accounts.create_admin(session, settings, email=email, password=password)
             created = user.email
     except DomainError as exc:
@@ -76,9 +76,12 @@ def create(email: str, password_stdin: bool) -> None:
 @click.argument("email")
 def promote(email: str) -> None:
     """Give the existing account with EMAIL the admin role."""
-    _, url = _settings("promote")
+    settings = _settings()
     try:
-        with session_scope(url) as session:
+        with (
+            database_url(settings.database_url, settings.data_dir) as url,
+            session_scope(url) as session,
+        ):
             promoted = accounts.promote(session, email=email).email
     except DomainError as exc:
         click.echo(f"billing admin promote: {exc.message}", err=True)

@@ -19,7 +19,8 @@ import shutil
 import stat
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -429,3 +430,23 @@ def _allow_traversal(path: Path) -> None:
         mode = parent.stat().st_mode
         if mode & stat.S_IXOTH == 0:
             parent.chmod(mode | stat.S_IXOTH)
+
+
+@contextmanager
+def database_url(explicit_url: str | None, data_dir: Path) -> Iterator[str]:
+    """The URL to use for a one-shot command (``migrate``, ``admin``).
+
+    ``explicit_url`` when set; else the embedded PostgreSQL of ``data_dir``: the one a running
+    ``billing dev`` serves, or one started for the block and stopped after it.
+    """
+    if explicit_url is not None:
+        yield explicit_url
+        return
+    server = EmbeddedPostgres(data_dir)
+    already_running = server._is_serving()
+    url = server.start()
+    try:
+        yield url
+    finally:
+        if not already_running:
+            server.stop()

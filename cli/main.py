@@ -172,10 +172,14 @@ def beat(settings: Settings) -> None:
 def migrate(settings: Settings) -> None:
     """Apply pending database migrations.
 
-    Upgrades the schema of BILLING_DATABASE_URL to the latest Alembic revision; safe to
-    run repeatedly. `billing dev` does this by itself on every start.
+    Upgrades the schema of BILLING_DATABASE_URL (unset: the embedded PostgreSQL of the
+    data dir) to the latest Alembic revision; safe to run repeatedly. `billing dev` does
+    this by itself on every start.
     """
-    upgrade(require_servers(settings, "migrate", redis=False))
+    from cli.embedded import database_url  # see `dev`: keeps other commands' start-up fast
+
+    with database_url(settings.database_url, settings.data_dir) as url:
+        upgrade(url)
     click.echo("billing migrate: database schema is up to date")
 
 

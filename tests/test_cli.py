@@ -97,13 +97,33 @@ def test_invalid_setting_exits_2_naming_the_variable(
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("command", ["api", "worker", "beat", "migrate"])
+@pytest.mark.parametrize("command", ["api", "worker", "beat"])
 def test_part_commands_without_server_urls_point_to_billing_dev(command: str) -> None:
     result = billing(command, env=clean_env())
 
     assert result.returncode == 2
     assert "BILLING_DATABASE_URL" in result.stderr
     assert "billing dev" in result.stderr
+
+
+def test_one_shot_commands_use_the_data_dirs_embedded_database(tmp_path: Path) -> None:
+    """Without URLs, `migrate` and `admin` work on the embedded PostgreSQL and stop it after."""
+    env = clean_env(BILLING_DATA_DIR=str(tmp_path), BILLING_ADMIN_PASSWORD="a-long-admin-pass-77")
+    migrated = billing("migrate", env=env, timeout=90)
+    assert migrated.returncode == 0, migrated.stderr
+    created = billing("admin", "create", "root@example.com", env=env, timeout=90)
+    assert created.returncode == 0, created.stderr
+
+    server = EmbeddedPostgres(tmp_path)
+    try:
+        with psycopg.connect(psycopg_url(server.start())) as conn:
+            row = conn.execute("SELECT role FROM users WHERE email = 'root@example.com'").fetchone()
+        assert row is not None
+        role = row[0]
+        assert role == "admin"
+    finally:
+        server.stop()
+    assert not (tmp_path / "postgres" / "data" / "postmaster.pid").exists()
 
 
 # --- billing dev, end to end -------------------------------------------------------------------
