@@ -26,7 +26,12 @@ def create_db_engine(url: str, *, pool_size: int = 10, application_name: str = "
         # A database error's message would otherwise carry the bound values (token hashes,
         # emails, request text) into the logs.
         hide_parameters=True,
-        connect_args={"application_name": application_name, "connect_timeout": 5},
+        connect_args={
+            "application_name": application_name,
+            "connect_timeout": 5,
+            # A transaction left open by a stuck caller would hold its locks forever.
+            "options": "-c idle_in_transaction_session_timeout=60000",
+        },
     )
 
 

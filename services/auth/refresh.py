@@ -77,6 +77,11 @@ def _find(session: Session, raw: str) -> RefreshToken | None:
 
 def _revoke_family_now(session: Session, family_id: uuid.UUID) -> None:
     # Committed on its own: the request answers 401 and its own transaction rolls back.
+    # End ours first: a conditional UPDATE that lost the race to a concurrent rotation
+    # still holds the lock of the row it re-checked, and the revoking transaction would
+    # wait on it forever (a wait across two of our own connections that PostgreSQL
+    # cannot see as a deadlock).
+    session.rollback()
     with separate_transaction(session) as conn:
         conn.execute(
             update(RefreshToken)
@@ -95,14 +100,15 @@ def rotate(session: Session, ctx: AuthContext, raw: str) -> TokenPair:
 
     if row is None:
         raise refuse("refresh token is invalid", "invalid_refresh_token")
+    user_id, family_id = row.user_id, row.family_id  # still known after a rollback
     if row.revoked_at is not None:
         raise refuse("refresh token has been revoked", "refresh_token_revoked", row.user_id)
     if row.used_at is not None:
-        _revoke_family_now(session, row.family_id)
+        _revoke_family_now(session, family_id)
         raise refuse(
             "refresh token was already used; every session of this sign-in is revoked",
             "refresh_token_reused",
-            row.user_id,
+            user_id,
         )
     now = utc_now()
     if row.expires_at <= now:
@@ -119,8 +125,8 @@ def rotate(session: Session, ctx: AuthContext, raw: str) -> TokenPair:
         .returning(RefreshToken.id)
     ).first()
     if won is None:
-        _revoke_family_now(session, row.family_id)
-        raise refuse("refresh token was already used", "refresh_token_reused", row.user_id)
+        _revoke_family_now(session, family_id)
+        raise refuse("refresh token was already used", "refresh_token_reused", user_id)
     user = session.get(User, row.user_id)
     if user is None or not user.is_active:
         raise refuse("account is disabled", "account_disabled", row.user_id)
