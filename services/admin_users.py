@@ -21,7 +21,7 @@ from db.models import (
     User,
 )
 from services.errors import Conflict, InvalidInput, NotFound
-from services.pagination import Page, paginate
+from services.pagination import Page, newest_first, paginate
 
 RECENT = 20
 UserSort = Literal["newest", "oldest"]
@@ -135,17 +135,8 @@ def list_payments(
     cursor: str | None = None,
 ) -> Page[Payment]:
     """All users' payments, newest first, filtered by status, user and creation time."""
-    stmt: Select[Any] = select(Payment)
-    if status is not None:
-        stmt = stmt.where(Payment.status == status)
-    if user_id is not None:
-        stmt = stmt.where(Payment.user_id == user_id)
-    if since is not None:
-        stmt = stmt.where(Payment.created_at >= since)
-    if until is not None:
-        stmt = stmt.where(Payment.created_at < until)
-    return paginate(session, stmt, created_col=Payment.created_at, id_col=Payment.id,
-                    limit=limit, cursor=cursor)
+    return newest_first(session, Payment, equal={Payment.status: status, Payment.user_id: user_id},
+                        since=since, until=until, limit=limit, cursor=cursor)
 
 
 def audit_log(
@@ -155,16 +146,10 @@ def audit_log(
     cursor: str | None = None,
 ) -> Page[AdminActivityLog]:
     """Operators' changes, newest first, filtered by admin, target user, action and time."""
-    stmt: Select[Any] = select(AdminActivityLog)
-    if admin_id is not None:
-        stmt = stmt.where(AdminActivityLog.admin_id == admin_id)
-    if target_user_id is not None:
-        stmt = stmt.where(AdminActivityLog.target_user_id == target_user_id)
-    if action is not None:
-        stmt = stmt.where(AdminActivityLog.action == action)
-    if since is not None:
-        stmt = stmt.where(AdminActivityLog.created_at >= since)
-    if until is not None:
-        stmt = stmt.where(AdminActivityLog.created_at < until)
-    return paginate(session, stmt, created_col=AdminActivityLog.created_at,
-                    id_col=AdminActivityLog.id, limit=limit, cursor=cursor)
+    return newest_first(
+        session, AdminActivityLog,
+        equal={AdminActivityLog.admin_id: admin_id,
+               AdminActivityLog.target_user_id: target_user_id,
+               AdminActivityLog.action: action},
+        since=since, until=until, limit=limit, cursor=cursor,
+    )

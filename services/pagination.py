@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, tuple_
+from sqlalchemy import Select, select, tuple_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from services.errors import InvalidInput
@@ -89,3 +89,28 @@ def paginate(
         last = items[-1]
         next_cursor = encode_cursor(getattr(last, created_col.key), getattr(last, id_col.key))
     return Page(items=items, next_cursor=next_cursor)
+
+
+def newest_first(
+    session: Session,
+    model: Any,
+    *,
+    equal: dict[InstrumentedAttribute[Any], Any],
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page[Any]:
+    """Rows of ``model`` newest first: each column of ``equal`` matching its value (``None``
+    means no filter) and ``created_at`` in ``[since, until)``."""
+    stmt: Select[Any] = select(model)
+    for column, value in equal.items():
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if since is not None:
+        stmt = stmt.where(model.created_at >= since)
+    if until is not None:
+        stmt = stmt.where(model.created_at < until)
+    return paginate(
+        session, stmt, created_col=model.created_at, id_col=model.id, limit=limit, cursor=cursor
+    )

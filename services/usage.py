@@ -10,12 +10,12 @@ import uuid
 from datetime import date, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import ApiUsageLog, UsageDaily
 from services.errors import InvalidInput
-from services.pagination import Page, paginate
+from services.pagination import Page, newest_first
 
 GroupBy = Literal["endpoint", "day"]
 MAX_GROUPS = 1000
@@ -27,17 +27,11 @@ def records(
     cursor: str | None = None,
 ) -> Page[ApiUsageLog]:
     """Raw usage records, newest first, filtered by user, endpoint and time."""
-    stmt: Select[Any] = select(ApiUsageLog)
-    if user_id is not None:
-        stmt = stmt.where(ApiUsageLog.user_id == user_id)
-    if endpoint is not None:
-        stmt = stmt.where(ApiUsageLog.endpoint == endpoint)
-    if since is not None:
-        stmt = stmt.where(ApiUsageLog.created_at >= since)
-    if until is not None:
-        stmt = stmt.where(ApiUsageLog.created_at < until)
-    return paginate(session, stmt, created_col=ApiUsageLog.created_at, id_col=ApiUsageLog.id,
-                    limit=limit, cursor=cursor)
+    return newest_first(
+        session, ApiUsageLog,
+        equal={ApiUsageLog.user_id: user_id, ApiUsageLog.endpoint: endpoint},
+        since=since, until=until, limit=limit, cursor=cursor,
+    )
 
 
 def aggregate(
