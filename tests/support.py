@@ -45,6 +45,18 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGKILL it when the test process dies, however it dies.
+
+    A worker that outlived a killed test run would go on consuming the test broker and
+    take (and lose) the tasks of the next run.
+    """
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 class WorkerProcess:
     """A real Celery worker process consuming the test broker."""
 
@@ -65,6 +77,7 @@ class WorkerProcess:
              "--without-gossip", "--without-mingle", "--without-heartbeat",
              "--loglevel", "INFO"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         wait_for(self._ready, timeout=30, message="celery worker to start")
         return self
