@@ -36,11 +36,10 @@ import psycopg
 import redis
 from sqlalchemy import make_url
 
+from bench.readme import write_section
 from bench.spend import api_env, recreate_database
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "bench" / "README.md"
-START, END = "<!-- bench:logs:start -->", "<!-- bench:logs:end -->"
 JWT_SECRET = "bench-logs-jwt-secret-" + "x" * 32
 USERS = 100
 
@@ -125,18 +124,6 @@ def single_insert_rate(url: str, users: list[uuid.UUID], seconds: float) -> floa
             )
             done += 1
         return done / (time.perf_counter() - started)
-
-
-def write_readme(section: str) -> None:
-    """Replace this benchmark's section of bench/README.md (other sections are kept)."""
-    current = README.read_text() if README.exists() else "# Benchmarks\n"
-    block = f"{START}\n{section.rstrip()}\n{END}"
-    if START in current and END in current:
-        before, rest = current.split(START, 1)
-        current = before + block + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    README.write_text(current)
 
 
 def main() -> None:
@@ -235,7 +222,7 @@ one `INSERT ... SELECT FROM unnest(...) ON CONFLICT (id) DO NOTHING` that also u
 daily rollup, commits, then acknowledges and deletes the stream entries.
 """
     if not args.no_readme:
-        write_readme(section)
+        write_section("logs", section)
     print(section)
     if lost or duplicates:
         sys.exit(1)

@@ -38,10 +38,10 @@ import psycopg
 import redis
 from sqlalchemy import make_url, text
 
+from bench.readme import write_section
+
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "bench" / "README.md"
 LUA = ROOT / "bench" / "spend.lua"
-START, END = "<!-- bench:spend:start -->", "<!-- bench:spend:end -->"
 BALANCE = 10**12  # never runs out during a run
 
 # The ledger's spend, as services/ledger.py issues it, for user number :n.
@@ -253,19 +253,6 @@ def check_ledger(database_url: str) -> tuple[int, int]:
     return int(drift[0]), int(negative[0])  # type: ignore[index]
 
 
-def write_readme(section: str) -> None:
-    """Replace this benchmark's section of bench/README.md (other sections are kept)."""
-    current = README.read_text() if README.exists() else "# Benchmarks\n"
-    block = f"{START}\n{section.rstrip()}\n{END}"
-    if START in current and END in current:
-        before, rest = current.split(START, 1)
-        after = rest.split(END, 1)[1]
-        current = before + block + after
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    README.write_text(current)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=200)
@@ -367,7 +354,7 @@ statement for the debit and its ledger row; what remains is per-request Python o
 """
     print(section)
     if not args.no_readme:
-        write_readme(section)
+        write_section("spend", section)
 
 
 if __name__ == "__main__":

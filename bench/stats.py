@@ -33,11 +33,10 @@ import httpx
 import psycopg
 from sqlalchemy import make_url
 
+from bench.readme import write_section
 from bench.spend import api_env, free_port, recreate_database, start_api, stop
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "bench" / "README.md"
-START, END = "<!-- bench:stats:start -->", "<!-- bench:stats:end -->"
 JWT_SECRET = "bench-stats-jwt-secret-" + "x" * 32
 
 USERS_SQL = """
@@ -224,18 +223,6 @@ def wrk_get(port: int, token: str, seconds: int) -> dict[str, float]:
     return {"rps": rps, "p50_ms": ms("50"), "p99_ms": ms("99")}
 
 
-def write_readme(section: str) -> None:
-    """Replace this benchmark's section of bench/README.md (other sections are kept)."""
-    current = README.read_text() if README.exists() else "# Benchmarks\n"
-    block = f"{START}\n{section.rstrip()}\n{END}"
-    if START in current and END in current:
-        before, rest = current.split(START, 1)
-        current = before + block + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    README.write_text(current)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=1_000_000)
@@ -299,7 +286,7 @@ A snapshot reads the daily rollup (`usage_daily`), never the raw usage log; `GET
 returns the newest stored snapshot as stored (one index lookup, no recomputation).
 """
     if not args.no_readme:
-        write_readme(section)
+        write_section("stats", section)
     print(section)
 
 

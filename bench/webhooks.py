@@ -42,13 +42,12 @@ import psycopg
 import redis
 from sqlalchemy import make_url
 
+from bench.readme import write_section
 from bench.spend import api_env, free_port, parse_wrk, recreate_database, stop
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "bench" / "README.md"
 LUA = ROOT / "bench" / "webhooks.lua"
 FIXTURES = ROOT / "tests" / "fixtures" / "stripe_objects.json"
-START, END = "<!-- bench:webhooks:start -->", "<!-- bench:webhooks:end -->"
 SECRET = "whsec_bench_" + "x" * 24
 WEBHOOK = "/api/user-management/webhook/stripe"
 CREDITS, PRICE = 100, 1500  # the seeded "starter" package
@@ -249,18 +248,6 @@ def drain_rate(database_url: str, *, seconds: float) -> float:
     return (after - before) / (time.perf_counter() - start)
 
 
-def write_readme(section: str) -> None:
-    """Replace this benchmark's section of bench/README.md (other sections are kept)."""
-    current = README.read_text() if README.exists() else "# Benchmarks\n"
-    block = f"{START}\n{section.rstrip()}\n{END}"
-    if START in current and END in current:
-        before, rest = current.split(START, 1)
-        current = before + block + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    README.write_text(current)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=100.0, help="events/s of the lag run")
@@ -354,7 +341,7 @@ mark processed, commit) plus Celery's acknowledgement.
 """
     print(section)
     if not args.no_readme:
-        write_readme(section)
+        write_section("webhooks", section)
 
 
 if __name__ == "__main__":
