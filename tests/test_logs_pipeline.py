@@ -167,11 +167,14 @@ def test_worker_killed_mid_batch_loses_no_record_and_writes_none_twice(
 ):
     user = make_user(db)
     total = 30_000
-    own_worker.start()
+    # The whole backlog first, with no worker consuming (the shared one is paused): a
+    # worker started earlier could drain as fast as records arrive and be done before it
+    # could be killed mid-batch.
     for i in range(total):
         logstream.record_usage(db, rds, user_id=user.id, endpoint=f"/v1/e{i % 4}",
                                method="POST", credits=1, status_code=200, request_id=f"k{i}")
     db.commit()
+    own_worker.start()
 
     # Kill the worker while it is draining: rows written, entries still pending.
     wait_for(lambda: _count(db, ApiUsageLog) > 0 and logstream.pending(rds, "usage") > 0,
