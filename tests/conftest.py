@@ -287,6 +287,18 @@ def own_worker() -> Iterator[WorkerProcess]:
     worker.kill()
 
 
+@pytest.fixture
+def only_own_worker() -> Iterator[None]:
+    """Pause the session's shared worker (if any) so that only the test's own worker consumes."""
+    from workers.app import app
+
+    app.control.cancel_consumer("billing", reply=True, timeout=2)
+    try:
+        yield
+    finally:
+        app.control.add_consumer("billing", reply=True, timeout=2)
+
+
 @pytest.fixture(scope="session")
 def localstripe_url() -> str:
     return SERVERS.localstripe_url

@@ -235,15 +235,3 @@ def localstripe_webhooks(localstripe_url: str, live_api: str) -> Iterator[str]:
     """localstripe delivers its events to the live API's webhook for this test."""
     point_localstripe_webhooks(localstripe_url, live_api + WEBHOOK_PATH)
     yield live_api
-
-
-@pytest.fixture
-def only_own_worker() -> Iterator[None]:
-    """Pause the session's shared worker (if any) so that only the test's own worker consumes."""
-    from workers.app import app
-
-    app.control.cancel_consumer("billing", reply=True, timeout=2)
-    try:
-        yield
-    finally:
-        app.control.add_consumer("billing", reply=True, timeout=2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -148,18 +147,6 @@ def test_only_one_drain_per_stream_runs_at_a_time(db, rds, settings):
     finally:
         held.release()
     assert _drain_in_process(settings, rds).written == 1
-
-
-@pytest.fixture
-def only_own_worker(settings) -> Iterator[None]:
-    """Pause the session's shared worker (if any) so that the test's own worker drains."""
-    from workers.app import app
-
-    app.control.cancel_consumer("billing", reply=True, timeout=2)
-    try:
-        yield
-    finally:
-        app.control.add_consumer("billing", reply=True, timeout=2)
 
 
 def test_worker_killed_mid_batch_loses_no_record_and_writes_none_twice(

@@ -15,7 +15,7 @@ from db.models import CreditTransaction, Payment, StripeEvent, User
 from services import outbox
 from tests import stripe_events as se
 from tests.factories import auth_headers, make_payment, make_user
-from tests.stripe_events import localstripe_webhooks, only_own_worker  # noqa: F401 - fixtures
+from tests.stripe_events import localstripe_webhooks  # noqa: F401 - fixtures
 from tests.support import free_port, wait_for
 
 API = "/api/user-management"
