@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import AdminActivityLog, CreditPackage
+from db.models import CreditPackage
+from services import audit
 from services.errors import Conflict, NotFound
 
 
@@ -55,26 +56,6 @@ def _snapshot(package: CreditPackage) -> dict[str, Any]:
     }
 
 
-def _audit(
-    session: Session,
-    *,
-    admin_id: uuid.UUID,
-    action: str,
-    before: dict[str, Any] | None,
-    after: dict[str, Any],
-    request_id: str | None,
-) -> None:
-    session.add(
-        AdminActivityLog(
-            admin_id=admin_id,
-            action=action,
-            before=before,
-            after=after,
-            request_id=request_id,
-        )
-    )
-
-
 def add(
     session: Session,
     *,
@@ -101,7 +82,7 @@ def add(
     )
     session.add(package)
     session.flush()
-    _audit(
+    audit.record(
         session,
         admin_id=admin_id,
         action="package.create",
@@ -129,7 +110,7 @@ def reprice(
     if currency is not None:
         package.currency = currency
     session.flush()
-    _audit(
+    audit.record(
         session,
         admin_id=admin_id,
         action="package.reprice",
@@ -151,7 +132,7 @@ def retire(
     before = _snapshot(package)
     package.active = False
     session.flush()
-    _audit(
+    audit.record(
         session,
         admin_id=admin_id,
         action="package.retire",

@@ -23,9 +23,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.base import utc_now
-from db.models import AdminActivityLog, Payment, Plan, Subscription, User
+from db.models import Payment, Plan, Subscription, User
 from db.models.users import SUBSCRIPTION_STATUSES
-from services import ledger, stripe_gateway
+from services import audit, ledger, stripe_gateway
 from services.errors import Conflict, InvalidInput, NotFound, UpstreamUnavailable
 from services.stripe_objects import (
     NotReady,
@@ -125,7 +125,14 @@ def create_plan(
     except IntegrityError:
         raise Conflict("a plan with this slug or Stripe id exists", code="plan_exists") from None
     session.refresh(plan)  # server defaults (active, created_at)
-    _audit(session, admin_id, "plan.create", None, _plan_view(plan), request_id)
+    audit.record(
+        session,
+        admin_id=admin_id,
+        action="plan.create",
+        before=None,
+        after=_plan_view(plan),
+        request_id=request_id,
+    )
     return plan
 
 
@@ -147,7 +154,14 @@ def update_plan(
     for key, value in changes.items():
         setattr(plan, key, value)
     session.flush()
-    _audit(session, admin_id, "plan.update", before, _plan_view(plan), request_id)
+    audit.record(
+        session,
+        admin_id=admin_id,
+        action="plan.update",
+        before=before,
+        after=_plan_view(plan),
+        request_id=request_id,
+    )
     return plan
 
 
@@ -161,22 +175,6 @@ def _plan_view(plan: Plan) -> dict[str, Any]:
         "currency": plan.currency,
         "active": plan.active if plan.active is not None else True,
     }
-
-
-def _audit(
-    session: Session,
-    admin_id: uuid.UUID,
-    action: str,
-    before: dict[str, Any] | None,
-    after: dict[str, Any],
-    request_id: str | None,
-) -> None:
-    session.add(
-        AdminActivityLog(
-            admin_id=admin_id, action=action, before=before, after=after, request_id=request_id
-        )
-    )
-    session.flush()
 
 
 # --- a user's subscription --------------------------------------------------------------------
