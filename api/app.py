@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis
+import redis.asyncio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -29,6 +31,7 @@ from api.routes import (
     webhooks,
 )
 from api.usage_middleware import UsageLogMiddleware
+from db.aio import AsyncDatabase
 from logconfig import configure_logging
 from services import outbox
 from settings import Settings, get_settings
@@ -47,11 +50,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(level=settings.log_level, json=settings.log_json)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         producer = outbox.producer_app(settings.redis_url or "")
         outbox.install_sender(outbox.celery_sender(producer))
-        yield
-        app.state.redis.close()
+        # The hot paths (spend, webhook, stats) run on the event loop with these two. They
+        # belong to the loop that serves, so they live in the lifespan's state (each request
+        # sees them as ``request.state.db`` / ``request.state.aredis``).
+        aredis = redis.asyncio.Redis.from_url(settings.redis_url or "", **redis_options)
+        db = AsyncDatabase(settings.database_url or "")
+        await db.open()
+        try:
+            yield {"db": db, "aredis": aredis}
+        finally:
+            await db.close()
+            await aredis.aclose()
+            app.state.redis.close()
 
     app = FastAPI(
         title="Billing API",
@@ -60,9 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.redis = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=1, socket_connect_timeout=1, health_check_interval=30
-    )
+    redis_options: dict[str, Any] = {
+        "socket_timeout": 1, "socket_connect_timeout": 1, "health_check_interval": 30,
+    }
+    app.state.redis = redis.Redis.from_url(settings.redis_url, **redis_options)
     install_error_handlers(app)
     install_error_docs(app)
     app.include_router(health.router)

@@ -14,7 +14,12 @@ from api.client import auth_context
 from db import rls
 from db.models import User
 from services.auth import external
-from services.auth.tokens import decode_access_token, is_revoked
+from services.auth.tokens import (
+    AccessClaims,
+    decode_access_token,
+    is_revoked,
+    is_revoked_async,
+)
 from services.errors import Forbidden, Unauthorized
 from settings import Settings
 
@@ -41,9 +46,14 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-async def request_id(request: Request) -> str:
+def request_id_of(request: Request) -> str:
     """The id of this request (also in the ``X-Request-ID`` response header)."""
     return request.scope.get("state", {}).get("request_id", "")
+
+
+async def request_id(request: Request) -> str:
+    """The request id, as a dependency."""
+    return request_id_of(request)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -68,14 +78,9 @@ def current_user(
 
     Our own access token first; when an outside provider is configured, its tokens too.
     """
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Unauthorized("a bearer access token is required", code="not_authenticated")
-    token = credentials.credentials
-    try:
-        claims = decode_access_token(settings, token)
-    except Unauthorized:
-        if not external.configured(settings) or external.issued_by_us(settings, token):
-            raise
+    token = _bearer_token(credentials)
+    claims = _own_claims(settings, token)
+    if claims is None:
         # Finding (or creating) the account of an outside identity looks across accounts.
         rls.set_context(session, scope="service")
         user = external.authenticate(session, auth_context(request), token)
@@ -83,7 +88,7 @@ def current_user(
             rls.set_context(session, scope="user", user_id=user.id)
     else:
         if is_revoked(redis_client, claims.jti):
-            raise Unauthorized("access token was signed out", code="token_revoked") from None
+            raise _revoked()
         # From here on the transaction sees and changes only this user's rows.
         rls.set_context(session, scope="user", user_id=claims.user_id)
         user = session.get(User, claims.user_id)
@@ -92,6 +97,41 @@ def current_user(
         raise Unauthorized("access token is invalid", code="invalid_token")
     request.state.user_id = user.id  # for the usage middleware (BILLING_LOG_ALL_REQUESTS)
     return user
+
+
+async def own_token_claims(
+    request: Request, settings: Settings, credentials: HTTPAuthorizationCredentials | None
+) -> AccessClaims | None:
+    """The claims of the request's access token, checked on the event loop (hot paths).
+
+    Raises like ``current_user`` for a missing, invalid, expired or signed-out token of
+    ours; ``None`` for a token an outside provider may have issued (take ``current_user``).
+    The caller still has to refuse a deactivated or deleted account.
+    """
+    claims = _own_claims(settings, _bearer_token(credentials))
+    if claims is not None and await is_revoked_async(request.state.aredis, claims.jti):
+        raise _revoked()
+    return claims
+
+
+def _bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("a bearer access token is required", code="not_authenticated")
+    return credentials.credentials
+
+
+def _own_claims(settings: Settings, token: str) -> AccessClaims | None:
+    """Our token's claims; ``None`` if it is not ours and an outside provider may vouch."""
+    try:
+        return decode_access_token(settings, token)
+    except Unauthorized:
+        if not external.configured(settings) or external.issued_by_us(settings, token):
+            raise
+        return None
+
+
+def _revoked() -> Unauthorized:
+    return Unauthorized("access token was signed out", code="token_revoked")
 
 
 def admin_user(user: Annotated[User, Depends(current_user)], session: SessionDep) -> User:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
+import psycopg_pool
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -109,6 +111,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
+    # The same, from the hot paths' async connections (``db.aio``).
+    app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
+    app.add_exception_handler(psycopg_pool.PoolTimeout, _database_unavailable)
+    app.add_exception_handler(psycopg.DataError, _unstorable_value)
     app.add_exception_handler(DBAPIError, _unexpected_db)
     app.add_exception_handler(UnicodeEncodeError, _unstorable_value)
     app.add_exception_handler(Exception, _unexpected)

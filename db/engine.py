@@ -9,6 +9,14 @@ from functools import lru_cache
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
+# Every connection, sync or async (``db.aio``), is made with these libpq options.
+CONNECT_OPTIONS = {
+    "application_name": "billing",
+    "connect_timeout": 5,
+    # A transaction left open by a stuck caller would hold its locks forever.
+    "options": "-c idle_in_transaction_session_timeout=60000",
+}
+
 
 def create_db_engine(url: str, *, pool_size: int = 10, application_name: str = "billing") -> Engine:
     """An engine with a bounded pool that recovers from a restarted server.
@@ -26,12 +34,7 @@ def create_db_engine(url: str, *, pool_size: int = 10, application_name: str = "
         # A database error's message would otherwise carry the bound values (token hashes,
         # emails, request text) into the logs.
         hide_parameters=True,
-        connect_args={
-            "application_name": application_name,
-            "connect_timeout": 5,
-            # A transaction left open by a stuck caller would hold its locks forever.
-            "options": "-c idle_in_transaction_session_timeout=60000",
-        },
+        connect_args={**CONNECT_OPTIONS, "application_name": application_name},
     )
 
 

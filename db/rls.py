@@ -31,9 +31,10 @@ APP_ROLE = "billing_app"  # created by migration 0001
 Scope = Literal["user", "admin", "service", ""]
 
 _INFO_KEY = "billing.rls"
-_SET = text(
-    "SELECT set_config('role', :role, true), set_config('app.user_id', :user_id, true), "
-    "set_config('app.scope', :scope, true)"
+SET_CONTEXT = text(
+    "SELECT set_config('role', :role, true) AS role, "
+    "set_config('app.user_id', :user_id, true) AS user_id, "
+    "set_config('app.scope', :scope, true) AS scope"
 )
 
 
@@ -86,7 +87,7 @@ def apply_to(conn: Connection, session: Session) -> None:
     """Give a separate transaction on ``conn`` the same role and context as ``session``."""
     ctx = context_of(session)
     if ctx is not None:
-        conn.execute(_SET, _params(ctx))
+        conn.execute(SET_CONTEXT, _params(ctx))
 
 
 @contextmanager
@@ -109,16 +110,17 @@ def scope(session: Session, temporary: Scope) -> Iterator[None]:
     set_context(session, scope=previous, user_id=ctx.user_id)
 
 
+def params(*, scope: Scope, user_id: uuid.UUID | None) -> dict[str, str]:
+    """The parameters of ``SET_CONTEXT`` for a transaction acting for ``user_id`` in ``scope``."""
+    return {"role": APP_ROLE, "user_id": str(user_id) if user_id else "", "scope": scope}
+
+
 def _params(ctx: Context) -> dict[str, str]:
-    return {
-        "role": APP_ROLE,
-        "user_id": str(ctx.user_id) if ctx.user_id else "",
-        "scope": ctx.scope,
-    }
+    return params(scope=ctx.scope, user_id=ctx.user_id)
 
 
 def _apply(conn: Connection, ctx: Context) -> None:
-    conn.execute(_SET, _params(ctx))
+    conn.execute(SET_CONTEXT, _params(ctx))
     ctx.applied = ctx.version
 
 

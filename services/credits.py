@@ -6,11 +6,14 @@ import base64
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import redis
+import redis.asyncio
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db.aio import AsyncDatabase
 from db.models import CreditTransaction, User
 from services import ledger, logstream
 from services.errors import InvalidInput, NotFound
@@ -56,19 +59,43 @@ def use(
     entry = ledger.spend(
         session, user_id=user_id, credits=credits, description=description, endpoint=endpoint
     )
-    logstream.record_usage(
-        session,
-        client,
-        user_id=str(user_id),
-        endpoint=endpoint or UNSPECIFIED_ENDPOINT,
-        method=USE_METHOD,
-        credits=credits,
-        status_code=200,
-        response_time_ms=None,
-        request_id=request_id,
-        transaction_id=entry.id,
-    )
+    logstream.record_usage(session, client, **_usage(entry, endpoint, request_id))
     return entry
+
+
+async def use_async(
+    db: AsyncDatabase,
+    client: redis.asyncio.Redis,
+    *,
+    user_id: uuid.UUID,
+    credits: int,
+    description: str | None,
+    endpoint: str | None,
+    request_id: str | None = None,
+) -> ledger.Entry:
+    """``use`` from the event loop: one transaction, then the usage hand-off.
+
+    Also refuses (``NotFound``, nothing spent) a user who does not exist or is deactivated,
+    so a caller that checked only the token needs no separate read of the user.
+    """
+    entry = await ledger.spend_active(
+        db, user_id=user_id, credits=credits, description=description, endpoint=endpoint
+    )
+    await logstream.record_usage_async(client, **_usage(entry, endpoint, request_id))
+    return entry
+
+
+def _usage(entry: ledger.Entry, endpoint: str | None, request_id: str | None) -> dict[str, Any]:
+    return {
+        "user_id": str(entry.user_id),
+        "endpoint": endpoint or UNSPECIFIED_ENDPOINT,
+        "method": USE_METHOD,
+        "credits": -entry.amount,
+        "status_code": 200,
+        "response_time_ms": None,
+        "request_id": request_id,
+        "transaction_id": entry.id,
+    }
 
 
 @dataclass(frozen=True)

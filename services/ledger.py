@@ -13,12 +13,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from db.aio import AsyncDatabase
 from db.models import CreditTransaction, User
 from services.errors import InsufficientCredits, InvalidInput, NotFound
 
@@ -38,6 +39,7 @@ _POST = text(
             credits_used = credits_used + :used_delta
         WHERE id = :user_id
           AND (:may_overdraw OR :amount > 0 OR credit_balance + :amount >= 0)
+          AND (is_active OR NOT :active_only)
         RETURNING credit_balance
     )
     INSERT INTO credit_transactions
@@ -49,6 +51,7 @@ _POST = text(
     RETURNING id, balance_after, created_at
     """
 )
+_STATE = text("SELECT credit_balance, is_active FROM users WHERE id = :user_id")
 
 
 @dataclass(frozen=True)
@@ -82,21 +85,17 @@ def post(
     Raises ``InsufficientCredits`` when a debit would take the balance below zero
     and ``may_overdraw`` is false (refunds and disputes may record a debt).
     """
-    if amount == 0:
-        raise InvalidInput("a ledger entry cannot be zero", code="zero_amount")
-    params = {
-        "user_id": user_id,
-        "amount": amount,
-        "kind": kind,
-        "purchased_delta": amount if kind in PURCHASED_KINDS else 0,
-        "used_delta": -amount if kind == USAGE_KIND else 0,
-        "may_overdraw": may_overdraw,
-        "reference_type": reference_type,
-        "reference_id": reference_id,
-        "dedupe_key": dedupe_key,
-        "description": description,
-        "endpoint": endpoint,
-    }
+    params = _params(
+        user_id=user_id,
+        amount=amount,
+        kind=kind,
+        may_overdraw=may_overdraw,
+        reference_type=reference_type,
+        reference_id=reference_id,
+        dedupe_key=dedupe_key,
+        description=description,
+        endpoint=endpoint,
+    )
     if dedupe_key is None:
         row = session.execute(_POST, params).one_or_none()
     else:
@@ -113,14 +112,7 @@ def post(
     if row is None:
         _refuse(session, user_id=user_id, amount=amount)
     _sync(session, user_id)
-    return Entry(
-        id=row.id,
-        user_id=user_id,
-        amount=amount,
-        kind=kind,
-        balance_after=row.balance_after,
-        created_at=row.created_at,
-    )
+    return _entry(row, user_id=user_id, amount=amount, kind=kind)
 
 
 def spend(
@@ -134,8 +126,7 @@ def spend(
     reference_id: str | None = None,
 ) -> Entry:
     """Take ``credits`` from the balance for usage; ``InsufficientCredits`` if short."""
-    if not 0 < credits <= MAX_CREDITS:
-        raise InvalidInput(f"credits must be between 1 and {MAX_CREDITS}", code="invalid_credits")
+    _check_credits(credits)
     entry = post(
         session,
         user_id=user_id,
@@ -148,6 +139,35 @@ def spend(
     )
     assert entry is not None  # no dedupe key, so never skipped
     return entry
+
+
+async def spend_active(
+    db: AsyncDatabase,
+    *,
+    user_id: uuid.UUID,
+    credits: int,
+    description: str | None = None,
+    endpoint: str | None = None,
+) -> Entry:
+    """``spend`` from the event loop (``db.aio``), for an active user only.
+
+    One transaction, one round trip when it succeeds (the statement is ``post``'s). Raises
+    ``InsufficientCredits`` when short and ``NotFound`` when the user does not exist or is
+    deactivated, in which case nothing changes.
+    """
+    _check_credits(credits)
+    amount = -credits
+    params = _params(
+        user_id=user_id, amount=amount, kind=USAGE_KIND, description=description,
+        endpoint=endpoint, active_only=True,
+    )
+    row = await db.fetchone(_POST, params, scope="user", user_id=user_id)
+    if row is None:
+        state = await db.fetchone(_STATE, {"user_id": user_id}, scope="user", user_id=user_id)
+        if state is None or not state.is_active:
+            raise NotFound(f"user '{user_id}' does not exist", code="user_not_found")
+        raise _insufficient(state.credit_balance, amount)
+    return _entry(row, user_id=user_id, amount=amount, kind=USAGE_KIND)
 
 
 def applied(session: Session, dedupe_key: str) -> bool:
@@ -169,9 +189,59 @@ def balance(session: Session, user_id: uuid.UUID) -> int:
 
 
 def _refuse(session: Session, *, user_id: uuid.UUID, amount: int) -> NoReturn:
-    current = balance(session, user_id)
-    raise InsufficientCredits(
+    raise _insufficient(balance(session, user_id), amount)
+
+
+def _insufficient(current: int, amount: int) -> InsufficientCredits:
+    return InsufficientCredits(
         f"balance {current} cannot cover {-amount} credits", balance=current, required=-amount
+    )
+
+
+def _check_credits(credits: int) -> None:
+    if not 0 < credits <= MAX_CREDITS:
+        raise InvalidInput(f"credits must be between 1 and {MAX_CREDITS}", code="invalid_credits")
+
+
+def _params(
+    *,
+    user_id: uuid.UUID,
+    amount: int,
+    kind: str,
+    may_overdraw: bool = False,
+    active_only: bool = False,
+    reference_type: str | None = None,
+    reference_id: str | None = None,
+    dedupe_key: str | None = None,
+    description: str | None = None,
+    endpoint: str | None = None,
+) -> dict[str, object]:
+    if amount == 0:
+        raise InvalidInput("a ledger entry cannot be zero", code="zero_amount")
+    return {
+        "user_id": user_id,
+        "amount": amount,
+        "kind": kind,
+        "purchased_delta": amount if kind in PURCHASED_KINDS else 0,
+        "used_delta": -amount if kind == USAGE_KIND else 0,
+        "may_overdraw": may_overdraw,
+        "active_only": active_only,
+        "reference_type": reference_type,
+        "reference_id": reference_id,
+        "dedupe_key": dedupe_key,
+        "description": description,
+        "endpoint": endpoint,
+    }
+
+
+def _entry(row: Any, *, user_id: uuid.UUID, amount: int, kind: str) -> Entry:
+    return Entry(
+        id=row.id,
+        user_id=user_id,
+        amount=amount,
+        kind=kind,
+        balance_after=row.balance_after,
+        created_at=row.created_at,
     )
 
 

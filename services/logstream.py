@@ -30,7 +30,9 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import anyio
 import redis
+import redis.asyncio
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -79,15 +81,28 @@ def dead_letter_key(stream: str) -> str:
 # --- producer -------------------------------------------------------------------------------
 
 
-def _xadd(client: redis.Redis, kind: str, record: dict[str, Any]) -> None:
+def _queue(pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline, kind: str,
+           record: dict[str, Any]) -> None:
     stream = STREAMS[kind]
-    pipe = client.pipeline(transaction=False)
     pipe.xadd(stream, {"r": json.dumps(record, default=str, separators=(",", ":"))})
     # The kick expires so that a lost drain task is only a short delay, never a stall.
     pipe.set(_kick_key(stream), "1", nx=True, ex=5)
+
+
+def _xadd(client: redis.Redis, kind: str, record: dict[str, Any]) -> None:
+    pipe = client.pipeline(transaction=False)
+    _queue(pipe, kind, record)
     _, kicked = pipe.execute()
     if kicked:
         outbox.send_now(DRAIN_TASK, kind)
+
+
+async def _xadd_async(client: redis.asyncio.Redis, kind: str, record: dict[str, Any]) -> None:
+    pipe = client.pipeline(transaction=False)
+    _queue(pipe, kind, record)
+    _, kicked = await pipe.execute()
+    if kicked:  # rare (once per drain): publishing blocks, so off the event loop
+        await anyio.to_thread.run_sync(outbox.send_now, DRAIN_TASK, kind)
 
 
 def _stamp(record: dict[str, Any]) -> dict[str, Any]:
@@ -108,11 +123,26 @@ def record_usage(session: Session, client: redis.Redis, **fields: Any) -> None:
     ``fields``: user_id, endpoint, method, credits, status_code, response_time_ms,
     request_id, transaction_id.
     """
-    record = _stamp(fields)
+    record = _usage_record(fields)
+    outbox.after_commit(session, lambda: _xadd(client, "usage", record))
+
+
+async def record_usage_async(client: redis.asyncio.Redis, **fields: Any) -> None:
+    """Hand off one API usage record now, from the event loop (call it after the commit).
+
+    A Redis outage costs this record, never the request (as for ``record_usage``).
+    """
+    try:
+        await _xadd_async(client, "usage", _usage_record(fields))
+    except redis.RedisError:
+        log.exception("usage record dropped: redis unavailable")
+
+
+def _usage_record(fields: dict[str, Any]) -> dict[str, Any]:
     box = REQUEST_USAGE.get()
     if box is not None:
         box.recorded = True  # the middleware must not add a second record for this request
-    outbox.after_commit(session, lambda: _xadd(client, "usage", record))
+    return _stamp(fields)
 
 
 def record_usage_now(client: redis.Redis, **fields: Any) -> None:

@@ -156,7 +156,8 @@ def rls_client(settings):
 
     app = create_app(settings)
     app.include_router(_rls_router())
-    return TestClient(app, raise_server_exceptions=True)
+    with TestClient(app, raise_server_exceptions=True) as client:
+        yield client
 
 
 def _give_rows(db: Session, user: User, plan: Plan) -> None:
@@ -313,27 +314,46 @@ def test_login_works_through_the_service_scope(client, db):
     assert me.json()["id"] == str(user.id)
 
 
-def test_the_spend_path_sets_the_role_and_user_once(client, db, engine):
-    user = make_user(db, credits=10)
-    statements: list[tuple[str, Any]] = []
+def test_the_async_path_runs_as_the_role_for_its_user_only(settings, db):
+    """``db.aio`` (the spend's path) acts as ``billing_app`` for one user, under the policies."""
+    import asyncio
 
-    def capture(conn, cursor, statement, parameters, context, executemany):
-        statements.append((statement, parameters))
+    from db.aio import AsyncDatabase
+    from services import ledger
 
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
-        response = client.post(
-            "/api/user-management/credits/use",
-            json={"credits": 3, "description": "rls", "endpoint": "/v1/rls"},
-            headers=auth_headers(user),
-        )
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
-    assert response.status_code == 200, response.text
-    contexts = [p for s, p in statements if "set_config('role'" in s]
-    assert contexts == [{"role": "billing_app", "user_id": str(user.id), "scope": "user"}]
-    first_query = next(i for i, (s, _) in enumerate(statements) if "FROM users" in s)
-    assert "set_config('role'" in statements[first_query - 1][0]
+    owner, other = make_user(db, credits=10), make_user(db, credits=10)
+    debit_other = ledger._params(user_id=other.id, amount=-3, kind="usage", active_only=True)
+
+    async def run() -> tuple[Any, Any, Any]:
+        aio = AsyncDatabase(settings.database_url, min_size=1, max_size=1)
+        await aio.open()
+        try:
+            who = await aio.fetchone(
+                text("SELECT current_user AS role, current_setting('app.user_id') AS user_id, "
+                     "current_setting('app.scope') AS scope"),
+                {}, scope="user", user_id=owner.id,
+            )
+            # Acting for ``owner``, the debit of ``other``'s row finds no row to change.
+            hidden = await aio.fetchone(ledger._POST, debit_other, scope="user",
+                                        user_id=owner.id)
+            # Nothing of the context outlived its transaction on the pooled connection.
+            after = await aio.pool.getconn()
+            try:
+                cursor = await after.execute(
+                    "SELECT current_user AS role, current_setting('app.user_id', true) AS u")
+                leftover = await cursor.fetchone()
+            finally:
+                await aio.pool.putconn(after)
+            return who, hidden, leftover
+        finally:
+            await aio.close()
+
+    who, hidden, leftover = asyncio.run(run())
+    assert (who.role, who.user_id, who.scope) == ("billing_app", str(owner.id), "user")
+    assert hidden is None
+    assert leftover.role != "billing_app" and not leftover.u
+    db.expire_all()
+    assert db.get(User, other.id).credit_balance == 10
 
 
 def test_the_application_role_owns_nothing_and_is_subject_to_rls(db):

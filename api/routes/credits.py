@@ -10,11 +10,11 @@ from fastapi.concurrency import run_in_threadpool
 from api.deps import (
     BearerDep,
     CurrentUser,
-    RedisDep,
-    RequestIdDep,
     SessionDep,
     SettingsDep,
     current_user,
+    own_token_claims,
+    request_id_of,
 )
 from api.idempotency import IdempotencyDep
 from api.schemas.credits import (
@@ -33,6 +33,8 @@ from api.schemas.credits import (
 from api.schemas.params import IsoDatetime
 from db import rls
 from services import credits, packages, payments
+from services.errors import NotFound, Unauthorized
+from settings import Settings
 
 router = APIRouter(prefix="/api/user-management", tags=["credits"])
 
@@ -110,20 +112,37 @@ def purchase(
     responses={**_IDEMPOTENT, 402: {"description": "insufficient_credits, with the balance"}},
 )
 async def use_credits(
-    request: Request,
-    body: SpendIn,
-    settings: SettingsDep,
-    redis_client: RedisDep,
-    request_id: RequestIdDep,
-    idem: IdempotencyDep,
-    credentials: BearerDep,
+    request: Request, body: SpendIn, idem: IdempotencyDep, credentials: BearerDep
 ) -> Any:
     """Take ``credits`` from the balance; 402 ``insufficient_credits`` changes nothing.
 
-    The hot path: authentication, the spend and the commit run in one worker-thread call
-    (each sync dependency would cost a thread hop of its own), with the same checks as
-    ``CurrentUser`` and the same one-transaction-per-request rule as ``SessionDep``.
+    The hot path runs on the event loop: the token checked (its verification cached),
+    then one transaction whose single statement debits an active account and appends the
+    ledger row, then the usage hand-off. A request with an ``Idempotency-Key``, or with an
+    outside provider's token, takes the general path in a worker thread instead. (The
+    app's settings and clients are read off the request: every dependency costs time.)
     """
+    state = request.app.state
+    settings: Settings = state.settings
+    request_id = request_id_of(request)
+    claims = None if idem.key is not None else await own_token_claims(
+        request, settings, credentials)
+    if claims is not None:
+        request.state.user_id = claims.user_id  # for the usage middleware
+        try:
+            entry = await credits.use_async(
+                request.state.db,
+                request.state.aredis,
+                user_id=claims.user_id,
+                credits=body.credits,
+                description=body.description,
+                endpoint=body.endpoint,
+                request_id=request_id,
+            )
+        except NotFound:
+            # A deactivated user's tokens stop working at once, not at expiry.
+            raise Unauthorized("access token is invalid", code="invalid_token") from None
+        return SpendOut(balance=entry.balance_after, transaction_id=entry.id)
     assert settings.database_url is not None
 
     def run() -> Any:
@@ -132,14 +151,14 @@ async def use_credits(
                 request=request,
                 session=session,
                 settings=settings,
-                redis_client=redis_client,
+                redis_client=state.redis,
                 credentials=credentials,
             )
 
             def work() -> SpendOut:
                 entry = credits.use(
                     session,
-                    redis_client,
+                    state.redis,
                     user_id=user.id,
                     credits=body.credits,
                     description=body.description,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import jwt
 import redis
+import redis.asyncio
+from cachetools import LRUCache
 
 from db.base import utc_now
 from services.errors import Unauthorized
@@ -41,8 +44,29 @@ def create_access_token(settings: Settings, *, user_id: uuid.UUID, role: str) ->
     return jwt.encode(claims, settings.jwt_signing_key(), algorithm=ALGORITHM)
 
 
+# Verified tokens, by their exact text and the key, issuer and audience they were checked
+# against: a client's next request with the same token costs a lookup and an expiry check,
+# not a signature and six claim checks again. Revocation and the account's state are not
+# cached (they are checked on every request).
+_VERIFIED: LRUCache[tuple[str, str, str, str], AccessClaims] = LRUCache(maxsize=10_000)
+_VERIFIED_LOCK = threading.Lock()
+
+
 def decode_access_token(settings: Settings, token: str) -> AccessClaims:
     """Verify signature, algorithm, issuer, audience and lifetime; raise ``Unauthorized``."""
+    key = (token, settings.jwt_signing_key(), settings.jwt_issuer, settings.jwt_audience)
+    with _VERIFIED_LOCK:
+        claims = _VERIFIED.get(key)
+    if claims is None:
+        claims = _verify(settings, token)
+        with _VERIFIED_LOCK:
+            _VERIFIED[key] = claims
+    elif claims.expires_at is None or claims.expires_at <= utc_now():
+        raise Unauthorized("access token has expired", code="token_expired")
+    return claims
+
+
+def _verify(settings: Settings, token: str) -> AccessClaims:
     try:
         claims = jwt.decode(
             token,
@@ -82,3 +106,8 @@ def revoke_access_token(client: redis.Redis, claims: AccessClaims) -> None:
 def is_revoked(client: redis.Redis, jti: str) -> bool:
     """True if the access token with ``jti`` was signed out."""
     return bool(client.exists(_REVOKED_PREFIX + jti))
+
+
+async def is_revoked_async(client: redis.asyncio.Redis, jti: str) -> bool:
+    """``is_revoked`` from the event loop."""
+    return bool(await client.exists(_REVOKED_PREFIX + jti))

@@ -1,0 +1,96 @@
+"""The API's asynchronous database access, for the routes on the hot path.
+
+Most routes run in a worker thread with a SQLAlchemy session (``db.rls.app_transaction``).
+The few that are called at high rates (spending credits, storing Stripe webhooks, reading
+the admin statistics) run their one or two statements on the event loop instead, with
+psycopg's async connections from a pool: no thread hand-off, no ORM, and the transaction's
+Row Level Security context sent in the same round trip as its first statement (pipeline
+mode). They keep the sessions' rules: the application role, ``set_config(..., true)`` so
+nothing outlives the transaction, the same statement timeouts and hidden parameters.
+
+The SQL is written once, as SQLAlchemy ``text()`` in the services, and rendered here for
+psycopg (``render``), so the sync and async paths run the same statements.
+"""
+
+from __future__ import annotations
+
+import uuid
+from functools import lru_cache
+from typing import Any
+
+from psycopg.rows import namedtuple_row
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy import TextClause
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
+from sqlalchemy.engine import make_url
+
+from db import rls
+from db.engine import CONNECT_OPTIONS
+
+_DIALECT = psycopg_dialect.dialect()
+_BEGIN, _COMMIT, _ROLLBACK = b"BEGIN", b"COMMIT", b"ROLLBACK"
+
+
+@lru_cache(maxsize=64)
+def render(statement: TextClause) -> str:
+    """``statement`` as psycopg runs it (``:name`` parameters become ``%(name)s``)."""
+    return str(statement.compile(dialect=_DIALECT))
+
+
+def conninfo(url: str) -> str:
+    """A libpq connection string for a SQLAlchemy URL (``postgresql+psycopg://...``)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class AsyncDatabase:
+    """A pool of async connections for one API process, opened and closed with its lifespan."""
+
+    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 10) -> None:
+        self.pool = AsyncConnectionPool(
+            conninfo(url),
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            timeout=5,
+            max_lifetime=1800,
+            # Autocommit: ``fetchone`` writes BEGIN and COMMIT itself, in the same round trip.
+            kwargs={**CONNECT_OPTIONS, "row_factory": namedtuple_row, "autocommit": True},
+            # A connection that comes back broken (server restarted) is thrown away; the next
+            # checkout gets a fresh one. No per-checkout ping: that would be a round trip.
+            reconnect_timeout=30,
+        )
+
+    async def open(self) -> None:
+        await self.pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def fetchone(
+        self,
+        statement: TextClause,
+        params: dict[str, Any],
+        *,
+        scope: rls.Scope,
+        user_id: uuid.UUID | None = None,
+    ) -> Any:
+        """Run ``statement`` as a transaction of its own; its first row (a named tuple) or None.
+
+        The transaction runs as the application role acting for ``user_id`` with ``scope``.
+        BEGIN, the context, the statement and COMMIT go out together (pipeline mode) and
+        come back in one round trip; if the statement fails, the transaction is rolled back
+        and the error raised.
+        """
+        async with self.pool.connection() as conn:
+            try:
+                async with conn.pipeline():
+                    await conn.execute(_BEGIN)
+                    await conn.execute(render(rls.SET_CONTEXT), rls.params(scope=scope,
+                                                                           user_id=user_id))
+                    cursor = await conn.execute(render(statement), params)
+                    await conn.execute(_COMMIT)
+            except BaseException:
+                if not conn.closed:
+                    await conn.execute(_ROLLBACK)
+                raise
+            return await cursor.fetchone()
