@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import stripe
 from pydantic import SecretStr
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from db.aio import AsyncDatabase
 from db.models import StripeEvent
 from services import outbox
 from services.errors import InvalidInput, UpstreamUnavailable
@@ -118,20 +119,30 @@ def check(event: object) -> dict[str, Any]:
     return event
 
 
+_INSERT = text(
+    """
+    INSERT INTO stripe_events (id, type, livemode, stripe_created, payload)
+    VALUES (:id, :type, :livemode, :created, CAST(:payload AS jsonb))
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+    """
+)
+
+
+def _row(event: dict[str, Any], payload: str) -> dict[str, Any]:
+    """``_INSERT``'s parameters: ``payload`` is the event as JSON text."""
+    return {
+        "id": event["id"],
+        "type": event["type"],
+        "livemode": bool(event.get("livemode", False)),
+        "created": event["created"],
+        "payload": payload,
+    }
+
+
 def store(session: Session, event: dict[str, Any]) -> Stored:
     """Insert the event unless its id is known; enqueue processing after commit if new."""
-    inserted = session.execute(
-        insert(StripeEvent)
-        .values(
-            id=event["id"],
-            type=event["type"],
-            livemode=bool(event.get("livemode", False)),
-            stripe_created=event["created"],
-            payload=event,
-        )
-        .on_conflict_do_nothing(index_elements=["id"])
-        .returning(StripeEvent.id)
-    ).scalar_one_or_none()
+    inserted = session.execute(_INSERT, _row(event, json.dumps(event))).scalar_one_or_none()
     new = inserted is not None
     if new:
         outbox.enqueue(session, PROCESS_TASK, event["id"])
@@ -148,5 +159,21 @@ def store_many(session: Session, events: Sequence[dict[str, Any]]) -> list[str]:
 def receive(
     session: Session, payload: bytes, signature: str | None, secrets: Sequence[SecretStr]
 ) -> Stored:
-    """Verify a webhook delivery and store it (the webhook endpoint's one call)."""
+    """Verify a webhook delivery and store it."""
     return store(session, verify(payload, signature, secrets))
+
+
+async def receive_async(
+    db: AsyncDatabase, payload: bytes, signature: str | None, secrets: Sequence[SecretStr]
+) -> Stored:
+    """``receive`` from the event loop (the webhook endpoint's one call).
+
+    The insert is a transaction of its own (one round trip); the event is enqueued after
+    it has committed, from a worker thread (publishing blocks, and retries while the
+    broker is down). The body is stored as sent: it was just parsed and checked.
+    """
+    event = verify(payload, signature, secrets)
+    row = await db.fetchone(_INSERT, _row(event, payload.decode()), scope="service")
+    if row is not None:
+        await anyio.to_thread.run_sync(outbox.send_now, PROCESS_TASK, event["id"])
+    return Stored(event_id=event["id"], type=event["type"], new=row is not None)
