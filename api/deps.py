@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import redis
@@ -93,10 +94,34 @@ def current_user(
         rls.set_context(session, scope="user", user_id=claims.user_id)
         user = session.get(User, claims.user_id)
     if user is None or not user.is_active:
-        # A deactivated user's tokens stop working at once, not at expiry.
-        raise Unauthorized("access token is invalid", code="invalid_token")
+        raise inactive_account()
     request.state.user_id = user.id  # for the usage middleware (BILLING_LOG_ALL_REQUESTS)
     return user
+
+
+def inactive_account() -> Unauthorized:
+    # A deactivated user's tokens stop working at once, not at expiry.
+    return Unauthorized("access token is invalid", code="invalid_token")
+
+
+def not_admin() -> Forbidden:
+    return Forbidden("this operation needs the admin role", code="admin_required")
+
+
+@contextmanager
+def signed_in_transaction(
+    request: Request, credentials: HTTPAuthorizationCredentials | None, *, admin: bool = False
+) -> Iterator[tuple[Session, User]]:
+    """``SessionDep`` with ``CurrentUser`` (or ``AdminUser``) for code in one worker thread.
+
+    For the event-loop routes' general path (an outside provider's token, an idempotent
+    retry): every sync dependency would cost a thread hop of its own.
+    """
+    state = request.app.state
+    with rls.app_transaction(state.settings.database_url) as session:
+        user = current_user(request=request, session=session, settings=state.settings,
+                            redis_client=state.redis, credentials=credentials)
+        yield session, admin_user(user, session) if admin else user
 
 
 async def own_token_claims(
@@ -137,7 +162,7 @@ def _revoked() -> Unauthorized:
 def admin_user(user: Annotated[User, Depends(current_user)], session: SessionDep) -> User:
     """The current user if they are an admin (the request then sees every row); 403 otherwise."""
     if user.role != "admin":
-        raise Forbidden("this operation needs the admin role", code="admin_required")
+        raise not_admin()
     rls.set_context(session, scope="admin", user_id=user.id)
     return user
 

@@ -20,12 +20,15 @@ Definitions (all UTC; weeks are ISO weeks starting Monday):
 from __future__ import annotations
 
 import time
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from db.aio import AsyncDatabase
 from db.base import utc_now
 from db.models import AdminStatsSnapshot
 
@@ -244,12 +247,44 @@ def latest(session: Session) -> AdminStatsSnapshot | None:
     ).first()
 
 
-def latest_json(session: Session) -> str | None:
-    """The newest snapshot as a ready JSON document ``{computed_at, duration_ms, data}``."""
-    return session.scalar(text(
-        "SELECT json_build_object('computed_at', computed_at, 'duration_ms', duration_ms,"
-        " 'data', data)::text FROM admin_stats_snapshots ORDER BY computed_at DESC LIMIT 1"
-    ))
+# The reader's account and, only if it is an active admin's, the newest snapshot as a ready
+# JSON document: one statement, so the check and the read cannot disagree.
+_LATEST_FOR = text(
+    """
+    SELECT u.is_active, u.role, s.document
+    FROM users u
+    LEFT JOIN LATERAL (
+        SELECT json_build_object('computed_at', computed_at, 'duration_ms', duration_ms,
+                                 'data', data)::text AS document
+        FROM admin_stats_snapshots ORDER BY computed_at DESC LIMIT 1
+    ) s ON u.is_active AND u.role = 'admin'
+    WHERE u.id = :user_id
+    """
+)
+
+
+@dataclass(frozen=True)
+class AdminRead:
+    """The reader's account state and the newest snapshot ``{computed_at, duration_ms, data}``.
+
+    ``document`` is ``None`` when there is no snapshot yet or the reader may not see it.
+    """
+
+    is_active: bool
+    role: str
+    document: str | None
+
+
+def latest_for(session: Session, user_id: uuid.UUID) -> AdminRead | None:
+    """The newest snapshot for ``user_id`` if an active admin; ``None`` if no such user."""
+    row = session.execute(_LATEST_FOR, {"user_id": user_id}).one_or_none()
+    return None if row is None else AdminRead(row.is_active, row.role, row.document)
+
+
+async def latest_for_async(db: AsyncDatabase, user_id: uuid.UUID) -> AdminRead | None:
+    """``latest_for`` from the event loop (one round trip, in the admin scope)."""
+    row = await db.fetchone(_LATEST_FOR, {"user_id": user_id}, scope="admin", user_id=user_id)
+    return None if row is None else AdminRead(row.is_active, row.role, row.document)
 
 
 def prune(session: Session, *, keep_days: int = 7) -> int:

@@ -134,6 +134,9 @@ def test_deactivation_blocks_the_user_at_once_and_is_audited(client, db, admin):
                        headers={**auth_headers(admin), "X-Request-ID": "req-deact-1"})
     assert done.status_code == 200 and done.json()["changed"] is True
     assert client.get("/api/user-management/credits", headers=headers).status_code == 401
+    spend = client.post("/api/user-management/credits/use", json={"credits": 1},
+                        headers=headers)
+    assert (spend.status_code, spend.json()["error"]["code"]) == (401, "invalid_token")
     again = client.post(f"{BASE}/users/{user.id}/deactivate", headers=auth_headers(admin))
     assert again.json()["changed"] is False
 
@@ -216,6 +219,22 @@ def test_usage_lists_records_and_aggregates_by_endpoint_and_day(client, db, admi
     by_day = client.get(BASE + "/usage", params={"group_by": "day", "since_day": "2026-05-02"},
                         headers=auth_headers(admin)).json()["groups"]
     assert [(g["day"], g["calls"], g["users"]) for g in by_day] == [("2026-05-02", 3, 2)]
+
+
+def test_stats_follow_the_readers_account_not_the_token(client, db, admin):
+    """The role and the account state are read with the snapshot, not taken from the token."""
+    stats.take_snapshot(db)
+    db.commit()
+    headers = auth_headers(admin)
+    assert client.get(BASE + "/stats", headers=headers).status_code == 200
+    admin.role = "user"
+    db.commit()
+    demoted = client.get(BASE + "/stats", headers=headers)
+    assert (demoted.status_code, demoted.json()["error"]["code"]) == (403, "admin_required")
+    admin.role, admin.is_active = "admin", False
+    db.commit()
+    gone = client.get(BASE + "/stats", headers=headers)
+    assert (gone.status_code, gone.json()["error"]["code"]) == (401, "invalid_token")
 
 
 def test_stats_serves_the_latest_snapshot_and_refresh_recomputes(client, db, admin,

@@ -131,3 +131,21 @@ def test_outside_tokens_are_refused_when_not_configured(client, db):
     response = _get(client, _supabase_token(str(uuid.uuid4())))
     assert response.status_code == 401
     assert db.scalars(select(User)).all() == []
+
+
+def test_outside_tokens_also_work_on_the_event_loop_routes(make_client, db):
+    """Spending and the admin statistics check our tokens on the event loop; an outside
+    provider's token takes their general path, with the same answers."""
+    client = make_client(external_jwt_secret=SecretStr(SUPABASE_SECRET))
+    user = make_user(db, email="sam@example.com", credits=5)
+    headers = {"Authorization": f"Bearer {_supabase_token(str(uuid.uuid4()))}"}
+    spent = client.post("/api/user-management/credits/use", json={"credits": 2},
+                        headers=headers)
+    assert spent.status_code == 200, spent.text
+    assert spent.json()["balance"] == 3
+    stats = "/api/user-management/admin/stats"
+    assert client.get(stats, headers=headers).json()["error"]["code"] == "admin_required"
+    user.role = "admin"
+    db.commit()
+    missing = client.get(stats, headers=headers)
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "no_snapshot")

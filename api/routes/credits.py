@@ -12,9 +12,10 @@ from api.deps import (
     CurrentUser,
     SessionDep,
     SettingsDep,
-    current_user,
+    inactive_account,
     own_token_claims,
     request_id_of,
+    signed_in_transaction,
 )
 from api.idempotency import IdempotencyDep
 from api.schemas.credits import (
@@ -31,9 +32,8 @@ from api.schemas.credits import (
     TransactionPageOut,
 )
 from api.schemas.params import IsoDatetime
-from db import rls
 from services import credits, packages, payments
-from services.errors import NotFound, Unauthorized
+from services.errors import NotFound
 from settings import Settings
 
 router = APIRouter(prefix="/api/user-management", tags=["credits"])
@@ -140,20 +140,10 @@ async def use_credits(
                 request_id=request_id,
             )
         except NotFound:
-            # A deactivated user's tokens stop working at once, not at expiry.
-            raise Unauthorized("access token is invalid", code="invalid_token") from None
+            raise inactive_account() from None
         return SpendOut(balance=entry.balance_after, transaction_id=entry.id)
-    assert settings.database_url is not None
-
     def run() -> Any:
-        with rls.app_transaction(settings.database_url) as session:
-            user = current_user(
-                request=request,
-                session=session,
-                settings=settings,
-                redis_client=state.redis,
-                credentials=credentials,
-            )
+        with signed_in_transaction(request, credentials) as (session, user):
 
             def work() -> SpendOut:
                 entry = credits.use(
