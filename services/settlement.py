@@ -13,8 +13,11 @@ delivered twice, late or out of order moves money at most once:
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import cast
 
-from sqlalchemy import or_, select
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.base import utc_now
@@ -27,6 +30,47 @@ GRANTED = frozenset({"succeeded", "partially_refunded", "refunded"})
 # A payment that was never paid may still become paid (a retried card); these never change.
 FINAL_UNPAID = frozenset({"canceled"})
 
+@dataclass(eq=False)
+class LockedPayment:
+    """A payment row locked ``FOR UPDATE`` in the caller's transaction.
+
+    The functions of this module change it in memory and write it back (every changeable
+    column, in one ``UPDATE``) before they return; the row lock makes that write safe.
+    """
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    package_id: str | None
+    flow: str
+    amount_cents: int
+    currency: str
+    credits: int
+    # What settling changes, from here on:
+    status: str
+    succeeded_at: datetime | None
+    failure_reason: str | None
+    refunded_cents: int
+    credits_refunded: int
+    dispute_status: str | None
+    stripe_checkout_session_id: str | None
+    stripe_payment_intent_id: str | None
+    stripe_charge_id: str | None
+    dirty: bool = False
+
+
+# The event pipeline's hot path reads and writes payments as plain rows, with statements
+# built once: an ORM load and flush cost several times the CPU of the SQL they send.
+_payments = cast(Table, Payment.__table__)
+_READ = tuple(f.name for f in fields(LockedPayment) if f.name != "dirty")
+_MUTABLE = _READ[_READ.index("status") :]
+_SELECT = select(*(_payments.c[name] for name in _READ))
+_BY_ID = _SELECT.where(_payments.c.id == bindparam("payment_id")).with_for_update()
+_WRITE = (
+    update(_payments)
+    .where(_payments.c.id == bindparam("payment_id"))
+    .values({name: bindparam(f"new_{name}") for name in _MUTABLE})
+)
+
 
 def find_payment(
     session: Session,
@@ -36,7 +80,7 @@ def find_payment(
     payment_intent_id: str | None = None,
     charge_id: str | None = None,
     invoice_id: str | None = None,
-) -> Payment | None:
+) -> LockedPayment | None:
     """The payment an event is about, locked for update; None when it is not ours.
 
     Our metadata (``payment_id``) wins; Stripe ids are the fallback. A payment id in the
@@ -44,47 +88,65 @@ def find_payment(
     have committed when the event arrived).
     """
     if payment_id is not None:
-        payment = session.scalar(
-            select(Payment).where(Payment.id == payment_id).with_for_update()
-        )
-        if payment is None:
+        row = session.execute(_BY_ID, {"payment_id": payment_id}).one_or_none()
+        if row is None:
             raise NotReady(f"payment {payment_id} named in the metadata does not exist (yet)")
-        return payment
+        return LockedPayment(*row)
     conditions = []
     if checkout_session_id:
-        conditions.append(Payment.stripe_checkout_session_id == checkout_session_id)
+        conditions.append(_payments.c.stripe_checkout_session_id == checkout_session_id)
     if payment_intent_id:
-        conditions.append(Payment.stripe_payment_intent_id == payment_intent_id)
+        conditions.append(_payments.c.stripe_payment_intent_id == payment_intent_id)
     if charge_id:
-        conditions.append(Payment.stripe_charge_id == charge_id)
+        conditions.append(_payments.c.stripe_charge_id == charge_id)
     if invoice_id:
-        conditions.append(Payment.stripe_invoice_id == invoice_id)
+        conditions.append(_payments.c.stripe_invoice_id == invoice_id)
     if not conditions:
         return None
-    return session.scalars(
-        select(Payment).where(or_(*conditions)).order_by(Payment.created_at).with_for_update()
-    ).first()
+    row = session.execute(
+        _SELECT.where(or_(*conditions))
+        .order_by(_payments.c.created_at)
+        .limit(1)
+        .with_for_update()
+    ).one_or_none()
+    return LockedPayment(*row) if row is not None else None
 
 
 def link(
-    payment: Payment,
+    payment: LockedPayment,
     *,
     checkout_session_id: str | None = None,
     payment_intent_id: str | None = None,
     charge_id: str | None = None,
 ) -> None:
-    """Remember Stripe ids we learn from events (never overwriting one already known)."""
+    """Remember Stripe ids we learn from events (never overwriting one already known).
+
+    Written with the payment by the settlement call that follows.
+    """
     if checkout_session_id and payment.stripe_checkout_session_id is None:
-        payment.stripe_checkout_session_id = checkout_session_id
+        _set(payment, stripe_checkout_session_id=checkout_session_id)
     if payment_intent_id and payment.stripe_payment_intent_id is None:
-        payment.stripe_payment_intent_id = payment_intent_id
+        _set(payment, stripe_payment_intent_id=payment_intent_id)
     if charge_id and payment.stripe_charge_id is None:
-        payment.stripe_charge_id = charge_id
+        _set(payment, stripe_charge_id=charge_id)
+
+
+def _save(session: Session, payment: LockedPayment) -> None:
+    """Write ``payment`` back if it changed, and drop any stale ORM copy of it."""
+    if not payment.dirty:
+        return
+    params = {f"new_{name}": getattr(payment, name) for name in _MUTABLE}
+    params["payment_id"] = payment.id
+    session.execute(_WRITE, params)
+    payment.dirty = False
+    loaded = session.identity_map.get(session.identity_key(Payment, payment.id))
+    if loaded is not None:
+        session.expire(loaded)
 
 
 def settle(
     session: Session,
-    payment: Payment,
+    payment: LockedPayment,
     *,
     amount_cents: int | None,
     currency: str | None,
@@ -105,10 +167,9 @@ def settle(
             f"payment {payment.id} expects {payment.currency} but Stripe reports {currency}"
         )
     if payment.status in GRANTED:
+        _save(session, payment)
         return None
-    payment.status = "succeeded"
-    payment.succeeded_at = utc_now()
-    payment.failure_reason = None
+    _set(payment, status="succeeded", succeeded_at=utc_now(), failure_reason=None)
     entry = ledger.post(
         session,
         user_id=payment.user_id,
@@ -120,28 +181,31 @@ def settle(
         description=f"{payment.credits} credits ({payment.package_id or 'purchase'})",
     )
     _apply_refunds(session, payment)
-    session.flush()
+    _save(session, payment)
     return entry
 
 
-def fail(payment: Payment, *, reason: str | None) -> bool:
+def fail(session: Session, payment: LockedPayment, *, reason: str | None) -> bool:
     """Mark an unpaid payment failed (a success is never undone); True when it changed."""
-    if payment.status in GRANTED or payment.status in FINAL_UNPAID or payment.status == "expired":
-        return False
-    payment.status = "failed"
-    payment.failure_reason = (reason or "payment failed")[:500]
-    return True
+    changed = not (
+        payment.status in GRANTED or payment.status in FINAL_UNPAID or payment.status == "expired"
+    )
+    if changed:
+        _set(payment, status="failed", failure_reason=(reason or "payment failed")[:500])
+    _save(session, payment)
+    return changed
 
 
-def expire(payment: Payment) -> bool:
+def expire(session: Session, payment: LockedPayment) -> bool:
     """Mark a still-pending payment expired (its Checkout Session lapsed); True when it changed."""
-    if payment.status != "pending":
-        return False
-    payment.status = "expired"
-    return True
+    changed = payment.status == "pending"
+    if changed:
+        _set(payment, status="expired")
+    _save(session, payment)
+    return changed
 
 
-def record_refund(session: Session, payment: Payment, *, refunded_cents: int) -> None:
+def record_refund(session: Session, payment: LockedPayment, *, refunded_cents: int) -> None:
     """Record that ``refunded_cents`` of ``payment`` are refunded in total and take back credits.
 
     ``refunded_cents`` is Stripe's cumulative figure (``charge.amount_refunded``), so the
@@ -149,23 +213,24 @@ def record_refund(session: Session, payment: Payment, *, refunded_cents: int) ->
     """
     total = max(0, min(refunded_cents, payment.amount_cents))
     if total > payment.refunded_cents:
-        payment.refunded_cents = total
+        _set(payment, refunded_cents=total)
     _apply_refunds(session, payment)
-    session.flush()
+    _save(session, payment)
 
 
-def open_dispute(session: Session, payment: Payment, *, dispute_id: str, amount_cents: int) -> None:
+def open_dispute(
+    session: Session, payment: LockedPayment, *, dispute_id: str, amount_cents: int
+) -> None:
     """Claw back the disputed share of the payment's credits (once per dispute)."""
-    if payment.dispute_status == "won":
-        return  # the dispute already closed in our favour: this is a stale event
-    _claw_back(session, payment, dispute_id=dispute_id, amount_cents=amount_cents)
-    if payment.dispute_status is None:
-        payment.dispute_status = "open"
-    session.flush()
+    if payment.dispute_status != "won":  # won: the dispute already closed, this one is stale
+        _claw_back(session, payment, dispute_id=dispute_id, amount_cents=amount_cents)
+        if payment.dispute_status is None:
+            _set(payment, dispute_status="open")
+    _save(session, payment)
 
 
 def close_dispute(
-    session: Session, payment: Payment, *, dispute_id: str, amount_cents: int, won: bool
+    session: Session, payment: LockedPayment, *, dispute_id: str, amount_cents: int, won: bool
 ) -> None:
     """A won dispute gives the clawed-back credits back; a lost one keeps them taken."""
     if won:
@@ -185,11 +250,18 @@ def close_dispute(
                 dedupe_key=f"dispute_reversal:{dispute_id}",
                 description=f"dispute {dispute_id} won",
             )
-        payment.dispute_status = "won"
+        _set(payment, dispute_status="won")
     else:
         _claw_back(session, payment, dispute_id=dispute_id, amount_cents=amount_cents)
-        payment.dispute_status = "lost"
-    session.flush()
+        _set(payment, dispute_status="lost")
+    _save(session, payment)
+
+
+def _set(payment: LockedPayment, **values: object) -> None:
+    for name, value in values.items():
+        if getattr(payment, name) != value:
+            setattr(payment, name, value)
+            payment.dirty = True
 
 
 def _share(credits: int, part_cents: int, whole_cents: int) -> int:
@@ -199,7 +271,7 @@ def _share(credits: int, part_cents: int, whole_cents: int) -> int:
     return credits * part_cents // whole_cents
 
 
-def _apply_refunds(session: Session, payment: Payment) -> None:
+def _apply_refunds(session: Session, payment: LockedPayment) -> None:
     if payment.status not in GRANTED or payment.refunded_cents == 0:
         return
     target = min(
@@ -220,12 +292,14 @@ def _apply_refunds(session: Session, payment: Payment) -> None:
             description=f"refund of {payment.refunded_cents} {payment.currency} minor units",
             may_overdraw=True,
         )
-        payment.credits_refunded = target
+        _set(payment, credits_refunded=target)
     full = payment.refunded_cents >= payment.amount_cents
-    payment.status = "refunded" if full else "partially_refunded"
+    _set(payment, status="refunded" if full else "partially_refunded")
 
 
-def _claw_back(session: Session, payment: Payment, *, dispute_id: str, amount_cents: int) -> None:
+def _claw_back(
+    session: Session, payment: LockedPayment, *, dispute_id: str, amount_cents: int
+) -> None:
     if payment.status not in GRANTED:
         raise NotReady(f"payment {payment.id} is disputed but not settled yet")
     credits = min(

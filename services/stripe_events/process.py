@@ -15,9 +15,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 import stripe
-from sqlalchemy import select, tuple_
+from sqlalchemy import Table, bindparam, select, tuple_, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -36,6 +37,25 @@ log = logging.getLogger(__name__)
 DONE = frozenset({"processed", "ignored"})
 _ERROR_MAX = 500
 
+# The hot path's statements, built once: the lock on the event row (another holder makes
+# it return nothing at once) and the mark that counts the try.
+_events = cast(Table, StripeEvent.__table__)
+_CLAIM = (
+    select(_events.c.type, _events.c.status, _events.c.stripe_created, _events.c.payload)
+    .where(_events.c.id == bindparam("event_id"))
+    .with_for_update(skip_locked=True)
+)
+_MARK = (
+    update(_events)
+    .where(_events.c.id == bindparam("event_id"))
+    .values(
+        status=bindparam("new_status"),
+        attempts=_events.c.attempts + 1,
+        last_error=bindparam("note"),
+        processed_at=bindparam("now"),
+    )
+)
+
 
 def process(session: Session, *, event_id: str, settings: Settings) -> str:
     """Run the handler of a pending event and mark it; returns the event's status after.
@@ -43,39 +63,45 @@ def process(session: Session, *, event_id: str, settings: Settings) -> str:
     ``busy`` means another worker holds the event right now; ``missing`` that no such
     event is stored. Handler errors propagate (the caller's transaction rolls back).
     """
-    row = session.scalar(
-        select(StripeEvent).where(StripeEvent.id == event_id).with_for_update(skip_locked=True)
-    )
+    row = session.execute(_CLAIM, {"event_id": event_id}).one_or_none()
     if row is None:
         exists = session.scalar(select(StripeEvent.id).where(StripeEvent.id == event_id))
         return "busy" if exists else "missing"
-    if row.status != "pending":
-        return row.status  # processed or ignored: done; failed: only an admin retry revives it
-    row.attempts += 1
-    handler = HANDLERS.get(row.type)
+    event_type, status, created, payload = row
+    if status != "pending":
+        return str(status)  # processed or ignored: done; failed: only an admin retry revives it
+    handler = HANDLERS.get(event_type)
     if handler is None:
-        _finish(row, "ignored", f"no handler for {row.type}")
-        return row.status
+        return _finish(session, event_id, "ignored", f"no handler for {event_type}")
     event = Event(
-        id=row.id,
-        type=row.type,
-        created=row.stripe_created,
-        object=row.payload["data"]["object"],
+        id=event_id,
+        type=event_type,
+        created=created,
+        object=payload["data"]["object"],
         settings=settings,
     )
     try:
         handler(session, event)
     except Skip as skip:
-        _finish(row, "ignored", str(skip))
-    else:
-        _finish(row, "processed", None)
-    return row.status
+        return _finish(session, event_id, "ignored", str(skip))
+    return _finish(session, event_id, "processed", None)
 
 
-def _finish(row: StripeEvent, status: str, note: str | None) -> None:
-    row.status = status
-    row.last_error = note[:_ERROR_MAX] if note else None
-    row.processed_at = utc_now()
+def _finish(session: Session, event_id: str, status: str, note: str | None) -> str:
+    """Count the try and mark the event, in the transaction of the handler's writes."""
+    session.execute(
+        _MARK,
+        {
+            "event_id": event_id,
+            "new_status": status,
+            "note": note[:_ERROR_MAX] if note else None,
+            "now": utc_now(),
+        },
+    )
+    loaded = session.identity_map.get(session.identity_key(StripeEvent, event_id))
+    if loaded is not None:
+        session.expire(loaded)
+    return status
 
 
 def record_failure(

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from db.models import Payment
 from services import settlement
+from services.settlement import LockedPayment
 from services.stripe_events.context import Event, Handler
 from services.stripe_objects import Skip, StripeObject, as_int, as_uuid, currency, metadata, ref
 
 
-def _not_subscription(payment: Payment) -> None:
+def _not_subscription(payment: LockedPayment) -> None:
     # Checked before anything is written: a skipped event must leave no change behind.
     if payment.flow == "subscription":
         raise Skip("subscription payments are granted by their invoice events")
 
 
-def _session_payment(session: Session, obj: StripeObject) -> Payment:
+def _session_payment(session: Session, obj: StripeObject) -> LockedPayment:
     if obj.get("mode") not in (None, "payment"):
         raise Skip("subscription checkouts are settled by subscription and invoice events")
     meta = metadata(obj)
@@ -37,7 +37,7 @@ def _session_payment(session: Session, obj: StripeObject) -> Payment:
     return payment
 
 
-def _intent_payment(session: Session, obj: StripeObject) -> Payment:
+def _intent_payment(session: Session, obj: StripeObject) -> LockedPayment:
     payment = settlement.find_payment(
         session,
         payment_id=as_uuid(metadata(obj).get("payment_id")),
@@ -73,12 +73,14 @@ def session_async_succeeded(session: Session, event: Event) -> None:
 
 def session_async_failed(session: Session, event: Event) -> None:
     """A delayed payment method of a Checkout Session failed."""
-    settlement.fail(_session_payment(session, event.object), reason="the payment did not clear")
+    settlement.fail(
+        session, _session_payment(session, event.object), reason="the payment did not clear"
+    )
 
 
 def session_expired(session: Session, event: Event) -> None:
     """The Checkout Session lapsed unpaid."""
-    settlement.expire(_session_payment(session, event.object))
+    settlement.expire(session, _session_payment(session, event.object))
 
 
 def intent_succeeded(session: Session, event: Event) -> None:
@@ -101,7 +103,7 @@ def intent_failed(session: Session, event: Event) -> None:
     reason = None
     if isinstance(error, dict):
         reason = error.get("message") or error.get("code")
-    settlement.fail(_intent_payment(session, obj), reason=str(reason) if reason else None)
+    settlement.fail(session, _intent_payment(session, obj), reason=str(reason) if reason else None)
 
 
 HANDLERS: dict[str, Handler] = {
