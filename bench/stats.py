@@ -20,6 +20,7 @@ Environment: ``BILLING_BENCH_STATS_DATABASE_URL`` (default
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from psycopg import sql
 from sqlalchemy import make_url
 
 from bench.readme import write_section
@@ -161,6 +163,27 @@ def generate(url: str, *, users: int, usage_rows: int, payments: int) -> dict[st
     return timings
 
 
+def remember(url: str, sizes: dict[str, int], timings: dict[str, float]) -> None:
+    """Note what was generated (and how long it took) on the database, for ``--reuse``."""
+    note = json.dumps({"sizes": sizes, "timings": timings})
+    with psycopg.connect(_psycopg_url(url), autocommit=True) as conn:
+        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            sql.Identifier(make_url(url).database or ""), sql.Literal(note)))
+
+
+def generated(url: str, sizes: dict[str, int]) -> dict[str, float] | None:
+    """The generation timings if the database holds data of ``sizes`` already, else None."""
+    try:
+        with psycopg.connect(_psycopg_url(url)) as conn:
+            row = conn.execute(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                "WHERE datname = current_database()").fetchone()
+    except psycopg.OperationalError:
+        return None
+    note = json.loads(row[0]) if row and row[0] else {}
+    return note.get("timings") if note.get("sizes") == sizes else None
+
+
 def time_snapshot(url: str) -> tuple[float, dict]:
     from db.engine import session_scope
     from services import stats
@@ -182,6 +205,8 @@ def admin_token(url: str) -> str:
 
     with session_scope(url) as session:
         admin_id = session.execute(text(
+            "SELECT id FROM users WHERE email = 'bench-admin@example.com'")).scalar()
+        admin_id = admin_id or session.execute(text(
             "INSERT INTO users (email, role, email_confirmed_at) "
             "VALUES ('bench-admin@example.com', 'admin', now()) RETURNING id"
         )).scalar_one()
@@ -230,16 +255,27 @@ def main() -> None:
     parser.add_argument("--payments", type=int, default=200_000)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the data a previous run generated (same sizes) and only "
+                             "re-time the snapshot and the API")
     args = parser.parse_args()
     url = os.environ.get("BILLING_BENCH_STATS_DATABASE_URL",
                          "postgresql://postgres@127.0.0.1/billing_bench_stats")
     redis_url = os.environ.get("BILLING_BENCH_STATS_REDIS_URL", "redis://127.0.0.1:6379/9")
 
-    print(f"recreating {make_url(url).database} and migrating ...", flush=True)
-    url = recreate_database(url)
-    print(f"generating {args.users:,} users, {args.usage_rows:,} usage rows, "
-          f"{args.payments:,} payments ...", flush=True)
-    timings = generate(url, users=args.users, usage_rows=args.usage_rows, payments=args.payments)
+    sizes = {"users": args.users, "usage_rows": args.usage_rows, "payments": args.payments}
+    timings = generated(url, sizes) if args.reuse else None
+    if timings is not None:
+        url = make_url(url).set(drivername="postgresql+psycopg").render_as_string(
+            hide_password=False)
+        print(f"reusing the data generated in {make_url(url).database}", flush=True)
+    else:
+        print(f"recreating {make_url(url).database} and migrating ...", flush=True)
+        url = recreate_database(url)
+        print(f"generating {args.users:,} users, {args.usage_rows:,} usage rows, "
+              f"{args.payments:,} payments ...", flush=True)
+        timings = generate(url, **sizes)
+        remember(url, sizes, timings)
 
     cold, data = time_snapshot(url)
     warm, _ = time_snapshot(url)

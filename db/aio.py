@@ -14,10 +14,12 @@ psycopg (``render``), so the sync and async paths run the same statements.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from functools import lru_cache
 from typing import Any
 
+import psycopg
 from psycopg.rows import namedtuple_row
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import TextClause
@@ -28,6 +30,7 @@ from db import rls
 from db.engine import CONNECT_OPTIONS
 
 _DIALECT = psycopg_dialect.dialect()
+APPLICATION_NAME = "billing-api-async"
 _BEGIN, _COMMIT, _ROLLBACK = b"BEGIN", b"COMMIT", b"ROLLBACK"
 
 
@@ -54,11 +57,17 @@ class AsyncDatabase:
             timeout=5,
             max_lifetime=1800,
             # Autocommit: ``fetchone`` writes BEGIN and COMMIT itself, in the same round trip.
-            kwargs={**CONNECT_OPTIONS, "row_factory": namedtuple_row, "autocommit": True},
+            kwargs={
+                **CONNECT_OPTIONS,
+                "application_name": APPLICATION_NAME,
+                "row_factory": namedtuple_row,
+                "autocommit": True,
+            },
             # A connection that comes back broken (server restarted) is thrown away; the next
             # checkout gets a fresh one. No per-checkout ping: that would be a round trip.
             reconnect_timeout=30,
         )
+        self._checks: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         await self.pool.open(wait=False)
@@ -89,6 +98,13 @@ class AsyncDatabase:
                                                                            user_id=user_id))
                     cursor = await conn.execute(render(statement), params)
                     await conn.execute(_COMMIT)
+            except psycopg.OperationalError:
+                if conn.broken:
+                    # The server went away (restart, failover): the idle connections went
+                    # with it. Sort them out now rather than fail one request for each.
+                    self._checks.add(task := asyncio.create_task(self.pool.check()))
+                    task.add_done_callback(self._checks.discard)
+                raise
             except BaseException:
                 if not conn.closed:
                     await conn.execute(_ROLLBACK)
