@@ -153,8 +153,9 @@ def test_a_skipped_event_is_ignored_with_its_reason_and_writes_nothing_else(db, 
 
 
 def test_a_purchase_is_settled_in_few_statements(db, settings):
-    """The hot path's round trips: lock the event, lock the payment, the ledger's grant,
-    write the payment, mark the event (plus BEGIN/COMMIT). A regression shows up here."""
+    """The hot path's round trips: claim and mark the event, lock the payment, the
+    ledger's grant (its dedupe check, savepoint, statement), write the payment; plus
+    BEGIN/COMMIT. A regression shows up here."""
     user = make_user(db)
     payment = make_payment(db, user)
     event_id = _store(db, se.event("payment_intent.succeeded", se.payment_intent(payment)))
@@ -173,7 +174,7 @@ def test_a_purchase_is_settled_in_few_statements(db, settings):
             event.remove(engine, "before_cursor_execute", count)
 
     writes = [s for s in statements if s in ("UPDATE", "INSERT", "WITH")]
-    # The ledger's grant is one statement (WITH ... UPDATE users ... INSERT); the payment
-    # and the event are one UPDATE each.
+    # The ledger's grant is one statement (WITH ... UPDATE users ... INSERT); the event
+    # (claimed and marked) and the payment are one UPDATE each.
     assert writes.count("UPDATE") == 2, statements
-    assert len(statements) <= 9, statements
+    assert len(statements) <= 7, statements

@@ -1,10 +1,11 @@
 """The worker's side of the inbox: process one stored event exactly once.
 
-The row is taken with ``SELECT ... FOR UPDATE SKIP LOCKED``: a second worker holding the
-same id (a duplicate message, a sweep, a redelivery after a crash) returns at once instead
-of waiting. The handler's money moves and the ``processed`` mark commit in one
-transaction, so a crash before commit leaves the event pending and moves nothing, and a
-crash after commit leaves it processed: it is never applied twice.
+The row is taken with ``SELECT ... FOR UPDATE SKIP LOCKED`` (in the statement that marks
+it): a second worker holding the same id (a duplicate message, a sweep, a redelivery
+after a crash) returns at once instead of waiting. The handler's money moves and the
+``processed`` mark commit in one transaction, so a crash before commit leaves the event
+pending and moves nothing, and a crash after commit leaves it processed: it is never
+applied twice.
 """
 
 from __future__ import annotations
@@ -37,23 +38,33 @@ log = logging.getLogger(__name__)
 DONE = frozenset({"processed", "ignored"})
 _ERROR_MAX = 500
 
-# The hot path's statements, built once: the lock on the event row (another holder makes
-# it return nothing at once) and the mark that counts the try.
+# The hot path's statements, built once. The claim locks a pending event FOR UPDATE SKIP
+# LOCKED (held by another transaction: no row, at once), counts the try and marks it
+# processed, in one round trip; it commits or rolls back with the handler's writes. An
+# event the handler skips is marked again, as ignored.
 _events = cast(Table, StripeEvent.__table__)
 _CLAIM = (
-    select(_events.c.type, _events.c.status, _events.c.stripe_created, _events.c.payload)
-    .where(_events.c.id == bindparam("event_id"))
-    .with_for_update(skip_locked=True)
-)
-_MARK = (
     update(_events)
-    .where(_events.c.id == bindparam("event_id"))
+    .where(
+        _events.c.id
+        == select(_events.c.id)
+        .where(_events.c.id == bindparam("event_id"), _events.c.status == "pending")
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
     .values(
-        status=bindparam("new_status"),
+        status="processed",
         attempts=_events.c.attempts + 1,
-        last_error=bindparam("note"),
+        last_error=None,
         processed_at=bindparam("now"),
     )
+    .returning(_events.c.type, _events.c.stripe_created, _events.c.payload)
+)
+_STATUS = select(_events.c.status).where(_events.c.id == bindparam("event_id"))
+_IGNORE = (
+    update(_events)
+    .where(_events.c.id == bindparam("event_id"))
+    .values(status="ignored", last_error=bindparam("note"))
 )
 
 
@@ -61,18 +72,20 @@ def process(session: Session, *, event_id: str, settings: Settings) -> str:
     """Run the handler of a pending event and mark it; returns the event's status after.
 
     ``busy`` means another worker holds the event right now; ``missing`` that no such
-    event is stored. Handler errors propagate (the caller's transaction rolls back).
+    event is stored. Handler errors propagate (the caller's transaction rolls back, the
+    claim with it).
     """
-    row = session.execute(_CLAIM, {"event_id": event_id}).one_or_none()
+    row = session.execute(_CLAIM, {"event_id": event_id, "now": utc_now()}).one_or_none()
     if row is None:
-        exists = session.scalar(select(StripeEvent.id).where(StripeEvent.id == event_id))
-        return "busy" if exists else "missing"
-    event_type, status, created, payload = row
-    if status != "pending":
-        return str(status)  # processed or ignored: done; failed: only an admin retry revives it
+        # Not pending (processed or ignored: done; failed: only an admin retry revives
+        # it), held by another worker, or unknown.
+        status = session.scalar(_STATUS, {"event_id": event_id})
+        return "missing" if status is None else "busy" if status == "pending" else str(status)
+    _expire_loaded(session, event_id)
+    event_type, created, payload = row
     handler = HANDLERS.get(event_type)
     if handler is None:
-        return _finish(session, event_id, "ignored", f"no handler for {event_type}")
+        return _ignore(session, event_id, f"no handler for {event_type}")
     event = Event(
         id=event_id,
         type=event_type,
@@ -83,25 +96,20 @@ def process(session: Session, *, event_id: str, settings: Settings) -> str:
     try:
         handler(session, event)
     except Skip as skip:
-        return _finish(session, event_id, "ignored", str(skip))
-    return _finish(session, event_id, "processed", None)
+        return _ignore(session, event_id, str(skip))
+    return "processed"
 
 
-def _finish(session: Session, event_id: str, status: str, note: str | None) -> str:
-    """Count the try and mark the event, in the transaction of the handler's writes."""
-    session.execute(
-        _MARK,
-        {
-            "event_id": event_id,
-            "new_status": status,
-            "note": note[:_ERROR_MAX] if note else None,
-            "now": utc_now(),
-        },
-    )
+def _ignore(session: Session, event_id: str, note: str) -> str:
+    session.execute(_IGNORE, {"event_id": event_id, "note": note[:_ERROR_MAX]})
+    return "ignored"
+
+
+def _expire_loaded(session: Session, event_id: str) -> None:
+    """Drop a stale ORM copy of the event (the statements above bypass the identity map)."""
     loaded = session.identity_map.get(session.identity_key(StripeEvent, event_id))
     if loaded is not None:
         session.expire(loaded)
-    return status
 
 
 def record_failure(
