@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import redis
 import redis.asyncio
 from fastapi import FastAPI
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield {"db": db, "aredis": aredis}
         finally:
+            await anyio.to_thread.run_sync(outbox.flush)  # tasks handed off, not yet sent
             await db.close()
             await aredis.aclose()
             app.state.redis.close()

@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -99,6 +100,12 @@ async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
     return error_response(503, "database_unavailable", "the database cannot be reached; retry")
 
 
+async def _redis_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    # Token revocation, rate limits and hand-offs need Redis: without it, refuse for now.
+    log.error("redis unavailable", extra={"error": type(exc).__name__})
+    return error_response(503, "redis_unavailable", "a backing service cannot be reached; retry")
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", "an unexpected error occurred")
@@ -115,6 +122,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
     app.add_exception_handler(psycopg_pool.PoolTimeout, _database_unavailable)
     app.add_exception_handler(psycopg.DataError, _unstorable_value)
+    app.add_exception_handler(redis.ConnectionError, _redis_unavailable)
+    app.add_exception_handler(redis.TimeoutError, _redis_unavailable)
     app.add_exception_handler(DBAPIError, _unexpected_db)
     app.add_exception_handler(UnicodeEncodeError, _unstorable_value)
     app.add_exception_handler(Exception, _unexpected)

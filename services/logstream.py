@@ -30,7 +30,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import anyio
 import redis
 import redis.asyncio
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -101,8 +100,8 @@ async def _xadd_async(client: redis.asyncio.Redis, kind: str, record: dict[str, 
     pipe = client.pipeline(transaction=False)
     _queue(pipe, kind, record)
     _, kicked = await pipe.execute()
-    if kicked:  # rare (once per drain): publishing blocks, so off the event loop
-        await anyio.to_thread.run_sync(outbox.send_now, DRAIN_TASK, kind)
+    if kicked:  # publishing blocks: off the event loop (beat's drain backs it up)
+        outbox.send_soon(DRAIN_TASK, kind)
 
 
 def _stamp(record: dict[str, Any]) -> dict[str, Any]:

@@ -9,8 +9,11 @@ services never import the workers package.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from queue import SimpleQueue
 from typing import Any
 
 from celery import Celery
@@ -69,14 +72,75 @@ def enqueue(session: Session, task_name: str, *args: Any, **options: Any) -> Non
 
 def send_now(task_name: str, *args: Any, **options: Any) -> bool:
     """Send a task outside any transaction; False (and a log line) if the broker refused."""
+    return _send(_sender(), task_name, args, options)
+
+
+def _sender() -> Sender:
     if _dispatcher.sender is None:
         raise RuntimeError("no task sender installed: call outbox.install_sender() at start-up")
+    return _dispatcher.sender
+
+
+def _send(sender: Sender, task_name: str, args: tuple[Any, ...], options: dict[str, Any]) -> bool:
     try:
-        _dispatcher.sender(task_name, args, options)
+        sender(task_name, args, options)
     except Exception as exc:  # the broker being down must not fail a committed request
         log.error("enqueue failed", extra={"task": task_name, "error": type(exc).__name__})
         return False
     return True
+
+
+class _Background:
+    """One daemon thread that sends tasks handed to ``send_soon``, in order."""
+
+    def __init__(self) -> None:
+        self._queue: SimpleQueue[tuple[Sender, str, tuple[Any, ...]]] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pending = 0
+
+    def put(self, task_name: str, args: tuple[Any, ...]) -> None:
+        # Through the broker of the moment it was handed off (not of when it is sent).
+        sender = _sender()
+        with self._lock:
+            self._pending += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+                self._thread.start()
+        self._queue.put((sender, task_name, args))
+
+    def _run(self) -> None:
+        while True:
+            sender, task_name, args = self._queue.get()
+            try:
+                _send(sender, task_name, args, {})
+            finally:
+                with self._lock:
+                    self._pending -= 1
+
+    def flush(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self._pending
+
+
+_background = _Background()
+
+
+def send_soon(task_name: str, *args: Any) -> None:
+    """Send a task from a background thread; the caller neither waits nor learns the outcome.
+
+    For the event loop (publishing blocks, and retries while the broker is down), and only
+    for work that a backstop re-sends if this is lost (a crash, a broker outage): a Stripe
+    event left pending is swept, a log stream is drained by beat.
+    """
+    _background.put(task_name, args)
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Wait (at most ``timeout`` s) until what ``send_soon`` took has been sent; False if not."""
+    return _background.flush(timeout)
 
 
 @event.listens_for(Session, "after_commit")

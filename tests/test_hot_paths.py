@@ -60,3 +60,21 @@ def test_spend_refusals_on_the_event_loop_keep_the_contract(client, db):
     assert (refused.status_code, refused.json()["error"]["code"]) == (401, "invalid_token")
     db.expire_all()
     assert (db.get(User, poor.id).credit_balance, db.get(User, gone.id).credit_balance) == (2, 5)
+
+
+def test_spend_with_redis_down_is_a_503_and_changes_nothing(make_client, db, tmp_path):
+    """The token's revocation cannot be checked: refuse clearly, spend nothing."""
+    from cli.embedded import EmbeddedRedis
+
+    broker = EmbeddedRedis(tmp_path, persist=False)
+    client = make_client(redis_url=broker.start())
+    user = make_user(db, credits=5)
+    try:
+        assert client.post(USE, json={"credits": 1}, headers=auth_headers(user)).status_code == 200
+        broker.stop()
+        down = client.post(USE, json={"credits": 1}, headers=auth_headers(user))
+    finally:
+        broker.stop()
+    assert (down.status_code, down.json()["error"]["code"]) == (503, "redis_unavailable")
+    db.expire_all()
+    assert db.get(User, user.id).credit_balance == 4

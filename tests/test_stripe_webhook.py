@@ -53,6 +53,7 @@ def test_signed_event_is_stored_once_and_enqueued_only_when_new(client, db, sent
     assert row is not None and row.type == "customer.created"  # a running worker may process it
     assert row.payload == evt and row.stripe_created == evt["created"]
     assert _stored(db) == 1
+    assert outbox.flush(timeout=10)  # sent from the background after the answer
     assert sent == [("stripe.process_event", (evt["id"],))]
 
 

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import stripe
 from pydantic import SecretStr
 from sqlalchemy import select, text
@@ -168,12 +167,14 @@ async def receive_async(
 ) -> Stored:
     """``receive`` from the event loop (the webhook endpoint's one call).
 
-    The insert is a transaction of its own (one round trip); the event is enqueued after
-    it has committed, from a worker thread (publishing blocks, and retries while the
-    broker is down). The body is stored as sent: it was just parsed and checked.
+    The insert is a transaction of its own (one round trip); once it has committed, the
+    event is handed to the background sender (``outbox.send_soon``): the answer does not
+    wait for the broker, and an event whose task is lost (a crash, a broker outage) is
+    still stored and pending, so the sweep enqueues it. The body is stored as sent: it was
+    just parsed and checked.
     """
     event = verify(payload, signature, secrets)
     row = await db.fetchone(_INSERT, _row(event, payload.decode()), scope="service")
     if row is not None:
-        await anyio.to_thread.run_sync(outbox.send_now, PROCESS_TASK, event["id"])
+        outbox.send_soon(PROCESS_TASK, event["id"])
     return Stored(event_id=event["id"], type=event["type"], new=row is not None)
