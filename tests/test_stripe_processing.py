@@ -7,12 +7,14 @@ transactions around it.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from celery.app import trace
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
@@ -178,3 +180,18 @@ def test_a_purchase_is_settled_in_few_statements(db, settings):
     # (claimed and marked) and the payment are one UPDATE each.
     assert writes.count("UPDATE") == 2, statements
     assert len(statements) <= 7, statements
+
+
+def test_the_worker_drops_only_the_routine_lines_of_per_event_tasks():
+    from workers.app import _QuietRoutineLines  # the worker's settings are read on import
+
+    def record(msg: str, name: str) -> logging.LogRecord:
+        return logging.LogRecord("celery.app.trace", logging.INFO, __file__, 1, msg,
+                                 ({"id": "x", "name": name, "args": "", "kwargs": ""},), None)
+
+    quiet = _QuietRoutineLines()
+    assert not quiet.filter(record(trace.LOG_RECEIVED, "stripe.process_event"))
+    assert not quiet.filter(record(trace.LOG_SUCCESS, "stripe.process_event"))
+    assert quiet.filter(record(trace.LOG_RETRY, "stripe.process_event"))
+    assert quiet.filter(record(trace.LOG_SUCCESS, "stats.snapshot"))
+    assert quiet.filter(record(trace.LOG_FAILURE, "stripe.process_event"))
