@@ -1,7 +1,8 @@
 """Settling payments from Stripe's word: grants, failures, refunds and disputes, each once.
 
-Every function here works on a payment row locked ``FOR UPDATE`` by ``find_payment``,
-so two events about one payment are applied one after the other, never interleaved.
+Every function here works on a payment row locked ``FOR UPDATE`` by ``find_payment`` (a
+``LockedPayment``, written back by the function that changed it), so two events about one
+payment are applied one after the other, never interleaved.
 Credits move only through ``services.ledger`` with a dedupe key per cause, so an event
 delivered twice, late or out of order moves money at most once:
 
