@@ -18,10 +18,10 @@ One command: ``.venv/bin/python -m bench.stripe_worker`` (``--help`` for knobs).
    new ledger rows every ``--poll-ms``; its backend is not counted).
 
 CPU time rather than wall-clock time, so that a run on a shared machine still compares
-before and after. Environment: ``BILLING_BENCH_DATABASE_URL`` (default
+before and after. Environment: ``BILLING_BENCH_STRIPE_WORKER_DATABASE_URL`` (default
 ``postgresql://postgres@127.0.0.1/billing_bench_stripe_worker``),
-``BILLING_BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/7``). Not a test: nothing
-here asserts a time, and it writes no README section.
+``BILLING_BENCH_STRIPE_WORKER_REDIS_URL`` (default ``redis://127.0.0.1:6379/7``). Not a
+test: nothing here asserts a time, and it writes no README section.
 """
 
 from __future__ import annotations
@@ -239,10 +239,10 @@ def main() -> None:
     args = parser.parse_args()
 
     database_url = recreate_database(os.environ.get(
-        "BILLING_BENCH_DATABASE_URL",
+        "BILLING_BENCH_STRIPE_WORKER_DATABASE_URL",
         "postgresql://postgres@127.0.0.1/billing_bench_stripe_worker",
     ))
-    redis_url = os.environ.get("BILLING_BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
+    redis_url = os.environ.get("BILLING_BENCH_STRIPE_WORKER_REDIS_URL", "redis://127.0.0.1:6379/7")
     redis.Redis.from_url(redis_url).flushdb()
     part = args.warm + args.events
     events = store_events(database_url, seed_payments(database_url, users=500, payments=2 * part))
