@@ -48,7 +48,14 @@ def conninfo(url: str) -> str:
 class AsyncDatabase:
     """A pool of async connections for one API process, opened and closed with its lifespan."""
 
-    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        application_name: str = APPLICATION_NAME,
+    ) -> None:
         self.pool = AsyncConnectionPool(
             conninfo(url),
             min_size=min_size,
@@ -59,7 +66,7 @@ class AsyncDatabase:
             # Autocommit: ``fetchone`` writes BEGIN and COMMIT itself, in the same round trip.
             kwargs={
                 **CONNECT_OPTIONS,
-                "application_name": APPLICATION_NAME,
+                "application_name": application_name,
                 "row_factory": namedtuple_row,
                 "autocommit": True,
             },
