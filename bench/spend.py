@@ -58,6 +58,8 @@ WITH changed AS (
     WHERE id = ('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid
       AND (false OR -1 > 0 OR credit_balance + -1 >= 0)
       AND (is_active OR NOT true)
+      AND (CAST(NULL AS text) IS NULL OR NOT EXISTS (
+          SELECT 1 FROM credit_transactions WHERE dedupe_key = NULL))
     RETURNING credit_balance
 )
 INSERT INTO credit_transactions

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
 
-from sqlalchemy import select, text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -40,6 +40,8 @@ _POST = text(
         WHERE id = :user_id
           AND (:may_overdraw OR :amount > 0 OR credit_balance + :amount >= 0)
           AND (is_active OR NOT :active_only)
+          AND (CAST(:dedupe_key AS text) IS NULL OR NOT EXISTS (
+              SELECT 1 FROM credit_transactions WHERE dedupe_key = :dedupe_key))
         RETURNING credit_balance
     )
     INSERT INTO credit_transactions
@@ -78,12 +80,19 @@ def post(
     description: str | None = None,
     endpoint: str | None = None,
     may_overdraw: bool = False,
+    serialized: bool = False,
 ) -> Entry | None:
     """Apply ``amount`` to the balance and append its ledger row.
 
     Returns ``None`` when ``dedupe_key`` was already applied (nothing changes).
     Raises ``InsufficientCredits`` when a debit would take the balance below zero
     and ``may_overdraw`` is false (refunds and disputes may record a debt).
+
+    ``serialized``: the caller holds a lock that orders every post of ``dedupe_key``
+    (settlement holds the payment's row), so no twin can be in flight and the statement's
+    own "not applied yet" condition decides, in one round trip. Without it, a concurrent
+    twin is expected: the statement runs in a savepoint and the unique index decides.
+    Either way a key is applied at most once (the index backs both).
     """
     params = _params(
         user_id=user_id,
@@ -98,6 +107,8 @@ def post(
     )
     if dedupe_key is None:
         row = session.execute(_POST, params).one_or_none()
+    elif serialized:
+        row = session.execute(_POST, params).one_or_none()
     else:
         if applied(session, dedupe_key):
             return None
@@ -110,6 +121,10 @@ def post(
                 return None
             raise
     if row is None:
+        # The statement changed nothing: its key was applied meanwhile (by a twin that
+        # committed while this one waited for the user's row), or the balance is short.
+        if dedupe_key is not None and applied(session, dedupe_key):
+            return None
         _refuse(session, user_id=user_id, amount=amount)
     _sync(session, user_id)
     return _entry(row, user_id=user_id, amount=amount, kind=kind)
@@ -170,14 +185,14 @@ async def spend_active(
     return _entry(row, user_id=user_id, amount=amount, kind=USAGE_KIND)
 
 
+_APPLIED = select(CreditTransaction.id).where(
+    CreditTransaction.dedupe_key == bindparam("dedupe_key")
+)
+
+
 def applied(session: Session, dedupe_key: str) -> bool:
     """True when a ledger entry with ``dedupe_key`` exists."""
-    return (
-        session.scalar(
-            select(CreditTransaction.id).where(CreditTransaction.dedupe_key == dedupe_key)
-        )
-        is not None
-    )
+    return session.scalar(_APPLIED, {"dedupe_key": dedupe_key}) is not None
 
 
 def balance(session: Session, user_id: uuid.UUID) -> int:

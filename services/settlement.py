@@ -179,6 +179,7 @@ def settle(
         reference_type="payment",
         reference_id=str(payment.id),
         dedupe_key=f"payment:{payment.id}",
+        serialized=True,  # the payment's row is locked: see LockedPayment
         description=f"{payment.credits} credits ({payment.package_id or 'purchase'})",
     )
     _apply_refunds(session, payment)
@@ -249,6 +250,7 @@ def close_dispute(
                 reference_type="payment",
                 reference_id=str(payment.id),
                 dedupe_key=f"dispute_reversal:{dispute_id}",
+                serialized=True,
                 description=f"dispute {dispute_id} won",
             )
         _set(payment, dispute_status="won")
@@ -290,6 +292,7 @@ def _apply_refunds(session: Session, payment: LockedPayment) -> None:
             reference_type="payment",
             reference_id=str(payment.id),
             dedupe_key=f"refund:{payment.id}:{target}",
+            serialized=True,
             description=f"refund of {payment.refunded_cents} {payment.currency} minor units",
             may_overdraw=True,
         )
@@ -317,6 +320,7 @@ def _claw_back(
         reference_type="payment",
         reference_id=str(payment.id),
         dedupe_key=f"dispute:{dispute_id}",
+        serialized=True,
         description=f"dispute {dispute_id}",
         may_overdraw=True,
     )

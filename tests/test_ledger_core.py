@@ -119,6 +119,32 @@ def test_concurrent_posts_with_one_dedupe_key_apply_once(db, settings):
     assert ledger.balance(db, user.id) == 100
 
 
+def test_serialized_post_applies_a_key_once(db):
+    user = make_user(db)
+    first = ledger.post(db, user_id=user.id, amount=100, kind="purchase",
+                        dedupe_key="payment:serial", serialized=True)
+    again = ledger.post(db, user_id=user.id, amount=100, kind="purchase",
+                        dedupe_key="payment:serial", serialized=True)
+    assert isinstance(first, ledger.Entry) and again is None
+    assert ledger.balance(db, user.id) == 100
+
+
+def test_serialized_twins_racing_without_the_lock_still_apply_once(db, settings):
+    """A caller that breaks the promise (no lock held) gets errors, never a double grant."""
+    from sqlalchemy.exc import IntegrityError
+
+    user = make_user(db)
+    results = _hammer(
+        settings,
+        lambda s: ledger.post(s, user_id=user.id, amount=100, kind="purchase",
+                              dedupe_key="payment:unlocked", serialized=True),
+        n_threads=20,
+    )
+    assert sum(isinstance(r, ledger.Entry) for r in results) == 1
+    assert all(r is None or isinstance(r, ledger.Entry | IntegrityError) for r in results)
+    assert ledger.balance(db, user.id) == 100
+
+
 def test_stored_balance_equals_ledger_sum_for_every_user(db):
     users = [make_user(db, credits=n) for n in (1, 2, 3)]
     for user in users:
