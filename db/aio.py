@@ -4,9 +4,9 @@ Most routes run in a worker thread with a SQLAlchemy session (``db.rls.app_trans
 The few that are called at high rates (spending credits, storing Stripe webhooks, reading
 the admin statistics) run their one or two statements on the event loop instead, with
 psycopg's async connections from a pool: no thread hand-off, no ORM, and the transaction's
-Row Level Security context sent in the same round trip as its first statement (pipeline
-mode). They keep the sessions' rules: the application role, ``set_config(..., true)`` so
-nothing outlives the transaction, the same statement timeouts and hidden parameters.
+Row Level Security context sent in the same round trip as its statement (pipeline mode).
+They keep the sessions' rules: the application role, ``set_config(..., true)`` so nothing
+outlives the transaction, the same connection options.
 
 The SQL is written once, as SQLAlchemy ``text()`` in the services, and rendered here for
 psycopg (``render``), so the sync and async paths run the same statements.
@@ -31,7 +31,6 @@ from db.engine import CONNECT_OPTIONS
 
 _DIALECT = psycopg_dialect.dialect()
 APPLICATION_NAME = "billing-api-async"
-_BEGIN, _COMMIT, _ROLLBACK = b"BEGIN", b"COMMIT", b"ROLLBACK"
 
 
 @lru_cache(maxsize=64)
@@ -63,7 +62,7 @@ class AsyncDatabase:
             open=False,
             timeout=5,
             max_lifetime=1800,
-            # Autocommit: ``fetchone`` writes BEGIN and COMMIT itself, in the same round trip.
+            # Autocommit: ``fetchone``'s pipeline is the transaction (implicit, up to its Sync).
             kwargs={
                 **CONNECT_OPTIONS,
                 "application_name": application_name,
@@ -93,27 +92,22 @@ class AsyncDatabase:
         """Run ``statement`` as a transaction of its own; its first row (a named tuple) or None.
 
         The transaction runs as the application role acting for ``user_id`` with ``scope``.
-        BEGIN, the context, the statement and COMMIT go out together (pipeline mode) and
-        come back in one round trip; if the statement fails, the transaction is rolled back
-        and the error raised.
+        The context and the statement go out together in pipeline mode, up to one Sync: the
+        server runs them as one implicit transaction, committed at the Sync (or rolled back,
+        if the statement fails, and the error raised), so the context applies to the
+        statement and ends with it. One round trip, no BEGIN or COMMIT of their own.
         """
         async with self.pool.connection() as conn:
             try:
                 async with conn.pipeline():
-                    await conn.execute(_BEGIN)
                     await conn.execute(render(rls.SET_CONTEXT), rls.params(scope=scope,
                                                                            user_id=user_id))
                     cursor = await conn.execute(render(statement), params)
-                    await conn.execute(_COMMIT)
             except psycopg.OperationalError:
                 if conn.broken:
                     # The server went away (restart, failover): the idle connections went
                     # with it. Sort them out now rather than fail one request for each.
                     self._checks.add(task := asyncio.create_task(self.pool.check()))
                     task.add_done_callback(self._checks.discard)
-                raise
-            except BaseException:
-                if not conn.closed:
-                    await conn.execute(_ROLLBACK)
                 raise
             return await cursor.fetchone()
