@@ -48,3 +48,27 @@ def test_integrity_check_counts_a_balance_that_disagrees_with_the_ledger(db, cel
     row = db.scalars(select(IntegrityCheck)).one()
     assert row.mismatches == 1
     assert row.details[0]["stored"] == 7 and row.details[0]["ledger_sum"] == 0
+
+
+def test_send_soon_sends_in_order_from_the_background_and_survives_a_refusing_broker(settings):
+    """What the event-loop routes hand off is sent in order, through the broker of the
+    moment of the hand-off; a broker that refuses one task costs that task, not the thread."""
+    sent: list[tuple[str, tuple]] = []
+
+    def refusing(name: str, args: tuple, options: dict) -> None:
+        raise ConnectionError("broker down")
+
+    def recording(name: str, args: tuple, options: dict) -> None:
+        time.sleep(0.01)  # slower than the hand-offs: they queue up behind each other
+        sent.append((name, args))
+
+    try:
+        outbox.install_sender(refusing)
+        outbox.send_soon("demo.lost", 0)
+        outbox.install_sender(recording)
+        for n in range(1, 6):
+            outbox.send_soon("demo.kept", n)
+        assert outbox.flush(timeout=10)
+    finally:
+        outbox.install_sender(outbox.celery_sender(outbox.producer_app(settings.redis_url)))
+    assert sent == [("demo.kept", (n,)) for n in range(1, 6)]
