@@ -361,7 +361,7 @@ the lag is queueing time and grows for the whole run; it says nothing about the 
 event. The `/healthz` baseline of the same run shows how much of the machine was left: the
 notes measured about 10,000 small POSTs/s for 2 uvicorn workers on an idle machine of this
 kind. Per event, the webhook costs one verified HMAC, one `INSERT ... ON CONFLICT DO NOTHING`
-sent with its BEGIN, security context and COMMIT in one round trip (on the event loop), and
+sent with its security context in one round trip, one implicit transaction (on the event loop), and
 one Celery publish from a background thread; processing costs 4 statements in one
 transaction (claim and mark the event with `FOR UPDATE SKIP LOCKED`, lock the payment, the
 ledger's grant as one conditional update + insert, write the payment) plus BEGIN and COMMIT,
