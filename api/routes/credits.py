@@ -142,6 +142,7 @@ async def use_credits(
         except NotFound:
             raise inactive_account() from None
         return SpendOut(balance=entry.balance_after, transaction_id=entry.id)
+
     def run() -> Any:
         with signed_in_transaction(request, credentials) as (session, user):
 
