@@ -38,18 +38,16 @@ from sqlalchemy import make_url
 
 from bench.readme import write_section
 from bench.spend import api_env, recreate_database
+from db.engine import libpq_url
 
 ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "bench-logs-jwt-secret-" + "x" * 32
 USERS = 100
 
 
-def _psycopg_url(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
 
 def user_ids(url: str) -> list[uuid.UUID]:
-    with psycopg.connect(_psycopg_url(url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         conn.execute(
             "INSERT INTO users (email, email_confirmed_at) "
             "SELECT 'logs' || n || '@example.com', now() FROM generate_series(1, %s) AS n",
@@ -87,7 +85,7 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
 
 
 def count(url: str) -> int:
-    with psycopg.connect(_psycopg_url(url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         row = conn.execute("SELECT count(*) FROM api_usage_log").fetchone()
         return int(row[0]) if row else 0
 
@@ -112,7 +110,7 @@ def produce(client: redis.Redis, users: list[uuid.UUID], n: int) -> tuple[float,
 def single_insert_rate(url: str, users: list[uuid.UUID], seconds: float) -> float:
     """Rows/s of one-row INSERT transactions into api_usage_log over one connection."""
     done = 0
-    with psycopg.connect(_psycopg_url(url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         deadline = time.perf_counter() + seconds
         started = time.perf_counter()
         while time.perf_counter() < deadline:
@@ -179,7 +177,7 @@ def main() -> None:
     finally:
         stop_worker(worker)
 
-    with psycopg.connect(_psycopg_url(url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         rows, distinct = conn.execute(
             "SELECT count(*), count(DISTINCT request_id) FROM api_usage_log").fetchone() or (0, 0)
         rolled = conn.execute("SELECT coalesce(sum(calls), 0) FROM usage_daily").fetchone()

@@ -41,6 +41,7 @@ import redis
 from sqlalchemy import make_url, text
 
 from bench.readme import write_section
+from db.engine import libpq_url
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "bench" / "spend.lua"
@@ -227,8 +228,7 @@ def pgbench(database_url: str, users: int, *, clients: int, seconds: int) -> Pgb
     binary = shutil.which("pgbench")
     if binary is None:
         raise RuntimeError("pgbench not found (Debian: apt-get install postgresql-client)")
-    url = make_url(database_url).set(drivername="postgresql").render_as_string(
-        hide_password=False)
+    url = libpq_url(database_url)
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
         script.write(PGBENCH_SCRIPT.format(users=users))
     try:
@@ -278,8 +278,7 @@ def measured(meter: CpuMeter, run: Callable[[], WrkResult]) -> tuple[WrkResult, 
 
 def check_ledger(database_url: str) -> tuple[int, int]:
     """(users whose balance differs from their ledger sum, negative balance_after rows)."""
-    url = make_url(database_url).set(drivername="postgresql").render_as_string(
-        hide_password=False)
+    url = libpq_url(database_url)
     with psycopg.connect(url) as conn:
         drift = conn.execute(
             "SELECT count(*) FROM users u WHERE credit_balance <> (SELECT coalesce(sum(amount), 0) "

@@ -37,6 +37,7 @@ from sqlalchemy import make_url
 
 from bench.readme import write_section
 from bench.spend import api_env, free_port, recreate_database, start_api, stop
+from db.engine import libpq_url
 
 ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "bench-stats-jwt-secret-" + "x" * 32
@@ -90,9 +91,6 @@ FROM generate_series(1, %(count)s::bigint) AS n
 """
 
 
-def _psycopg_url(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
 
 def _progress(label: str, done: int, total: int, started: float) -> None:
     rate = done / max(time.monotonic() - started, 1e-9)
@@ -103,7 +101,7 @@ def _progress(label: str, done: int, total: int, started: float) -> None:
 def generate(url: str, *, users: int, usage_rows: int, payments: int) -> dict[str, float]:
     """Fill the database; returns seconds per phase."""
     timings: dict[str, float] = {}
-    with psycopg.connect(_psycopg_url(url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         # Bench data only: skip FK trigger checks while bulk loading (ids are built consistent).
         conn.execute("SET session_replication_role = replica")
         conn.execute("SET synchronous_commit = off")
@@ -166,7 +164,7 @@ def generate(url: str, *, users: int, usage_rows: int, payments: int) -> dict[st
 def remember(url: str, sizes: dict[str, int], timings: dict[str, float]) -> None:
     """Note what was generated (and how long it took) on the database, for ``--reuse``."""
     note = json.dumps({"sizes": sizes, "timings": timings})
-    with psycopg.connect(_psycopg_url(url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
             sql.Identifier(make_url(url).database or ""), sql.Literal(note)))
 
@@ -174,7 +172,7 @@ def remember(url: str, sizes: dict[str, int], timings: dict[str, float]) -> None
 def generated(url: str, sizes: dict[str, int]) -> dict[str, float] | None:
     """The generation timings if the database holds data of ``sizes`` already, else None."""
     try:
-        with psycopg.connect(_psycopg_url(url)) as conn:
+        with psycopg.connect(libpq_url(url)) as conn:
             row = conn.execute(
                 "SELECT shobj_description(oid, 'pg_database') FROM pg_database "
                 "WHERE datname = current_database()").fetchone()

@@ -41,7 +41,8 @@ import redis
 from celery import Celery
 
 from bench.spend import api_env, recreate_database, stop
-from bench.webhooks import Events, seed_payments, sql_url, start_workers
+from bench.webhooks import Events, seed_payments, start_workers
+from db.engine import libpq_url
 
 TASK = "stripe.process_event"
 POLLER = "bench-credits-poller"
@@ -50,7 +51,7 @@ POLLER = "bench-credits-poller"
 def store_events(database_url: str, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     """One stored pending ``payment_intent.succeeded`` event per payment: (event, payment) ids."""
     events, ids = Events(), []
-    with psycopg.connect(sql_url(database_url)) as conn, conn.cursor() as cur:
+    with psycopg.connect(libpq_url(database_url)) as conn, conn.cursor() as cur:
         with cur.copy(
             "COPY stripe_events (id, type, livemode, stripe_created, payload) FROM STDIN"
         ) as copy_in:
@@ -106,9 +107,9 @@ def in_process(
     os.environ.update(env)
     from workers.tasks.stripe import process_event  # reads the settings set just above
 
-    database = psycopg.conninfo.conninfo_to_dict(sql_url(database_url))["dbname"]
+    database = psycopg.conninfo.conninfo_to_dict(libpq_url(database_url))["dbname"]
     ids = [event_id for event_id, _ in events]
-    with psycopg.connect(sql_url(database_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
         for event_id in ids[:warm]:
             process_event.run(event_id)
         measured = ids[warm:]
@@ -135,7 +136,7 @@ def through_celery(
     At a fixed rate, also the time from publishing each task to its purchase being visible
     in the ledger (committed), read by a poller every ``poll_s``.
     """
-    database = psycopg.conninfo.conninfo_to_dict(sql_url(database_url))["dbname"]
+    database = psycopg.conninfo.conninfo_to_dict(libpq_url(database_url))["dbname"]
     app = Celery("billing", set_as_current=False)
     app.config_from_object("celeryconfig")
     app.conf.broker_url = redis_url
@@ -148,7 +149,7 @@ def through_celery(
         target=_poll_credits, args=(database_url, visible, done, poll_s), daemon=True
     )
     try:
-        with psycopg.connect(sql_url(database_url), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
             start = done_count(conn)
             for event_id in ids[:warm]:
                 app.send_task(TASK, args=(event_id,))
@@ -200,7 +201,7 @@ def _poll_credits(
 ) -> None:
     """Note when each payment's purchase row first shows up in the ledger."""
     high = 0
-    with psycopg.connect(sql_url(database_url), autocommit=True,
+    with psycopg.connect(libpq_url(database_url), autocommit=True,
                          application_name=POLLER) as conn:
         while not done.is_set():
             # Identity values commit out of order: re-read a window below the highest seen.

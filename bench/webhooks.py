@@ -41,10 +41,10 @@ from pathlib import Path
 import httpx
 import psycopg
 import redis
-from sqlalchemy import make_url
 
 from bench.readme import write_section
 from bench.spend import api_env, free_port, parse_wrk, recreate_database, stop
+from db.engine import libpq_url
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "bench" / "webhooks.lua"
@@ -65,16 +65,12 @@ class Lag:
     missing: int
 
 
-def sql_url(url: str) -> str:
-    """A libpq URL for psycopg from a SQLAlchemy one."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
 
 def seed_payments(database_url: str, *, users: int, payments: int) -> list[tuple[str, str]]:
     """Users and pending 'starter' payments; returns (payment id, PaymentIntent id) pairs."""
     user_ids = [uuid.uuid4() for _ in range(users)]
     pairs = [(str(uuid.uuid4()), f"pi_bench{uuid.uuid4().hex[:20]}") for _ in range(payments)]
-    with psycopg.connect(sql_url(database_url)) as conn, conn.cursor() as cur:
+    with psycopg.connect(libpq_url(database_url)) as conn, conn.cursor() as cur:
         with cur.copy("COPY users (id, email, role, is_active) FROM STDIN") as copy_in:
             for uid in user_ids:
                 copy_in.write_row((uid, f"hook-{uid.hex[:12]}@example.com", "user", True))
@@ -161,7 +157,7 @@ def fixed_rate(url: str, database_url: str, events: Events, pairs: list[tuple[st
 
     def poll() -> None:
         high = 0
-        with psycopg.connect(sql_url(database_url), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
             while not done.is_set():
                 # Identity values commit out of order: re-read a window below the highest seen.
                 rows = conn.execute(
@@ -242,7 +238,7 @@ def healthz_ceiling(url: str, *, connections: int, seconds: int) -> float:
 def drain_rate(database_url: str, *, seconds: float) -> float:
     """Events/s the workers process (the API idle) while a backlog remains."""
     query = "SELECT count(*) FROM stripe_events WHERE status <> 'pending'"
-    with psycopg.connect(sql_url(database_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
         before, start = conn.execute(query).fetchone()[0], time.perf_counter()
         time.sleep(seconds)
         after = conn.execute(query).fetchone()[0]
@@ -313,7 +309,7 @@ def main() -> None:
             stop(proc)
         stop(api)
     load_after = os.getloadavg()[0]
-    with psycopg.connect(sql_url(database_url)) as conn:
+    with psycopg.connect(libpq_url(database_url)) as conn:
         stored = conn.execute("SELECT count(*) FROM stripe_events").fetchone()[0]
     cores = os.cpu_count()
     wrk_note = f"wrk, {args.connections} connections, {args.burst_seconds} s"

@@ -24,10 +24,9 @@ from psycopg.rows import namedtuple_row
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import TextClause
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
-from sqlalchemy.engine import make_url
 
 from db import rls
-from db.engine import CONNECT_OPTIONS
+from db.engine import CONNECT_OPTIONS, libpq_url
 
 _DIALECT = psycopg_dialect.dialect()
 APPLICATION_NAME = "billing-api-async"
@@ -37,11 +36,6 @@ APPLICATION_NAME = "billing-api-async"
 def render(statement: TextClause) -> str:
     """``statement`` as psycopg runs it (``:name`` parameters become ``%(name)s``)."""
     return str(statement.compile(dialect=_DIALECT))
-
-
-def conninfo(url: str) -> str:
-    """A libpq connection string for a SQLAlchemy URL (``postgresql+psycopg://...``)."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 class AsyncDatabase:
@@ -56,7 +50,7 @@ class AsyncDatabase:
         application_name: str = APPLICATION_NAME,
     ) -> None:
         self.pool = AsyncConnectionPool(
-            conninfo(url),
+            libpq_url(url),
             min_size=min_size,
             max_size=max_size,
             open=False,

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 # Every connection, sync or async (``db.aio``), is made with these libpq options.
@@ -36,6 +37,12 @@ def create_db_engine(url: str, *, pool_size: int = 10, application_name: str = "
         hide_parameters=True,
         connect_args={**CONNECT_OPTIONS, "application_name": application_name},
     )
+
+
+def libpq_url(url: str) -> str:
+    """The libpq form of a SQLAlchemy URL (``postgresql+psycopg://`` becomes ``postgresql://``),
+    for psycopg, pgbench and psql."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @lru_cache(maxsize=8)

@@ -15,10 +15,10 @@ import httpx
 import psutil
 import psycopg
 import pytest
-from sqlalchemy import make_url
 
 from cli._process import free_tcp_port
 from cli.embedded import EmbeddedPostgres, EmbeddedRedis
+from db.engine import libpq_url
 
 ROOT = Path(__file__).resolve().parent.parent
 BILLING = [sys.executable, "-m", "cli.main"]
@@ -33,10 +33,6 @@ def clean_env(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
     return {**env, **settings}
 
-
-def psycopg_url(url: str) -> str:
-    """The libpq form of a SQLAlchemy URL."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def billing(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
@@ -116,7 +112,7 @@ def test_one_shot_commands_use_the_data_dirs_embedded_database(tmp_path: Path) -
 
     server = EmbeddedPostgres(tmp_path)
     try:
-        with psycopg.connect(psycopg_url(server.start())) as conn:
+        with psycopg.connect(libpq_url(server.start())) as conn:
             row = conn.execute("SELECT role FROM users WHERE email = 'root@example.com'").fetchone()
         assert row is not None
         role = row[0]
@@ -244,7 +240,7 @@ def test_billing_dev_runs_the_stack_and_sigterm_leaves_nothing_behind(dev: DevHa
     assert second.returncode != 0
     assert "already running" in second.stderr and str(dev.data_dir) in second.stderr
 
-    database = psycopg_url(EmbeddedPostgres(dev.data_dir).admin_url("billing"))
+    database = libpq_url(EmbeddedPostgres(dev.data_dir).admin_url("billing"))
     with psycopg.connect(database) as conn:
         conn.execute("CREATE TABLE dev_probe (note text)")
         conn.execute("INSERT INTO dev_probe VALUES ('written in the first run')")

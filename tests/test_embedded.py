@@ -13,17 +13,12 @@ import psutil
 import psycopg
 import pytest
 import redis
-from sqlalchemy import make_url
 
 from cli._process import free_tcp_port, read_pid_file
 from cli.embedded import EmbeddedPostgres, EmbeddedRedis
+from db.engine import libpq_url
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def libpq_url(url: str) -> str:
-    """The psycopg form of a SQLAlchemy URL."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def processes_using(path: Path) -> list[psutil.Process]:
