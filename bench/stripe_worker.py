@@ -41,11 +41,10 @@ import redis
 from celery import Celery
 
 from bench.spend import api_env, recreate_database, stop
-from bench.webhooks import Events, seed_payments, start_workers
+from bench.webhooks import POLLER, Events, poll_credits, seed_payments, start_workers
 from db.engine import libpq_url
 
 TASK = "stripe.process_event"
-POLLER = "bench-credits-poller"
 
 
 def store_events(database_url: str, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -146,7 +145,7 @@ def through_celery(
     visible: dict[str, float] = {}
     done = threading.Event()
     poller = threading.Thread(
-        target=_poll_credits, args=(database_url, visible, done, poll_s), daemon=True
+        target=poll_credits, args=(database_url, visible, done, poll_s), daemon=True
     )
     try:
         with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
@@ -194,26 +193,6 @@ def through_celery(
             f"(polled every {poll_s * 1000:g} ms)"
         )
     return "\n".join(lines)
-
-
-def _poll_credits(
-    database_url: str, visible: dict[str, float], done: threading.Event, poll_s: float
-) -> None:
-    """Note when each payment's purchase row first shows up in the ledger."""
-    high = 0
-    with psycopg.connect(libpq_url(database_url), autocommit=True,
-                         application_name=POLLER) as conn:
-        while not done.is_set():
-            # Identity values commit out of order: re-read a window below the highest seen.
-            rows = conn.execute(
-                "SELECT id, reference_id FROM credit_transactions "
-                "WHERE id > %s AND kind = 'purchase'", (high - 200,)
-            ).fetchall()
-            now = time.time()
-            for row_id, payment_id in rows:
-                high = max(high, row_id)
-                visible.setdefault(payment_id, now)
-            time.sleep(poll_s)
 
 
 def _wait(conn: psycopg.Connection, target: int, worker: subprocess.Popen[bytes]) -> None:

@@ -51,6 +51,7 @@ LUA = ROOT / "bench" / "webhooks.lua"
 FIXTURES = ROOT / "tests" / "fixtures" / "stripe_objects.json"
 SECRET = "whsec_bench_" + "x" * 24
 WEBHOOK = "/api/user-management/webhook/stripe"
+POLLER = "bench-credits-poller"  # the ledger poller's application_name
 CREDITS, PRICE = 100, 1500  # the seeded "starter" package
 
 
@@ -147,6 +148,32 @@ def start_workers(env: dict[str, str], count: int, concurrency: int) -> list[sub
     return procs
 
 
+def poll_credits(
+    database_url: str,
+    visible: dict[str, float],
+    done: threading.Event,
+    poll_s: float,
+    *,
+    application_name: str = POLLER,
+) -> None:
+    """Note in ``visible`` when each payment's purchase row first shows up in the ledger
+    (committed), reading new rows every ``poll_s`` until ``done`` is set."""
+    high = 0
+    with psycopg.connect(libpq_url(database_url), autocommit=True,
+                         application_name=application_name) as conn:
+        while not done.is_set():
+            # Identity values commit out of order: re-read a window below the highest seen.
+            rows = conn.execute(
+                "SELECT id, reference_id FROM credit_transactions WHERE id > %s "
+                "AND kind = 'purchase'", (high - 2000,)
+            ).fetchall()
+            now = time.time()
+            for row_id, payment_id in rows:
+                high = max(high, row_id)
+                visible.setdefault(payment_id, now)
+            time.sleep(poll_s)
+
+
 def fixed_rate(url: str, database_url: str, events: Events, pairs: list[tuple[str, str]],
                *, rate: float, poll_s: float) -> Lag:
     """Post one event every 1/rate s (open loop: a slow answer does not delay the next send);
@@ -155,28 +182,15 @@ def fixed_rate(url: str, database_url: str, events: Events, pairs: list[tuple[st
     visible_at: dict[str, float] = {}
     done = threading.Event()
 
-    def poll() -> None:
-        high = 0
-        with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
-            while not done.is_set():
-                # Identity values commit out of order: re-read a window below the highest seen.
-                rows = conn.execute(
-                    "SELECT id, reference_id FROM credit_transactions WHERE id > %s "
-                    "AND kind = 'purchase'", (high - 2000,)
-                ).fetchall()
-                now = time.time()
-                for row_id, ref in rows:
-                    high = max(high, row_id)
-                    visible_at.setdefault(ref, now)
-                time.sleep(poll_s)
-
     def post(http: httpx.Client, pid: str, body: bytes) -> None:
         answer = http.post(WEBHOOK, content=body, headers={
             "Content-Type": "application/json", "Stripe-Signature": events.signature(body)})
         if answer.status_code == 200:
             accepted_at[pid] = time.time()
 
-    poller = threading.Thread(target=poll, daemon=True)
+    poller = threading.Thread(
+        target=poll_credits, args=(database_url, visible_at, done, poll_s), daemon=True
+    )
     poller.start()
     bodies = [(pid, events.body(pid, pi)) for pid, pi in pairs]
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
