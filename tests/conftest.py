@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from tests.smtp import start_smtp_server
 from tests.stripe_stub import StripeStub
-from tests.support import ROOT, WorkerProcess, free_port, port_open, wait_for
+from tests.support import ROOT, WorkerProcess, free_port, port_open, scratch_session, wait_for
 
 TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 32
 TEST_STRIPE_KEY = "sk_test_localstripe_key_for_tests"
@@ -224,14 +224,8 @@ def clean_state(engine, _seed_rows, settings) -> Iterator[None]:
 @pytest.fixture
 def db(settings) -> Iterator[Session]:
     """A session for arranging and checking data; commit to make rows visible to others."""
-    from db.engine import get_sessionmaker
-
-    session = get_sessionmaker(settings.database_url)()
-    try:
+    with scratch_session(settings.database_url) as session:
         yield session
-    finally:
-        session.rollback()
-        session.close()
 
 
 # --- API --------------------------------------------------------------------------------------

@@ -8,9 +8,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
+
+from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -21,6 +24,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def scratch_session(database_url: str) -> Iterator[Session]:
+    """A session of its own; what it did not commit is rolled back when the block ends."""
+    from db.engine import get_sessionmaker
+
+    session = get_sessionmaker(database_url)()
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
 
 
 def wait_for(predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.05,

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -18,11 +16,11 @@ from celery.app import trace
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from db.engine import get_sessionmaker
 from db.models import CreditTransaction, Payment, StripeEvent, User
 from services.stripe_events.process import process
 from tests import stripe_events as se
 from tests.factories import make_payment, make_user
+from tests.support import scratch_session
 
 
 def _store(db: Session, evt: dict[str, Any]) -> str:
@@ -30,16 +28,6 @@ def _store(db: Session, evt: dict[str, Any]) -> str:
                        stripe_created=evt["created"], payload=evt))
     db.commit()
     return evt["id"]
-
-
-@contextmanager
-def _session(settings) -> Iterator[Session]:
-    session = get_sessionmaker(settings.database_url)()
-    try:
-        yield session
-    finally:
-        session.rollback()
-        session.close()
 
 
 def _ledger(db: Session, user: User) -> list[tuple[str, int]]:
@@ -56,7 +44,7 @@ def test_an_event_held_by_another_worker_is_busy_at_once_and_processed_later(db,
     payment = make_payment(db, user)
     event_id = _store(db, se.event("payment_intent.succeeded", se.payment_intent(payment)))
 
-    with _session(settings) as holder, _session(settings) as other:
+    with scratch_session(settings.database_url) as holder, scratch_session(settings.database_url) as other:
         holder.execute(
             select(StripeEvent.id).where(StripeEvent.id == event_id).with_for_update()
         ).one()
@@ -85,7 +73,7 @@ def test_a_failing_handler_leaves_the_event_pending_and_moves_nothing(db, settin
     intent["metadata"]["payment_id"] = "00000000-0000-4000-8000-000000000000"
     event_id = _store(db, se.event("payment_intent.succeeded", intent))
 
-    with _session(settings) as session:
+    with scratch_session(settings.database_url) as session:
         with pytest.raises(Exception, match="does not exist"):
             process(session, event_id=event_id, settings=settings)
         session.rollback()
@@ -101,7 +89,7 @@ def test_processing_marks_the_event_and_the_payment_and_counts_the_try(db, setti
     payment = make_payment(db, user)
     event_id = _store(db, se.event("payment_intent.succeeded", se.payment_intent(payment)))
 
-    with _session(settings) as session:
+    with scratch_session(settings.database_url) as session:
         assert process(session, event_id=event_id, settings=settings) == "processed"
         session.commit()
 
@@ -119,7 +107,7 @@ def test_a_failure_after_success_changes_no_state_but_links_the_new_charge(db, s
     user = make_user(db)
     payment = make_payment(db, user)
     paid = _store(db, se.event("payment_intent.succeeded", se.payment_intent(payment)))
-    with _session(settings) as session:
+    with scratch_session(settings.database_url) as session:
         process(session, event_id=paid, settings=settings)
         session.commit()
     db.execute(Payment.__table__.update().where(Payment.id == payment.id)
@@ -129,7 +117,7 @@ def test_a_failure_after_success_changes_no_state_but_links_the_new_charge(db, s
     intent["latest_charge"] = "ch_test_second_attempt"
     failed = _store(db, se.event("payment_intent.payment_failed", intent))
 
-    with _session(settings) as session:
+    with scratch_session(settings.database_url) as session:
         assert process(session, event_id=failed, settings=settings) == "processed"
         session.commit()
 
@@ -144,7 +132,7 @@ def test_a_skipped_event_is_ignored_with_its_reason_and_writes_nothing_else(db, 
     foreign = se.stripe_object("payment_intent", id="pi_test_not_ours", metadata={})
     event_id = _store(db, se.event("payment_intent.succeeded", foreign))
 
-    with _session(settings) as session:
+    with scratch_session(settings.database_url) as session:
         assert process(session, event_id=event_id, settings=settings) == "ignored"
         session.commit()
 
@@ -166,7 +154,7 @@ def test_a_purchase_is_settled_in_few_statements(db, settings):
     def count(conn, cursor, statement, *_: Any) -> None:
         statements.append(statement.split()[0].upper())
 
-    with _session(settings) as session:
+    with scratch_session(settings.database_url) as session:
         engine = session.get_bind()
         event.listen(engine, "before_cursor_execute", count)
         try:
