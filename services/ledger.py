@@ -88,11 +88,11 @@ def post(
     Raises ``InsufficientCredits`` when a debit would take the balance below zero
     and ``may_overdraw`` is false (refunds and disputes may record a debt).
 
-    ``serialized``: the caller holds a lock that orders every post of ``dedupe_key``
-    (settlement holds the payment's row), so no twin can be in flight and the statement's
-    own "not applied yet" condition decides, in one round trip. Without it, a concurrent
-    twin is expected: the statement runs in a savepoint and the unique index decides.
-    Either way a key is applied at most once (the index backs both).
+    The statement itself skips a ``dedupe_key`` already applied. ``serialized``: the
+    caller holds a lock that orders every post of the key (settlement holds the payment's
+    row), so no twin can be in flight and that is all it takes. Without it, a twin may be
+    in flight and commit first: the statement runs in a savepoint and the unique index
+    decides. Either way a key is applied at most once (the index backs both).
     """
     params = _params(
         user_id=user_id,
@@ -105,15 +105,10 @@ def post(
         description=description,
         endpoint=endpoint,
     )
-    if dedupe_key is None:
-        row = session.execute(_POST, params).one_or_none()
-    elif serialized:
+    if dedupe_key is None or serialized:
         row = session.execute(_POST, params).one_or_none()
     else:
-        if applied(session, dedupe_key):
-            return None
         try:
-            # A concurrent twin can pass the check above: the unique index decides.
             with session.begin_nested():
                 row = session.execute(_POST, params).one_or_none()
         except IntegrityError as exc:
@@ -121,7 +116,7 @@ def post(
                 return None
             raise
     if row is None:
-        # The statement changed nothing: its key was applied meanwhile (by a twin that
+        # The statement changed nothing: its key was applied (before, or by a twin that
         # committed while this one waited for the user's row), or the balance is short.
         if dedupe_key is not None and applied(session, dedupe_key):
             return None
