@@ -9,11 +9,9 @@ services never import the workers package.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from queue import SimpleQueue
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
@@ -30,10 +28,11 @@ Sender = Callable[[str, tuple[Any, ...], dict[str, Any]], None]
 @dataclass
 class _Dispatcher:
     sender: Sender | None = None
-    sent: int = field(default=0)
+    latest: Future[bool] | None = None  # the newest ``send_soon`` hand-off
 
 
 _dispatcher = _Dispatcher()
+_background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
 
 
 def install_sender(sender: Sender) -> None:
@@ -90,57 +89,23 @@ def _send(sender: Sender, task_name: str, args: tuple[Any, ...], options: dict[s
     return True
 
 
-class _Background:
-    """One daemon thread that sends tasks handed to ``send_soon``, in order."""
-
-    def __init__(self) -> None:
-        self._queue: SimpleQueue[tuple[Sender, str, tuple[Any, ...]]] = SimpleQueue()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._pending = 0
-
-    def put(self, task_name: str, args: tuple[Any, ...]) -> None:
-        # Through the broker of the moment it was handed off (not of when it is sent).
-        sender = _sender()
-        with self._lock:
-            self._pending += 1
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
-                self._thread.start()
-        self._queue.put((sender, task_name, args))
-
-    def _run(self) -> None:
-        while True:
-            sender, task_name, args = self._queue.get()
-            try:
-                _send(sender, task_name, args, {})
-            finally:
-                with self._lock:
-                    self._pending -= 1
-
-    def flush(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self._pending and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return not self._pending
-
-
-_background = _Background()
-
-
 def send_soon(task_name: str, *args: Any) -> None:
     """Send a task from a background thread; the caller neither waits nor learns the outcome.
 
     For the event loop (publishing blocks, and retries while the broker is down), and only
     for work that a backstop re-sends if this is lost (a crash, a broker outage): a Stripe
-    event left pending is swept, a log stream is drained by beat.
+    event left pending is swept, a log stream is drained by beat. Tasks go out in order,
+    through the broker installed when they were handed off.
     """
-    _background.put(task_name, args)
+    sender = _sender()
+    _dispatcher.latest = _background.submit(_send, sender, task_name, args, {})
 
 
 def flush(timeout: float = 5.0) -> bool:
     """Wait (at most ``timeout`` s) until what ``send_soon`` took has been sent; False if not."""
-    return _background.flush(timeout)
+    latest = _dispatcher.latest
+    # One thread sends in order: when the latest hand-off is done, all are.
+    return latest is None or bool(wait([latest], timeout=timeout).done)
 
 
 @event.listens_for(Session, "after_commit")
