@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, bindparam, or_, select, update
+from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.base import utc_now
@@ -223,7 +223,11 @@ def record_refund(session: Session, payment: LockedPayment, *, refunded_cents: i
 def open_dispute(
     session: Session, payment: LockedPayment, *, dispute_id: str, amount_cents: int
 ) -> None:
-    """Claw back the disputed share of the payment's credits (once per dispute)."""
+    """A chargeback: claw back the disputed share of the payment's credits (once per dispute).
+
+    An inquiry (``warning_*``: the issuer only asks, no money moves) is no chargeback and
+    does not come here until it escalates.
+    """
     if payment.dispute_status != "won":  # won: the dispute already closed, this one is stale
         _claw_back(session, payment, dispute_id=dispute_id, amount_cents=amount_cents)
         if payment.dispute_status is None:
@@ -236,28 +240,43 @@ def close_dispute(
 ) -> None:
     """A won dispute gives the clawed-back credits back; a lost one keeps them taken."""
     if won:
-        clawed = session.scalar(
-            select(CreditTransaction.amount).where(
-                CreditTransaction.dedupe_key == f"dispute:{dispute_id}"
-            )
-        )
-        if clawed is not None:
-            ledger.post(
-                session,
-                user_id=payment.user_id,
-                amount=-clawed,
-                kind="dispute_reversal",
-                reference_type="payment",
-                reference_id=str(payment.id),
-                dedupe_key=f"dispute_reversal:{dispute_id}",
-                serialized=True,
-                description=f"dispute {dispute_id} won",
-            )
+        _release(session, payment, dispute_id=dispute_id)
         _set(payment, dispute_status="won")
     else:
         _claw_back(session, payment, dispute_id=dispute_id, amount_cents=amount_cents)
         _set(payment, dispute_status="lost")
     _save(session, payment)
+
+
+def drop_dispute(session: Session, payment: LockedPayment, *, dispute_id: str) -> None:
+    """A dispute ended with no chargeback (an inquiry closed, or prevented): give back
+    whatever it took. Unlike a won dispute, it leaves no mark on the payment, so a later
+    chargeback of the same payment is still taken back."""
+    _release(session, payment, dispute_id=dispute_id)
+    _save(session, payment)
+
+
+def _release(session: Session, payment: LockedPayment, *, dispute_id: str) -> None:
+    """Give back what dispute ``dispute_id`` took (once), then the refunds it held down."""
+    clawed = session.scalar(
+        select(CreditTransaction.amount).where(
+            CreditTransaction.dedupe_key == f"dispute:{dispute_id}"
+        )
+    )
+    if clawed is None:
+        return
+    ledger.post(
+        session,
+        user_id=payment.user_id,
+        amount=-clawed,
+        kind="dispute_reversal",
+        reference_type="payment",
+        reference_id=str(payment.id),
+        dedupe_key=f"dispute_reversal:{dispute_id}",
+        serialized=True,
+        description=f"dispute {dispute_id} closed, credits returned",
+    )
+    _apply_refunds(session, payment)
 
 
 def _set(payment: LockedPayment, **values: object) -> None:
@@ -274,11 +293,30 @@ def _share(credits: int, part_cents: int, whole_cents: int) -> int:
     return credits * part_cents // whole_cents
 
 
+_DISPUTED = select(func.coalesce(-func.sum(CreditTransaction.amount), 0)).where(
+    CreditTransaction.reference_type == "payment",
+    CreditTransaction.reference_id == bindparam("payment_id"),
+    CreditTransaction.kind.in_(("dispute", "dispute_reversal")),
+)
+
+
+def _disputed(session: Session, payment: LockedPayment) -> int:
+    """The payment's credits that disputes hold taken back now (claw-backs less reversals)."""
+    return int(session.scalar(_DISPUTED, {"payment_id": str(payment.id)}) or 0)
+
+
 def _apply_refunds(session: Session, payment: LockedPayment) -> None:
+    """Take back the refunded share of the credits, less what disputes already took.
+
+    Refunds and disputes together never take back more than the payment granted, in
+    whichever order they arrive; a won dispute gives back its share and the refund's
+    share, held down while the dispute stood, is taken then.
+    """
     if payment.status not in GRANTED or payment.refunded_cents == 0:
         return
     target = min(
-        payment.credits, _share(payment.credits, payment.refunded_cents, payment.amount_cents)
+        payment.credits - _disputed(session, payment),
+        _share(payment.credits, payment.refunded_cents, payment.amount_cents),
     )
     delta = target - payment.credits_refunded
     if delta > 0:
@@ -308,7 +346,7 @@ def _claw_back(
         raise NotReady(f"payment {payment.id} is disputed but not settled yet")
     credits = min(
         _share(payment.credits, amount_cents, payment.amount_cents),
-        payment.credits - payment.credits_refunded,
+        payment.credits - payment.credits_refunded - _disputed(session, payment),
     )
     if credits <= 0:
         return

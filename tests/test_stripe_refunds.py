@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from db.models import CreditTransaction, Payment, StripeEvent, User
 from tests import stripe_events as se
-from tests.factories import auth_headers, make_payment, make_user
+from tests.factories import auth_headers, make_payment, make_plan, make_user
 from tests.support import wait_for
 
 
@@ -182,3 +182,119 @@ def test_partial_dispute_takes_back_its_share(client, db, celery_worker):
         se.event("charge.dispute.created", se.dispute(payment, dispute_id="dp_p", status="needs_response", amount=750)),
     )
     assert _ledger(db, user) == [("purchase", 100), ("dispute", -50)]
+
+
+def _dispute(payment: Payment, kind: str, dispute_id: str, status: str, **kw) -> dict:
+    return se.event(kind, se.dispute(payment, dispute_id=dispute_id, status=status, **kw))
+
+
+def test_refunds_and_disputes_together_never_take_back_more_than_the_payment(
+    client, db, celery_worker
+):
+    """Half refunded and wholly disputed: 100 credits taken back in either order, not 150."""
+    user = make_user(db)
+    refund_first, dispute_first = _paid(client, db, user), _paid(client, db, user)
+    _send(client, db, _refunded(refund_first, 750))
+    _send(client, db, _dispute(refund_first, "charge.dispute.created", "dp_r1", "needs_response"))
+    _send(client, db, _dispute(dispute_first, "charge.dispute.created", "dp_d1", "needs_response"))
+    _send(client, db, _refunded(dispute_first, 750))
+    assert _state(db, user, refund_first)[0] == 0  # one balance: both payments taken back whole
+    taken = {
+        p.id: -sum(amount for kind, amount in _ledger_of(db, p) if kind != "purchase")
+        for p in (refund_first, dispute_first)
+    }
+    assert taken == {refund_first.id: 100, dispute_first.id: 100}
+
+    # Both disputes won: each gives back what it took, and the refund keeps its half.
+    _send(client, db, _dispute(refund_first, "charge.dispute.closed", "dp_r1", "won"))
+    _send(client, db, _dispute(dispute_first, "charge.dispute.closed", "dp_d1", "won"))
+    assert _state(db, user, refund_first) == (100, "partially_refunded", 750, 50, "won")
+    assert _state(db, user, dispute_first) == (100, "partially_refunded", 750, 50, "won")
+    assert _ledger_of(db, dispute_first) == [
+        ("purchase", 100), ("dispute", -100), ("dispute_reversal", 100), ("refund", -50)
+    ]
+
+
+def _ledger_of(db, payment: Payment) -> list[tuple[str, int]]:
+    db.expire_all()
+    rows = db.execute(
+        select(CreditTransaction.kind, CreditTransaction.amount)
+        .where(CreditTransaction.reference_type == "payment",
+               CreditTransaction.reference_id == str(payment.id))
+        .order_by(CreditTransaction.id)
+    )
+    return [tuple(r) for r in rows]
+
+
+def test_an_inquiry_takes_nothing_unless_it_escalates(client, db, celery_worker):
+    user = make_user(db)
+    closed, escalated = _paid(client, db, user), _paid(client, db, user)
+    inquiries = [
+        _dispute(closed, "charge.dispute.created", "dp_i1", "warning_needs_response"),
+        _dispute(escalated, "charge.dispute.created", "dp_i2", "warning_needs_response"),
+    ]
+    for evt in inquiries:
+        assert se.deliver(client, evt).status_code == 200
+    _wait_done(db, *(evt["id"] for evt in inquiries))
+    assert {db.get(StripeEvent, evt["id"]).status for evt in inquiries} == {"ignored"}
+    assert _state(db, user, closed) == (200, "succeeded", 0, 0, None)
+
+    # One closes without a chargeback; a later chargeback of the same payment still counts.
+    _send(client, db, _dispute(closed, "charge.dispute.closed", "dp_i1", "warning_closed"))
+    assert _state(db, user, closed) == (200, "succeeded", 0, 0, None)
+    _send(client, db, _dispute(closed, "charge.dispute.created", "dp_c1", "needs_response"))
+    assert _state(db, user, closed) == (100, "succeeded", 0, 0, "open")
+
+    # The other escalates to a chargeback (same dispute, updated): its credits are taken.
+    _send(client, db, _dispute(escalated, "charge.dispute.updated", "dp_i2", "needs_response"))
+    _send(client, db, _dispute(escalated, "charge.dispute.updated", "dp_i2", "under_review"))
+    assert _state(db, user, escalated) == (0, "succeeded", 0, 0, "open")
+    assert _ledger_of(db, escalated) == [("purchase", 100), ("dispute", -100)]
+
+
+def test_a_chargeback_that_ends_prevented_gives_the_credits_back(client, db, celery_worker):
+    user = make_user(db)
+    payment = _paid(client, db, user)
+    _send(client, db, _dispute(payment, "charge.dispute.created", "dp_pv", "needs_response"))
+    assert _state(db, user, payment)[0] == 0
+    _send(client, db, _dispute(payment, "charge.dispute.closed", "dp_pv", "prevented"))
+    _send(client, db, _dispute(payment, "charge.dispute.closed", "dp_pv", "prevented"))
+    assert _state(db, user, payment)[0] == 100
+    assert _ledger_of(db, payment) == [
+        ("purchase", 100), ("dispute", -100), ("dispute_reversal", 100)
+    ]
+
+
+def test_refund_of_a_subscription_invoice_before_its_invoice_paid_is_applied(
+    client, db, celery_worker
+):
+    """The invoice's payment row is written by invoice.paid: a refund that comes first waits."""
+    plan = make_plan(db, monthly_credits=300, price_cents=2000)
+    user = make_user(db, stripe_customer_id=se.new_id("cus"))
+    sub_id, invoice_id, intent_id = se.new_id("sub"), se.new_id("in"), se.new_id("pi")
+    invoice = se.invoice(invoice_id, sub_id=sub_id, customer=user.stripe_customer_id,
+                         stripe_plan_id=plan.stripe_plan_id, amount_paid=2000)
+    invoice["payment_intent"] = intent_id
+    charge = se.stripe_object(
+        "charge", id=se.new_id("ch"), amount=2000, amount_captured=2000, amount_refunded=2000,
+        refunded=True, currency="usd", payment_intent=intent_id,
+        customer=user.stripe_customer_id, metadata={},
+    )
+    refund = se.event("charge.refunded", charge)
+    assert se.deliver(client, refund).status_code == 200
+    _send(client, db, se.event("invoice.paid", invoice))
+    _wait_done(db, refund["id"])
+    assert db.get(StripeEvent, refund["id"]).status == "processed"
+    assert db.get(User, user.id).credit_balance == 0
+    assert [kind for kind, _ in _ledger(db, user)] == ["subscription_grant", "refund"]
+
+
+def test_refund_of_a_strangers_charge_is_ignored(client, db, celery_worker):
+    charge = se.stripe_object(
+        "charge", id=se.new_id("ch"), amount=2000, amount_refunded=2000, currency="usd",
+        payment_intent=se.new_id("pi"), customer=se.new_id("cus"), metadata={},
+    )
+    refund = se.event("charge.refunded", charge)
+    assert se.deliver(client, refund).status_code == 200
+    _wait_done(db, refund["id"])
+    assert db.get(StripeEvent, refund["id"]).status == "ignored"

@@ -1,4 +1,9 @@
-"""Dispute events: claw back on creation, give back on a won dispute, keep on a lost one."""
+"""Dispute events: claw back on a chargeback, give back when it is won, keep it when lost.
+
+An inquiry (``warning_needs_response``, ``warning_under_review``) moves no money: nothing is
+taken back unless it escalates to a chargeback (``charge.dispute.updated``). A dispute that
+closes with no chargeback (``warning_closed``, ``prevented``) gives back whatever it took.
+"""
 
 from __future__ import annotations
 
@@ -28,8 +33,15 @@ def _ids(dispute: StripeObject) -> tuple[str, int]:
     return dispute_id, amount
 
 
-def dispute_created(session: Session, event: Event) -> None:
-    """A customer disputed a charge: the disputed share of the credits is taken back."""
+CHARGEBACK = frozenset({"needs_response", "under_review", "lost"})
+RELEASED = frozenset({"warning_closed", "prevented"})
+
+
+def dispute_opened(session: Session, event: Event) -> None:
+    """A chargeback was opened (or an inquiry escalated): its share of the credits is taken."""
+    status = event.object.get("status")
+    if status not in CHARGEBACK:
+        raise Skip(f"dispute is {status!r}: no chargeback, nothing taken back")
     dispute_id, amount = _ids(event.object)
     settlement.open_dispute(
         session, _payment(session, event.object), dispute_id=dispute_id, amount_cents=amount
@@ -37,11 +49,14 @@ def dispute_created(session: Session, event: Event) -> None:
 
 
 def dispute_closed(session: Session, event: Event) -> None:
-    """A dispute ended: won gives the credits back, lost keeps them taken."""
+    """A dispute ended: won (or no chargeback) gives the credits back, lost keeps them taken."""
     status = event.object.get("status")
+    dispute_id, amount = _ids(event.object)
+    if status in RELEASED:
+        settlement.drop_dispute(session, _payment(session, event.object), dispute_id=dispute_id)
+        return
     if status not in ("won", "lost"):
         raise Skip(f"dispute closed as {status!r}: nothing to change")
-    dispute_id, amount = _ids(event.object)
     settlement.close_dispute(
         session,
         _payment(session, event.object),
@@ -52,6 +67,7 @@ def dispute_closed(session: Session, event: Event) -> None:
 
 
 HANDLERS: dict[str, Handler] = {
-    "charge.dispute.created": dispute_created,
+    "charge.dispute.created": dispute_opened,
+    "charge.dispute.updated": dispute_opened,
     "charge.dispute.closed": dispute_closed,
 }

@@ -7,11 +7,13 @@ Any order and any number of deliveries end in the same state.
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db.models import User
 from services import settlement, stripe_gateway
 from services.stripe_events.context import Event, Handler
-from services.stripe_objects import Skip, StripeObject, as_int, as_uuid, metadata, ref
+from services.stripe_objects import NotReady, Skip, StripeObject, as_int, as_uuid, metadata, ref
 
 
 def _apply(session: Session, charge: StripeObject) -> None:
@@ -22,6 +24,11 @@ def _apply(session: Session, charge: StripeObject) -> None:
         charge_id=ref(charge.get("id")),
     )
     if payment is None:
+        customer = ref(charge.get("customer"))
+        if customer and session.scalar(select(User.id).where(User.stripe_customer_id == customer)):
+            # Ours, but its payment is not recorded yet: a subscription invoice's payment is
+            # written by its ``invoice.paid``, which may come after this refund.
+            raise NotReady(f"charge {ref(charge.get('id'))} of our customer has no payment yet")
         raise Skip(f"charge {ref(charge.get('id'))} is not one of our payments")
     settlement.link(
         payment,
