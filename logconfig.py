@@ -23,6 +23,9 @@ def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+QUIET_BELOW_INFO = ("stripe", "httpx", "httpcore", "urllib3")
+
+
 def configure_logging(*, level: str = "INFO", json: bool = True) -> None:
     """Route stdlib and structlog records through one renderer; idempotent."""
     shared: list[Any] = [
@@ -60,3 +63,8 @@ def configure_logging(*, level: str = "INFO", json: bool = True) -> None:
     # api.middleware writes one access line per request, with its request id; uvicorn's
     # own line would say the same thing twice.
     logging.getLogger("uvicorn.access").disabled = True
+    # Libraries whose DEBUG lines carry whole request or response bodies (Stripe's include
+    # PaymentIntent client secrets; httpx and the HTTP cores carry headers) never log below
+    # INFO: the field-name redaction above cannot see inside a message's text.
+    for name in QUIET_BELOW_INFO:
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))

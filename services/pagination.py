@@ -46,6 +46,8 @@ def decode_cursor(cursor: str, id_type: Callable[[str], Any] = str) -> tuple[dat
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, item_id = json.loads(raw)
+        if not isinstance(created, str) or not isinstance(item_id, str):
+            raise TypeError("cursor fields are not strings")
         at = datetime.fromisoformat(created)
         if at.tzinfo is None:
             raise ValueError("naive timestamp")

@@ -224,7 +224,7 @@ def start(
         raise Conflict("you already have a subscription", code="subscription_exists")
     meta = {"user_id": str(user.id), "plan_id": str(plan.id)}
     client = stripe_gateway.client(settings)
-    with _stripe_errors():
+    with _stripe_errors(payment_method=payment_method):
         customer_id = _ensure_customer(session, client, user, payment_method)
         if payment_method is None:
             checkout = client.v1.checkout.sessions.create(
@@ -313,7 +313,9 @@ def _ensure_customer(
 
 
 @contextmanager
-def _stripe_errors() -> Iterator[None]:
+def _stripe_errors(payment_method: str | None = None) -> Iterator[None]:
+    """Stripe's failures as our errors: down is 503, a declined card or a client's payment
+    method that Stripe does not know (or cannot use) is 400, any other refusal 503."""
     try:
         yield
     except _TRANSIENT as exc:
@@ -327,10 +329,23 @@ def _stripe_errors() -> Iterator[None]:
             exc.user_message or "the card was declined", code="card_declined"
         ) from None
     except stripe.StripeError as exc:
+        if payment_method is not None and _refuses_payment_method(exc):
+            raise InvalidInput(
+                "the payment method does not exist or cannot be used",
+                code="invalid_payment_method",
+            ) from None
         log.error("stripe refused", extra={"error": type(exc).__name__, "stripe_code": exc.code})
         raise UpstreamUnavailable(
             "the payment provider refused the request", code="stripe_error"
         ) from None
+
+
+def _refuses_payment_method(exc: stripe.StripeError) -> bool:
+    """Stripe refused the request because of the payment method the client named."""
+    return isinstance(exc, stripe.InvalidRequestError) and (
+        "payment_method" in (exc.param or "") or exc.code == "resource_missing"
+        or exc.http_status == 404
+    )
 
 
 # --- Stripe's events ------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -138,6 +139,9 @@ def _tokens(user: User) -> dict[str, str]:
                                           algorithm="HS256"),
         "subject not a uuid": jwt.encode(_claims(user, sub="1 OR 1=1"), TEST_JWT_SECRET,
                                          algorithm="HS256"),
+        # Signed with our key (a leaked or buggy issuer): still a 401, never a 500.
+        "expiry beyond the calendar": jwt.encode(_claims(user, exp=2**70), TEST_JWT_SECRET,
+                                                 algorithm="HS256"),
     }
 
 
@@ -207,6 +211,22 @@ def test_hostile_webhook_deliveries_are_refused_and_store_nothing(client, db, lo
 
     assert_refused(response, status, code)
     assert fingerprint(db) == before
+    logs.assert_absent(*SECRETS)
+
+
+def test_signature_header_with_odd_items_is_read_as_stripe_reads_it(live_api, db, logs):
+    """Items the SDK skips (' t=²': not exactly 't') are skipped here too: no 500.
+
+    Over a real socket: the test client's transport does not carry the raw byte."""
+    evt = _customer_event()
+    body = json.dumps(evt).encode()
+    headers = {"Content-Type": "application/json",
+               "Stripe-Signature": b"v0=x, t=\xb2," + signature(body).encode()}
+
+    response = httpx.post(f"{live_api}{WEBHOOK_PATH}", content=body, headers=headers)
+
+    assert response.status_code == 200, response.text
+    assert db.get(StripeEvent, evt["id"]) is not None
     logs.assert_absent(*SECRETS)
 
 
@@ -315,6 +335,11 @@ def _json(body: Any) -> Callable[[User], dict[str, Any]]:
     return lambda target: {"json": body}
 
 
+def _cursor(item_id: Any) -> str:
+    raw = json.dumps(["2024-01-01T00:00:00+00:00", item_id]).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
 REQUEST_CASES: dict[str, Case] = {
     # Deep nesting: the JSON parser's recursion limit must end as a 400, not a 500.
     "nested arrays spend": ("POST", SPEND, _raw(DEEP_ARRAYS), {400, 422}),
@@ -366,6 +391,20 @@ REQUEST_CASES: dict[str, Case] = {
     "plan negative credits": ("POST", f"{ADMIN}/plans",
                               _json({"slug": "neg", "name": "Neg", "monthly_credits": -1,
                                      "price_cents": 100}), 422),
+    # Cursors are opaque, but a client can still hand-make one: any shape but ours is a 400.
+    **{
+        f"hand-made cursor {name}": ("GET", f"{ADMIN}/{name}?cursor={_cursor(item_id)}",
+                                     _json(None), 400)
+        for name, item_id in (("users", 123), ("payments", [1]), ("usage", {"a": 1}))
+    },
+    "hand-made cursor with a float id": ("GET", f"{API}/credits/transactions?cursor="
+                                         f"{_cursor(1.5)}", _json(None), 400),
+    "unbalanced ipv6 avatar url": ("PUT", PROFILE, _json({"avatar_url": "http://["}), 400),
+    "bracketed avatar url": ("PUT", PROFILE, _json({"avatar_url": "https://a]b"}), 400),
+    "crlf in the full name at sign-up": (
+        "POST", "/api/auth/register",
+        _json({"email": "crlf@example.com", "password": "Zz-very-long-pass-1",
+               "full_name": "Ada\r\nBcc: all@example.com"}), 400),
     "spend negative zero": ("POST", SPEND, _raw(b'{"credits": -0.0}'), 422),
     "spend exponent": ("POST", SPEND, _raw(b'{"credits": 1e2}'), 422),
 }

@@ -73,3 +73,26 @@ def test_visibility_timeout_must_exceed_task_time_limit(env):
 
 def test_postgres_urls_use_psycopg():
     assert Settings(database_url="postgresql://u@h/d").database_url == "postgresql+psycopg://u@h/d"
+
+
+def test_debug_logging_keeps_http_clients_at_info():
+    """Their DEBUG lines carry whole bodies (a PaymentIntent's client secret) and headers."""
+    import logging
+
+    from logconfig import QUIET_BELOW_INFO, configure_logging
+
+    root = logging.getLogger()
+    saved = root.level, root.handlers[:], {n: logging.getLogger(n).level for n in QUIET_BELOW_INFO}
+    try:
+        configure_logging(level="DEBUG", json=True)
+        assert logging.getLogger("billing").isEnabledFor(logging.DEBUG)
+        for name in ("stripe", "httpx"):
+            assert not logging.getLogger(name).isEnabledFor(logging.DEBUG), name
+            assert logging.getLogger(name).isEnabledFor(logging.INFO), name
+        configure_logging(level="WARNING", json=True)
+        assert not logging.getLogger("stripe").isEnabledFor(logging.INFO)
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+        for name, level in saved[2].items():
+            logging.getLogger(name).setLevel(level)

@@ -152,6 +152,7 @@ def test_subscribing_without_a_saved_card_starts_a_checkout_session(client, db, 
 
 def test_bad_subscription_requests_change_nothing(client, db):
     plan = make_plan(db, slug="retired")
+    live = make_plan(db)
     user = make_user(db)
     headers = auth_headers(user)
     client.patch(f"{API}/admin/plans/retired", json={"active": False},
@@ -160,6 +161,9 @@ def test_bad_subscription_requests_change_nothing(client, db):
         ({"plan_id": "nope"}, 404, "plan_not_found"),
         ({"plan_id": "retired"}, 400, "plan_inactive"),
         ({"plan_id": "retired", "payment_method": "card_123"}, 422, "validation_error"),
+        # Stripe answers that it has no such payment method: the client's mistake, not ours.
+        ({"plan_id": live.slug, "payment_method": "pm_doesnotexist"}, 400,
+         "invalid_payment_method"),
         ({"plan_id": "retired", "extra": 1}, 422, "validation_error"),
         ({}, 422, "validation_error"),
     ]

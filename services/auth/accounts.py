@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from db.base import utc_now
 from db.models import AuthIdentity, User
-from services.auth import onetime, outgoing, passwords, ratelimit
+from services.auth import fields, onetime, outgoing, passwords, ratelimit
 from services.auth.context import AuthContext
 from services.auth.refresh import TokenPair, sign_in
 from services.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, Unauthorized
@@ -109,7 +109,8 @@ def register(
     passwords.check_policy(password, min_length=ctx.settings.password_min_length, email=email)
     if by_email(session, email) is not None:
         raise Conflict("an account with this email already exists", code="email_taken")
-    user = User(email=email, password_hash=passwords.hash_password(password), full_name=full_name)
+    name = fields.text(full_name, field="full_name", limit=fields.NAME_LIMIT) if full_name else None
+    user = User(email=email, password_hash=passwords.hash_password(password), full_name=name)
     session.add(user)
     flush_unique(session, "email")
     mail_token(session, ctx, user=user, purpose="email_confirmation", email=email)
@@ -215,8 +216,8 @@ def link_identity(
         raise Conflict("an account with this email exists; sign in to it first",
                        code="email_taken")
     if user is None:
-        user = User(email=normalized, full_name=full_name[:200] if full_name else None,
-                    avatar_url=avatar_url if avatar_url and len(avatar_url) <= 2048 else None)
+        user = User(email=normalized, full_name=fields.from_provider(full_name),
+                    avatar_url=fields.url_from_provider(avatar_url))
         session.add(user)
     if email_verified and normalized and user.email == normalized:
         mark_email_confirmed(ctx.settings, user)

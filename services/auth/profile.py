@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import re
-import unicodedata
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -13,6 +11,7 @@ from sqlalchemy.orm import Session
 from db import rls
 from db.base import utc_now
 from db.models import OneTimeToken, User
+from services.auth import fields
 from services.auth.accounts import by_email, flush_unique, mail_token, normalize_email
 from services.auth.context import AuthContext
 from services.auth.otp import normalize_phone
@@ -42,31 +41,6 @@ def _username(value: str) -> str:
     return value
 
 
-def _no_controls(value: str, *, field: str, allow: str = "") -> str:
-    # Control characters (CR/LF would split a mail or HTTP header this value lands in, NUL is
-    # refused by PostgreSQL) and lone surrogates (not encodable as UTF-8) are not text.
-    for char in value:
-        if char not in allow and unicodedata.category(char) in ("Cc", "Cs"):
-            raise InvalidInput(f"{field} contains a control character", code=f"invalid_{field}")
-    return value
-
-
-def _avatar_url(value: str) -> str:
-    _no_controls(value, field="avatar_url")
-    parts = urlsplit(value.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc or len(value) > 2048:
-        raise InvalidInput("avatar_url must be an http(s) URL of at most 2048 characters",
-                           code="invalid_avatar_url")
-    return value.strip()
-
-
-def _text(value: str, *, field: str, limit: int) -> str | None:
-    value = _no_controls(value, field=field, allow="\r\n\t" if field == "bio" else "").strip()
-    if len(value) > limit:
-        raise InvalidInput(f"{field} must be at most {limit} characters", code=f"invalid_{field}")
-    return value or None
-
-
 def update(session: Session, ctx: AuthContext, user: User, changes: dict[str, Any]) -> bool:
     """Apply ``changes`` (only the given fields; None clears); True if an email change is pending.
 
@@ -87,11 +61,12 @@ def update(session: Session, ctx: AuthContext, user: User, changes: dict[str, An
         elif field == "username":
             values[field] = _username(value)
         elif field == "avatar_url":
-            values[field] = _avatar_url(value)
+            values[field] = fields.avatar_url(value)
         elif field == "phone":
             values[field] = normalize_phone(value)
         else:
-            values[field] = _text(value, field=field, limit=200 if field == "full_name" else 2000)
+            limit = fields.NAME_LIMIT if field == "full_name" else fields.TEXT_LIMIT
+            values[field] = fields.text(value, field=field, limit=limit)
     for field, value in values.items():
         if getattr(user, field) == value:
             continue

@@ -86,7 +86,7 @@ def _verify(settings: Settings, token: str) -> AccessClaims:
         )
     except jwt.ExpiredSignatureError:
         raise Unauthorized("access token has expired", code="token_expired") from None
-    except (jwt.InvalidTokenError, ValueError, KeyError):
+    except (jwt.InvalidTokenError, ValueError, KeyError, TypeError, OverflowError, OSError):
         raise Unauthorized("access token is invalid", code="invalid_token") from None
 
 

@@ -79,11 +79,18 @@ def verify(payload: bytes, signature: str | None, secrets: Sequence[SecretStr]) 
 
 
 def _timestamp(signature: str) -> int:
-    """The ``t=`` of a ``Stripe-Signature`` header the SDK has already accepted."""
+    """The ``t=`` of a ``Stripe-Signature`` header the SDK has already accepted.
+
+    Read as the SDK reads it (the first item that is exactly ``t=...``), so the time
+    checked here is the time whose signature it verified.
+    """
     for item in signature.split(","):
-        key, _, value = item.strip().partition("=")
-        if key == "t" and value.isdigit():
-            return int(value)
+        key, _, value = item.partition("=")
+        if key == "t":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
     return 0
 
 
