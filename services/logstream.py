@@ -22,17 +22,20 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import socket
 import time
 import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import redis
 import redis.asyncio
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -73,8 +76,26 @@ def _lock_key(stream: str) -> str:
 
 
 def dead_letter_key(stream: str) -> str:
-    """Where records that failed validation are parked (with the reason), for inspection."""
+    """Where records that failed validation or that the database refused are parked (with the
+    reason), for inspection."""
     return f"{stream}:dead"
+
+
+# What PostgreSQL text cannot hold: NUL (psycopg refuses the whole statement) and lone
+# surrogates (not encodable as UTF-8; a client can send them as JSON escapes).
+_NUL = "\x00"
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(value: str) -> str:
+    """``value`` as a PostgreSQL text column can store it: NUL removed, lone surrogates
+    replaced by U+FFFD. Free text of a log record (an identifier typed by anyone) must never
+    make the database refuse the record, let alone the batch it is written with."""
+    if _NUL in value:
+        value = value.replace(_NUL, "")
+    if _SURROGATES.search(value):
+        value = _SURROGATES.sub("\ufffd", value)
+    return value
 
 
 # --- producer -------------------------------------------------------------------------------
@@ -105,7 +126,9 @@ async def _xadd_async(client: redis.asyncio.Redis, kind: str, record: dict[str, 
 
 
 def _stamp(record: dict[str, Any]) -> dict[str, Any]:
-    return {"id": str(uuid.uuid4()), "created_at": utc_now().isoformat(), **record}
+    # Cleaned here too: a lone surrogate would not even survive the JSON round trip.
+    cleaned = {k: clean_text(v) if isinstance(v, str) else v for k, v in record.items()}
+    return {"id": str(uuid.uuid4()), "created_at": utc_now().isoformat(), **cleaned}
 
 
 def record_login(client: redis.Redis, **fields: Any) -> None:
@@ -158,6 +181,22 @@ class _Record(BaseModel):
     id: uuid.UUID
     created_at: AwareDatetime
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        # Before the length limits, so that they apply to what is stored. Also covers
+        # entries queued before the producer cleaned them, or by another producer.
+        return clean_text(value) if isinstance(value, str) else value
+
+    @field_validator("created_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        # timestamptz takes offsets up to 15:59 only; Python's go up to 23:59.
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("out of range") from None
+
 
 class UsageRecord(_Record):
     """A usage record as the writer accepts it."""
@@ -169,7 +208,7 @@ class UsageRecord(_Record):
     status_code: int = Field(ge=100, le=599)
     response_time_ms: float | None = Field(None, ge=0)
     request_id: str | None = Field(None, max_length=64)
-    transaction_id: int | None = Field(None, ge=1)
+    transaction_id: int | None = Field(None, ge=1, le=2**63 - 1)  # a bigint
 
 
 class LoginRecord(_Record):
@@ -195,9 +234,12 @@ class LoginRecord(_Record):
         if value is None:
             return None
         try:
-            return str(ipaddress.ip_address(value))
+            address = ipaddress.ip_address(value)
         except ValueError:
             return None  # an unparsable address is not worth losing the attempt over
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+            address = ipaddress.IPv6Address(int(address))  # inet has no zone ("%eth0")
+        return str(address)
 
 
 # --- writers --------------------------------------------------------------------------------
@@ -332,12 +374,20 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 
 
 def _parse(kind: _Kind, entries: list[Entry]) -> tuple[list[Any], list[tuple[Entry, str]]]:
-    good: list[Any] = []
+    pairs, bad = _parse_entries(kind, entries)
+    return [record for _, record in pairs], bad
+
+
+def _parse_entries(
+    kind: _Kind, entries: list[Entry],
+) -> tuple[list[tuple[Entry, Any]], list[tuple[Entry, str]]]:
+    """The valid records, each with its entry, and the invalid entries with the reason."""
+    good: list[tuple[Entry, Any]] = []
     bad: list[tuple[Entry, str]] = []
     for entry in entries:
         _, fields = entry
         try:
-            good.append(kind.model.model_validate_json(fields.get(b"r", b"")))
+            good.append((entry, kind.model.model_validate_json(fields.get(b"r", b""))))
         except ValidationError as exc:
             bad.append((entry, "; ".join(
                 f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors()
@@ -345,7 +395,8 @@ def _parse(kind: _Kind, entries: list[Entry]) -> tuple[list[Any], list[tuple[Ent
     return good, bad
 
 
-def _park(client: redis.Redis, stream: str, bad: list[tuple[Entry, str]]) -> None:
+def _park(client: redis.Redis, stream: str, bad: list[tuple[Entry, str]],
+          level: int = logging.WARNING) -> None:
     pipe = client.pipeline(transaction=False)
     for (entry_id, fields), reason in bad:
         pipe.xadd(
@@ -355,8 +406,9 @@ def _park(client: redis.Redis, stream: str, bad: list[tuple[Entry, str]]) -> Non
         )
     pipe.execute()
     for (entry_id, _), reason in bad:
-        log.warning("log record parked", extra={"stream": stream,
-                                                "entry": entry_id.decode(), "reason": reason})
+        # The reason never quotes the record's content (which may hold what someone typed).
+        log.log(level, "log record parked", extra={"stream": stream,
+                                                   "entry": entry_id.decode(), "reason": reason})
 
 
 def _settle(client: redis.Redis, stream: str, ids: list[bytes]) -> None:
@@ -367,11 +419,30 @@ def _settle(client: redis.Redis, stream: str, ids: list[bytes]) -> None:
         pipe.execute()
 
 
-def _write_batch(
-    session_factory: Callable[[], Session], client: redis.Redis, stream: str, kind: _Kind,
-    entries: list[Entry], result: DrainResult,
-) -> None:
-    records, bad = _parse(kind, entries)
+# Errors that a record's content causes (a value the column cannot take, a constraint it
+# breaks), as opposed to the database being unavailable (OperationalError: retried as a
+# whole, later). Retrying such a record can never succeed: it is set aside instead.
+_REFUSED_CONTENT: tuple[type[BaseException], ...] = (
+    sa_exc.DataError, sa_exc.IntegrityError, UnicodeEncodeError,
+)
+
+
+def _refusal(exc: BaseException) -> str:
+    """Why the database refused a record, without its content (messages may quote values)."""
+    orig = getattr(exc, "orig", None) or exc
+    reason = f"database refused the record: {type(orig).__name__}"
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate:
+        reason += f" (SQLSTATE {sqlstate})"
+    constraint = getattr(getattr(orig, "diag", None), "constraint_name", None)
+    if constraint:
+        reason += f" constraint {constraint}"
+    return reason
+
+
+def _write(session_factory: Callable[[], Session], kind: _Kind,
+           records: list[Any]) -> tuple[int, list[Any]]:
+    """The batch in one statement and one transaction: the normal case."""
     session = session_factory()
     try:
         written, refused = kind.write(session, records)
@@ -381,12 +452,78 @@ def _write_batch(
         raise
     finally:
         session.close()
+    return written, refused
+
+
+def _write_piecewise(
+    session_factory: Callable[[], Session], kind: _Kind, records: list[Any],
+) -> tuple[int, list[Any], list[tuple[int, str]]]:
+    """The batch in halves, each under a savepoint, down to the records the database refuses.
+
+    Returns (inserted, orphans refused, [(index of a refused record, why)]). All the pieces
+    accepted are committed together; ids keep a re-delivered batch from writing any twice.
+    """
+    written = 0
+    orphans: list[Any] = []
+    rejected: list[tuple[int, str]] = []
+    session = session_factory()
+
+    def attempt(lo: int, hi: int) -> None:
+        nonlocal written
+        try:
+            with session.begin_nested():
+                inserted, refused = kind.write(session, records[lo:hi])
+        except _REFUSED_CONTENT as exc:
+            if hi - lo == 1:
+                rejected.append((lo, _refusal(exc)))
+                return
+            mid = (lo + hi) // 2
+            attempt(lo, mid)
+            attempt(mid, hi)
+            return
+        written += inserted
+        orphans.extend(refused)
+
+    try:
+        if len(records) == 1:
+            attempt(0, 1)
+        else:  # the whole batch was just refused: start with its halves
+            attempt(0, len(records) // 2)
+            attempt(len(records) // 2, len(records))
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+    return written, orphans, rejected
+
+
+def _write_batch(
+    session_factory: Callable[[], Session], client: redis.Redis, stream: str, kind: _Kind,
+    entries: list[Entry], result: DrainResult,
+) -> None:
+    pairs, bad = _parse_entries(kind, entries)
+    records = [record for _, record in pairs]
+    refused_by_db: list[tuple[Entry, str]] = []
+    try:
+        written, refused = _write(session_factory, kind, records)
+    except _REFUSED_CONTENT as exc:
+        # One record the database cannot take must not hold back the others, nor the stream
+        # behind them (its entry would be re-claimed, and refused, forever).
+        log.warning("log batch refused by the database; writing it piecewise",
+                    extra={"stream": stream, "records": len(records), "reason": _refusal(exc)})
+        written, refused, rejected = _write_piecewise(session_factory, kind, records)
+        refused_by_db = [(pairs[index][0], reason) for index, reason in rejected]
     refused_ids = {r.id for r in refused}
     for entry in entries:
         if refused_ids and _entry_record_id(entry) in refused_ids:
             bad.append((entry, "user does not exist"))
     if bad:
         _park(client, stream, bad)
+    if refused_by_db:
+        _park(client, stream, refused_by_db, level=logging.ERROR)
+        bad += refused_by_db
     # Only after the commit: a crash before this line re-delivers, and ON CONFLICT absorbs it.
     _settle(client, stream, [entry_id for entry_id, _ in entries])
     result.read += len(entries)

@@ -201,3 +201,134 @@ def test_burst_of_spends_over_http_produces_one_usage_record_each(db, client, ce
         CreditTransaction.kind == "usage")))
     logged = db.scalars(select(ApiUsageLog.transaction_id)).all()
     assert len(logged) == 120 and set(logged) == spends  # one record per spend, none extra
+
+
+# --- records the database cannot take -------------------------------------------------------
+
+
+def test_login_with_a_nul_in_the_email_is_written_cleaned_and_blocks_nothing(
+    db, rds, client, celery_worker
+):
+    first = client.post("/api/auth/login", json={"email": "a\u0000b", "password": "x"})
+    assert first.status_code == 401, first.text
+    later = client.post("/api/auth/login",
+                        json={"email": "later@example.com", "password": "not-the-password"})
+    assert later.status_code == 401, later.text
+
+    wait_for(lambda: _count(db, LoginHistory) == 2, timeout=30, message="2 login rows")
+    rows = db.scalars(select(LoginHistory).order_by(LoginHistory.created_at)).all()
+    assert [(r.identifier, r.success) for r in rows] == [("ab", False),
+                                                          ("later@example.com", False)]
+    wait_for(lambda: rds.xlen(logstream.LOGIN_STREAM) == 0, timeout=10, message="stream emptied")
+    assert logstream.pending(rds, "login") == 0
+    assert rds.xlen(logstream.dead_letter_key(logstream.LOGIN_STREAM)) == 0
+
+
+def test_text_the_database_cannot_hold_is_cleaned_even_when_queued_raw(db, rds, settings):
+    user = make_user(db)
+    # Entries as an older (or another) producer queued them, without cleaning.
+    login = {"id": str(uuid.uuid4()), "created_at": "2030-01-01T00:00:00+23:00",
+             "user_id": str(user.id), "identifier": "x\u0000y@example.com", "method": "password",
+             "success": False, "reason": "wrong\u0000password", "ip": "fe80::1%eth0",
+             "user_agent": "agent\u0000/1"}
+    rds.xadd(logstream.LOGIN_STREAM, {"r": json.dumps(login)})
+    _hand_off_quietly(rds, user_id=str(user.id), endpoint="/v1/\u0000nul", method="PO\u0000ST",
+                      status_code=200, request_id="req\u0000-1")
+
+    assert _drain_in_process(settings, rds, "login").written == 1
+    assert _drain_in_process(settings, rds, "usage").written == 1
+
+    row = db.scalars(select(LoginHistory)).one()
+    assert (row.identifier, row.reason, row.user_agent) == ("xy@example.com", "wrongpassword",
+                                                            "agent/1")
+    assert str(row.ip) == "fe80::1" and row.user_id == user.id
+    usage = db.scalars(select(ApiUsageLog)).one()
+    assert (usage.endpoint, usage.method, usage.request_id) == ("/v1/nul", "POST", "req-1")
+    for stream in logstream.STREAMS.values():
+        assert rds.xlen(stream) == 0 and rds.xlen(logstream.dead_letter_key(stream)) == 0
+
+
+@pytest.fixture(params=["22023", "23514"], ids=["data_error", "constraint_violation"])
+def refusing_database(request, engine, db):
+    """The database refuses records the validators accept (as a constraint the writer does not
+    know about would): rows naming "poison" fail with the given SQLSTATE."""
+    with engine.begin() as conn:
+        conn.execute(text(f"""
+            CREATE FUNCTION test_refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF to_jsonb(NEW)::text LIKE '%poison%' THEN
+                    RAISE EXCEPTION 'refused for the test' USING ERRCODE = '{request.param}';
+                END IF;
+                RETURN NEW;
+            END $$"""))
+        for table in ("api_usage_log", "login_history"):
+            conn.execute(text(f"CREATE TRIGGER test_refuse_poison BEFORE INSERT ON {table} "
+                              "FOR EACH ROW EXECUTE FUNCTION test_refuse_poison()"))
+    yield request.param
+    db.rollback()  # the test's reads would hold back the DROP (it locks the tables)
+    with engine.begin() as conn:
+        conn.execute(text("DROP FUNCTION test_refuse_poison() CASCADE"))
+
+
+def test_records_the_database_refuses_are_set_aside_and_the_rest_written_once(
+    db, rds, settings, refusing_database
+):
+    user = make_user(db)
+    poison_ids = []
+    for i in range(10):
+        _hand_off_quietly(rds, user_id=str(user.id), endpoint="/v1/ok", credits=i,
+                          status_code=500 if i == 7 else 200, request_id=f"ok-{i}")
+        if i in (0, 4, 9):  # first, middle and last of the batch
+            poison_ids.append(rds.xadd(logstream.USAGE_STREAM, {"r": json.dumps(logstream._stamp(
+                {"user_id": str(user.id), "endpoint": "/v1/poison", "credits": 100,
+                 "status_code": 200, "request_id": f"poison-{i}"}), default=str)}))
+    entries = rds.xrange(logstream.USAGE_STREAM)
+
+    result = _drain_in_process(settings, rds)
+
+    assert (result.read, result.written, result.parked) == (13, 10, 3)
+    assert sorted(db.scalars(select(ApiUsageLog.request_id))) == [f"ok-{i}" for i in range(10)]
+    rollup = db.execute(select(UsageDaily.endpoint, UsageDaily.calls, UsageDaily.credits,
+                               UsageDaily.errors)).all()
+    assert rollup == [("/v1/ok", 10, 45, 1)]  # the refused pieces' rollup was undone
+    assert rds.xlen(logstream.USAGE_STREAM) == 0 and logstream.pending(rds, "usage") == 0
+    parked = rds.xrange(logstream.dead_letter_key(logstream.USAGE_STREAM))
+    assert sorted(fields[b"entry"] for _, fields in parked) == sorted(poison_ids)
+    for _, fields in parked:
+        assert fields[b"reason"].decode().startswith("database refused the record")
+        assert refusing_database in fields[b"reason"].decode()
+        assert b"poison" in fields[b"r"]  # kept for inspection, never retried
+
+    # The same entries delivered again (a drain that died before acknowledging): no row
+    # and no rollup twice, and the refused ones are set aside again.
+    for _, fields in entries:
+        rds.xadd(logstream.USAGE_STREAM, fields)
+    again = _drain_in_process(settings, rds)
+    assert (again.read, again.written, again.parked) == (13, 0, 3)
+    assert _count(db, ApiUsageLog) == 10
+    assert db.execute(select(UsageDaily.calls, UsageDaily.credits)).one() == (10, 45)
+    assert rds.xlen(logstream.USAGE_STREAM) == 0 and logstream.pending(rds, "usage") == 0
+
+
+def test_a_refused_login_record_does_not_stop_the_login_history(
+    db, rds, sender, celery_worker, refusing_database
+):
+    user = make_user(db)
+    # Queued raw, ahead of everything else: before, every drain failed on it, re-claimed it
+    # first, and never wrote anything behind it.
+    poison = rds.xadd(logstream.LOGIN_STREAM, {"r": json.dumps(logstream._stamp(
+        {"identifier": "poison@example.com", "method": "password", "success": False}))})
+    for i in range(3):
+        logstream.record_login(rds, user_id=str(user.id), identifier=user.email,
+                               method="password", success=i == 2,
+                               reason=None if i == 2 else "wrong_password", ip="203.0.113.9",
+                               user_agent="curl/8")
+
+    wait_for(lambda: _count(db, LoginHistory) == 3, timeout=30, message="3 login rows")
+    wait_for(lambda: rds.xlen(logstream.LOGIN_STREAM) == 0, timeout=10, message="stream emptied")
+    assert logstream.pending(rds, "login") == 0
+    assert set(db.scalars(select(LoginHistory.identifier))) == {user.email}
+    parked = rds.xrange(logstream.dead_letter_key(logstream.LOGIN_STREAM))
+    assert [fields[b"entry"] for _, fields in parked] == [poison]
+    time.sleep(0.5)
+    assert _count(db, LoginHistory) == 3
