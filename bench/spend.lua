@@ -1,5 +1,5 @@
 -- wrk script for bench/spend.py: POST /credits/use, rotating bearer tokens of many users.
--- BENCH_TOKENS: a file with one access token per line; BENCH_DELAY_MS: optional pause
+-- BENCH_TOKENS: a file with one access token per line; BENCH_DELAY_MS: optional mean pause
 -- before each request (used to hold a steady, lower rate for the half-load run).
 
 local tokens = {}
@@ -24,7 +24,13 @@ end
 
 local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "")
 if pause and pause > 0 then
+  -- Exponential pauses of that mean (the default): independent clients, arriving at random.
+  -- BENCH_DELAY_FIXED=1: every pause the same, which keeps the connections in lockstep.
+  local fixed = os.getenv("BENCH_DELAY_FIXED") == "1"
   function delay()
-    return pause
+    if fixed then
+      return pause
+    end
+    return math.floor(-pause * math.log(1 - math.random()) + 0.5)
   end
 end

@@ -157,14 +157,9 @@ def api_env(database_url: str, redis_url: str, jwt_secret: str, log_level: str) 
     return env
 
 
-def start_api(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[bytes]:
-    """The API as ``billing api --workers N`` serves it."""
-    from cli.commands import api_argv
-    from settings import Settings
-
-    settings = Settings(database_url=env["BILLING_DATABASE_URL"],
-                        redis_url=env["BILLING_REDIS_URL"], log_level=env["BILLING_LOG_LEVEL"])
-    argv = api_argv(settings, host="127.0.0.1", port=port, workers=workers)
+def serve(argv: list[str], env: dict[str, str], port: int,
+          ready: str = "/readyz") -> subprocess.Popen[bytes]:
+    """Start ``argv`` (a server on ``port``) and wait until ``ready`` answers 200."""
     proc = subprocess.Popen(  # noqa: S603
         argv, cwd=ROOT, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -172,14 +167,38 @@ def start_api(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}{ready}", timeout=2).status_code == 200:
                 return proc
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
-            raise RuntimeError(f"the API exited with {proc.returncode}")
+            raise RuntimeError(f"{argv[2]} exited with {proc.returncode}")
         time.sleep(0.3)
-    raise RuntimeError("the API did not become ready")
+    raise RuntimeError(f"{argv[2]} did not become ready")
+
+
+def start_api(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[bytes]:
+    """The API as ``billing api --workers N`` serves it."""
+    from cli.commands import api_argv
+    from settings import Settings
+
+    settings = Settings(database_url=env["BILLING_DATABASE_URL"],
+                        redis_url=env["BILLING_REDIS_URL"], log_level=env["BILLING_LOG_LEVEL"])
+    return serve(api_argv(settings, host="127.0.0.1", port=port, workers=workers), env, port)
+
+
+def start_floor(env: dict[str, str], users: int, port: int,
+                workers: int) -> subprocess.Popen[bytes]:
+    """``bench.spend_floor`` (FastAPI + the ledger's statement only), served as the API is."""
+    from cli.commands import python_module
+
+    argv = python_module(
+        "uvicorn", "bench.spend_floor:app", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", str(workers), "--log-level", "warning", "--no-access-log",
+    )
+    env = {**env, "BENCH_FLOOR_DATABASE_URL": env["BILLING_DATABASE_URL"],
+           "BENCH_FLOOR_USERS": str(users)}
+    return serve(argv, env, port, ready="/openapi.json")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -193,8 +212,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def wrk(url: str, tokens: Path, *, connections: int, seconds: int, delay_ms: int = 0,
-        script: bool = True) -> WrkResult:
-    env = {**os.environ, "BENCH_TOKENS": str(tokens), "BENCH_DELAY_MS": str(delay_ms)}
+        script: bool = True, lockstep: bool = False) -> WrkResult:
+    """``wrk`` over the spend route; with ``delay_ms`` each connection pauses that long on
+    average (exponentially distributed), or exactly that long with ``lockstep``."""
+    env = {**os.environ, "BENCH_TOKENS": str(tokens), "BENCH_DELAY_MS": str(delay_ms),
+           "BENCH_DELAY_FIXED": "1" if lockstep else "0"}
     threads = min(2, connections)
     out = subprocess.run(  # noqa: S603
         ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
@@ -204,8 +226,13 @@ def wrk(url: str, tokens: Path, *, connections: int, seconds: int, delay_ms: int
     return parse_wrk(out)
 
 
-def half_load(url: str, tokens: Path, *, target: float, seconds: int, p50_ms: float) -> WrkResult:
-    """Hold about ``target`` requests/s: connections pause between requests (closed loop)."""
+def half_load(url: str, tokens: Path, *, target: float, seconds: int,
+              p50_ms: float) -> tuple[WrkResult, int]:
+    """Hold about ``target`` requests/s: connections pause between requests (closed loop).
+
+    The pauses are random (exponential), so the 16 connections arrive independently, as
+    separate clients do. Returns the result and the mean pause (ms) that held the rate.
+    """
     connections = 16
     delay = max(1, round(connections * 1000 / target - p50_ms))
     for _ in range(3):  # calibrate the pause on short runs, then measure
@@ -214,7 +241,7 @@ def half_load(url: str, tokens: Path, *, target: float, seconds: int, p50_ms: fl
             break
         per_request = connections * 1000 / probe.rps  # ms between a connection's requests
         delay = max(1, round(delay + per_request * (probe.rps / target - 1)))
-    return wrk(url, tokens, connections=connections, seconds=seconds, delay_ms=delay)
+    return wrk(url, tokens, connections=connections, seconds=seconds, delay_ms=delay), delay
 
 
 @dataclass
@@ -339,12 +366,29 @@ def main() -> None:
             script=False))
         print(f"GET /healthz: {bare.rps:.0f} req/s; API CPU per request {bare_ms:.3f} ms",
               flush=True)
-        half = half_load(url, tokens, target=peak.rps / 2, seconds=args.seconds,
-                         p50_ms=peak.p50_ms)
+        half, pause = half_load(url, tokens, target=peak.rps / 2, seconds=args.seconds,
+                                p50_ms=peak.p50_ms)
         print(f"API at ~half load: {half.rps:.0f} req/s, p50 {half.p50_ms:.2f} ms, "
               f"p99 {half.p99_ms:.2f} ms, errors {half.errors}", flush=True)
+        # The same pauses, all equal: the connections stay in step and arrive in bursts.
+        lockstep = wrk(url, tokens, connections=16, seconds=args.seconds, delay_ms=pause,
+                       lockstep=True)
+        print(f"API, same pauses in lockstep: {lockstep.rps:.0f} req/s, p50 "
+              f"{lockstep.p50_ms:.2f} ms, p99 {lockstep.p99_ms:.2f} ms", flush=True)
     finally:
         stop(api)
+    # The floor: FastAPI and the debit alone, same server settings, load and database.
+    floor_proc = start_floor(env, args.users, port, args.workers)
+    try:
+        meter = CpuMeter(floor_proc)
+        wrk(url, tokens, connections=args.connections, seconds=3)  # warm-up
+        floor, floor_api_ms, floor_pg_ms = measured(meter, lambda: wrk(
+            url, tokens, connections=args.connections, seconds=args.seconds))
+        print(f"floor (FastAPI + debit only): {floor.rps:.0f} req/s, errors {floor.errors}; "
+              f"CPU per request: API {floor_api_ms:.3f} ms, PostgreSQL {floor_pg_ms:.3f} ms",
+              flush=True)
+    finally:
+        stop(floor_proc)
     # The usage hand-off queued one record per spend; no log worker ran, so drop them.
     redis.Redis.from_url(redis_url).delete("billing:logs:usage")
 
@@ -354,6 +398,7 @@ def main() -> None:
     for b in baselines:
         print(f"pgbench ({b.clients} clients): {b.tps:.0f} tps, avg {b.latency_ms:.2f} ms")
     ratio = peak.rps / base.tps
+    floor_ratio = floor.rps / base.tps
     drift, negative = check_ledger(database_url)
     print(f"ratio API/pgbench: {ratio:.0%}  (ledger drift {drift}, negative rows {negative})")
     shutil.rmtree(workdir, ignore_errors=True)
@@ -365,12 +410,16 @@ def main() -> None:
     rows = "\n".join([
         f"| API peak ({args.workers} uvicorn workers, wrk {args.connections} connections) "
         f"| {peak.rps:.0f} | {peak.p50_ms:.2f} ms | {peak.p99_ms:.2f} ms |",
-        f"| API at ~half of peak | {half.rps:.0f} | {half.p50_ms:.2f} ms "
-        f"| {half.p99_ms:.2f} ms |",
+        f"| API at ~half of peak (16 clients, random pauses) | {half.rps:.0f} "
+        f"| {half.p50_ms:.2f} ms | {half.p99_ms:.2f} ms |",
+        f"| the same 16 clients, equal pauses (in lockstep, arriving in bursts) "
+        f"| {lockstep.rps:.0f} | {lockstep.p50_ms:.2f} ms | {lockstep.p99_ms:.2f} ms |",
         f"| pgbench, same transaction ({base.clients} clients, best of 8/32) "
         f"| {base.tps:.0f} tps | avg {base.latency_ms:.2f} ms | |",
         f"| `GET /healthz`, same server and connections (the framework alone) "
         f"| {bare.rps:.0f} | {bare.p50_ms:.2f} ms | {bare.p99_ms:.2f} ms |",
+        f"| floor: FastAPI running only the debit (`bench/spend_floor.py`), same load "
+        f"| {floor.rps:.0f} | {floor.p50_ms:.2f} ms | {floor.p99_ms:.2f} ms |",
     ])
     section = f"""## Spend: `POST /credits/use` vs pgbench
 
@@ -382,31 +431,40 @@ def main() -> None:
 {rows}
 
 API / pgbench: **{ratio:.0%}** (target ≥ 50%); p99 at half load **{half.p99_ms:.1f} ms**
-(target < 25 ms). Errors (non-2xx, socket): peak {peak.errors}, half {half.errors}.
+(target < 25 ms); the floor reaches **{floor_ratio:.0%}**. Errors (non-2xx, socket): peak
+{peak.errors}, half {half.errors}, floor {floor.errors}.
 After the run: {drift} users whose balance differs from their ledger sum, {negative}
 negative `balance_after` rows.
 
 How: {args.users} users with large balances, one access token each; `wrk` (C) rotates the
 tokens over `POST /credits/use` (`{{"credits": 1, ...}}`), so every request authenticates,
 debits through the ledger and hands a usage record to Redis. Half load is held by pausing
-each of 16 connections between requests (closed loop, calibrated to half the peak rate).
+each of 16 connections between requests (closed loop, calibrated to half the peak rate) for
+a random time of mean {pause} ms (exponential), as independent clients do; with that
+pause fixed, the 16 connections stay in step and arrive together, each burst queueing
+behind itself, which the lockstep row shows.
 pgbench runs afterwards on the same database with the API stopped: the ledger's statement
 (conditional debit + ledger insert in one CTE) in a transaction, prepared. Load generator,
 API and PostgreSQL share the same {cores} cores; API log level {args.log_level}; no Celery
 worker ran (the usage records stay queued in Redis and are dropped afterwards).
 
 CPU per request at peak (process CPU time over the run / requests): the API {api_ms:.2f} ms,
-PostgreSQL {pg_ms:.2f} ms; `GET /healthz` on the same server {bare_ms:.2f} ms, which is the
-floor every request pays (uvicorn, the middleware, the access log). The spend runs on the
-event loop: the token's verification is cached, revocation is one Redis round trip, the debit
-with its ledger row is one statement sent with BEGIN, the security context and COMMIT in one
-round trip (`db/aio.py`), and the usage record one more Redis round trip; the rest of its
-cost over `/healthz` is FastAPI's request handling (body parsing and validation, dependency
-solving, the response model) and the client side of those three round trips. At
+PostgreSQL {pg_ms:.2f} ms; `GET /healthz` on the same server {bare_ms:.2f} ms, which every
+request pays (uvicorn, the middleware, the access log). The spend runs on the event loop: the
+token's verification is cached, revocation is one Redis round trip, the debit with its ledger
+row is one statement sent with the security context in one round trip and one implicit
+transaction (`db/aio.py`), and the usage record one more Redis round trip. At
 {api_ms:.2f} + {pg_ms:.2f} ms of CPU per request, {cores} cores shared with the load generator
 cap the API near {ceiling:.0f} requests/s, while pgbench's own client and server need about
 {per_tps:.2f} ms per transaction: 50% of pgbench would leave the whole API path (HTTP, auth,
 Redis, framework) about {budget:.2f} ms of CPU per request, less than `/healthz` alone costs.
+
+The floor row is `bench/spend_floor.py`: FastAPI served the same way under the same load,
+running the same debit through the same pool, and nothing else (no token, no revocation
+check, no usage record, no middleware, no access log). It costs the API {floor_api_ms:.2f} ms
+and PostgreSQL {floor_pg_ms:.2f} ms per request and reaches {floor_ratio:.0%} of pgbench: what
+a spend costs as a FastAPI route on psycopg before any of the product's own work, so the
+ratio no change to that work can lift the route above.
 """
     print(section)
     if not args.no_readme:
