@@ -303,6 +303,15 @@ def measured(meter: CpuMeter, run: Callable[[], WrkResult]) -> tuple[WrkResult, 
     return result, (api1 - api0) * 1000 / n, (pg1 - pg0) * 1000 / n
 
 
+def flat_out(server: subprocess.Popen[bytes], url: str, tokens: Path,
+             args: argparse.Namespace) -> tuple[WrkResult, float, float]:
+    """Spends as fast as ``args.connections`` connections go, after a warm-up, with the CPU
+    milliseconds per request of ``server`` and of PostgreSQL."""
+    wrk(url, tokens, connections=args.connections, seconds=3)
+    return measured(CpuMeter(server), lambda: wrk(
+        url, tokens, connections=args.connections, seconds=args.seconds))
+
+
 def check_ledger(database_url: str) -> tuple[int, int]:
     """(users whose balance differs from their ledger sum, negative balance_after rows)."""
     url = libpq_url(database_url)
@@ -353,15 +362,12 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     api = start_api(env, port, args.workers)
     try:
-        meter = CpuMeter(api)
-        wrk(url, tokens, connections=args.connections, seconds=3)  # warm-up
-        peak, api_ms, pg_ms = measured(meter, lambda: wrk(
-            url, tokens, connections=args.connections, seconds=args.seconds))
+        peak, api_ms, pg_ms = flat_out(api, url, tokens, args)
         print(f"API peak: {peak.rps:.0f} req/s, p50 {peak.p50_ms:.2f} ms, "
               f"p99 {peak.p99_ms:.2f} ms, errors {peak.errors}; CPU per request: "
               f"API {api_ms:.3f} ms, PostgreSQL {pg_ms:.3f} ms", flush=True)
         # The framework alone: the same server and load on a route that does nothing.
-        bare, bare_ms, _ = measured(meter, lambda: wrk(
+        bare, bare_ms, _ = measured(CpuMeter(api), lambda: wrk(
             f"{url}/healthz", tokens, connections=args.connections, seconds=args.seconds,
             script=False))
         print(f"GET /healthz: {bare.rps:.0f} req/s; API CPU per request {bare_ms:.3f} ms",
@@ -380,10 +386,7 @@ def main() -> None:
     # The floor: FastAPI and the debit alone, same server settings, load and database.
     floor_proc = start_floor(env, args.users, port, args.workers)
     try:
-        meter = CpuMeter(floor_proc)
-        wrk(url, tokens, connections=args.connections, seconds=3)  # warm-up
-        floor, floor_api_ms, floor_pg_ms = measured(meter, lambda: wrk(
-            url, tokens, connections=args.connections, seconds=args.seconds))
+        floor, floor_api_ms, floor_pg_ms = flat_out(floor_proc, url, tokens, args)
         print(f"floor (FastAPI + debit only): {floor.rps:.0f} req/s, errors {floor.errors}; "
               f"CPU per request: API {floor_api_ms:.3f} ms, PostgreSQL {floor_pg_ms:.3f} ms",
               flush=True)

@@ -26,7 +26,8 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -440,19 +441,25 @@ def _refusal(exc: BaseException) -> str:
     return reason
 
 
-def _write(session_factory: Callable[[], Session], kind: _Kind,
-           records: list[Any]) -> tuple[int, list[Any]]:
-    """The batch in one statement and one transaction: the normal case."""
+@contextmanager
+def _transaction(session_factory: Callable[[], Session]) -> Iterator[Session]:
+    """A session for one transaction: committed when the block ends, else rolled back."""
     session = session_factory()
     try:
-        written, refused = kind.write(session, records)
+        yield session
         session.commit()
     except BaseException:
         session.rollback()
         raise
     finally:
         session.close()
-    return written, refused
+
+
+def _write(session_factory: Callable[[], Session], kind: _Kind,
+           records: list[Any]) -> tuple[int, list[Any]]:
+    """The batch in one statement and one transaction: the normal case."""
+    with _transaction(session_factory) as session:
+        return kind.write(session, records)
 
 
 def _write_piecewise(
@@ -466,9 +473,8 @@ def _write_piecewise(
     written = 0
     orphans: list[Any] = []
     rejected: list[tuple[int, str]] = []
-    session = session_factory()
 
-    def attempt(lo: int, hi: int) -> None:
+    def attempt(session: Session, lo: int, hi: int) -> None:
         nonlocal written
         try:
             with session.begin_nested():
@@ -478,24 +484,18 @@ def _write_piecewise(
                 rejected.append((lo, _refusal(exc)))
                 return
             mid = (lo + hi) // 2
-            attempt(lo, mid)
-            attempt(mid, hi)
+            attempt(session, lo, mid)
+            attempt(session, mid, hi)
             return
         written += inserted
         orphans.extend(refused)
 
-    try:
+    with _transaction(session_factory) as session:
         if len(records) == 1:
-            attempt(0, 1)
+            attempt(session, 0, 1)
         else:  # the whole batch was just refused: start with its halves
-            attempt(0, len(records) // 2)
-            attempt(len(records) // 2, len(records))
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+            attempt(session, 0, len(records) // 2)
+            attempt(session, len(records) // 2, len(records))
     return written, orphans, rejected
 
 
