@@ -88,7 +88,7 @@ def current_user(
         if user is not None:
             rls.set_context(session, scope="user", user_id=user.id)
     else:
-        if is_revoked(redis_client, claims.jti):
+        if is_revoked(redis_client, claims):
             raise _revoked()
         # From here on the transaction sees and changes only this user's rows.
         rls.set_context(session, scope="user", user_id=claims.user_id)
@@ -134,7 +134,7 @@ async def own_token_claims(
     The caller still has to refuse a deactivated or deleted account.
     """
     claims = _own_claims(settings, _bearer_token(credentials))
-    if claims is not None and await is_revoked_async(request.state.aredis, claims.jti):
+    if claims is not None and await is_revoked_async(request.state.aredis, claims):
         raise _revoked()
     return claims
 

@@ -15,7 +15,8 @@ from tests.conftest_auth import login_history
 from tests.factories import auth_headers, make_user
 from tests.support import wait_for
 
-PROFILE = "/api/user-management/profile"
+API = "/api/user-management"
+PROFILE = f"{API}/profile"
 SUPABASE_SECRET = "supabase-jwt-secret-for-tests-0123456789"
 SUPABASE_ISS = "https://project.supabase.co/auth/v1"
 
@@ -49,12 +50,26 @@ def test_supabase_token_creates_the_account_on_first_sight_then_finds_it(
              message="the first sight in login_history")
 
 
-def test_supabase_token_links_an_existing_account_by_email(make_client, db):
+def test_supabase_token_links_an_existing_account_by_a_verified_email(make_client, db):
     client = make_client(external_jwt_secret=SecretStr(SUPABASE_SECRET))
     existing = make_user(db, email="sam@example.com")
-    response = _get(client, _supabase_token(str(uuid.uuid4()), email="SAM@example.com"))
+    response = _get(client, _supabase_token(str(uuid.uuid4()), email="SAM@example.com",
+                                            user_metadata={"email_verified": True}))
     assert response.status_code == 200
     assert response.json()["id"] == str(existing.id)
+
+
+def test_an_email_the_provider_does_not_vouch_for_links_to_no_existing_account(make_client, db):
+    """A Supabase project with "Confirm email" off signs tokens before the address is proven."""
+    client = make_client(external_jwt_secret=SecretStr(SUPABASE_SECRET))
+    admin = make_user(db, email="boss@example.com", role="admin")
+    for claims in ({}, {"email_verified": False}, {"user_metadata": {"email_verified": False}}):
+        token = _supabase_token(str(uuid.uuid4()), email="boss@example.com", **claims)
+        refused = client.get(f"{API}/admin/users", headers={"Authorization": f"Bearer {token}"})
+        assert refused.status_code == 409, (claims, refused.text)
+        assert refused.json()["error"]["code"] == "email_taken"
+    assert db.scalars(select(AuthIdentity)).all() == []
+    assert [u.id for u in db.scalars(select(User)).all()] == [admin.id]
 
 
 def test_bad_outside_tokens_get_401_and_create_nothing(make_client, db, logs):
@@ -138,7 +153,8 @@ def test_outside_tokens_also_work_on_the_event_loop_routes(make_client, db):
     provider's token takes their general path, with the same answers."""
     client = make_client(external_jwt_secret=SecretStr(SUPABASE_SECRET))
     user = make_user(db, email="sam@example.com", credits=5)
-    headers = {"Authorization": f"Bearer {_supabase_token(str(uuid.uuid4()))}"}
+    token = _supabase_token(str(uuid.uuid4()), user_metadata={"email_verified": True})
+    headers = {"Authorization": f"Bearer {token}"}
     spent = client.post("/api/user-management/credits/use", json={"credits": 2},
                         headers=headers)
     assert spent.status_code == 200, spent.text

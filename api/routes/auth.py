@@ -9,7 +9,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.client import AuthContextDep
-from api.deps import RedisDep, ServiceSessionDep, SettingsDep
+from api.deps import ServiceSessionDep
 from api.schemas.auth import (
     ConfirmIn,
     ConfirmOut,
@@ -84,17 +84,17 @@ def refresh_tokens(body: RefreshIn, session: ServiceSessionDep, ctx: AuthContext
 def logout(
     body: LogoutIn,
     session: ServiceSessionDep,
-    settings: SettingsDep,
-    redis: RedisDep,
+    ctx: AuthContextDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_optional_bearer)],
 ) -> Response:
-    """Sign out: revoke the refresh token's session and the presented access token."""
+    """Sign out: revoke the refresh token's session (all its access tokens with it) and the
+    presented access token."""
     if body.refresh_token:
-        refresh.revoke(session, body.refresh_token)
+        refresh.revoke(session, ctx, body.refresh_token)
     if credentials is not None:
         try:
             tokens.revoke_access_token(
-                redis, tokens.decode_access_token(settings, credentials.credentials)
+                ctx.redis, tokens.decode_access_token(ctx.settings, credentials.credentials)
             )
         except Unauthorized:
             pass  # an expired or foreign token needs no revoking

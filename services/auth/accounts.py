@@ -80,9 +80,18 @@ def _promote_if_listed(settings: Settings, user: User) -> None:
         user.role = "admin"
 
 
-def mark_email_confirmed(settings: Settings, user: User) -> None:
-    """Record that the user proved they own their email (and apply ADMIN_EMAILS)."""
+def mark_email_confirmed(settings: Settings, user: User, *, keeps_password: bool = False) -> None:
+    """Record that the user proved they own their email (and apply ADMIN_EMAILS).
+
+    A password set before anyone proved the address was chosen by whoever signed up with it,
+    not necessarily by the person proving it now (a magic link, Google, an outside provider):
+    it is dropped, so a stranger who registered the address first cannot sign in to the
+    owner's account with it. Only the sign-up's own confirmation link (``keeps_password``)
+    proves that the one who chose the password reads the mailbox.
+    """
     if user.email_confirmed_at is None:
+        if not keeps_password:
+            user.password_hash = None
         user.email_confirmed_at = utc_now()
     _promote_if_listed(settings, user)
 
@@ -132,7 +141,7 @@ def confirm(session: Session, ctx: AuthContext, *, token: str) -> User:
     elif user.email != row.email:
         raise InvalidInput("the link is for an address this account no longer has",
                            code="invalid_token")
-    mark_email_confirmed(ctx.settings, user)
+    mark_email_confirmed(ctx.settings, user, keeps_password=True)
     flush_unique(session, "email")
     return user
 

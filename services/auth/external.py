@@ -74,6 +74,14 @@ def verify(settings: Settings, token: str) -> dict[str, Any]:
         raise invalid from None
 
 
+def _email_verified(claims: dict[str, Any]) -> bool:
+    """The OIDC ``email_verified`` claim, or Supabase's copy of it in ``user_metadata``."""
+    if claims.get("email_verified") is True:
+        return True
+    meta = claims.get("user_metadata")
+    return isinstance(meta, dict) and meta.get("email_verified") is True
+
+
 def authenticate(session: Session, ctx: AuthContext, token: str) -> User:
     """The account of a verified outside token, linked or created on first sight."""
     claims = verify(ctx.settings, token)
@@ -81,11 +89,12 @@ def authenticate(session: Session, ctx: AuthContext, token: str) -> User:
     provider = f"external:{str(claims.get('iss') or 'default')[:200]}"
     email = claims.get("email") if isinstance(claims.get("email"), str) else None
     try:
-        # The operator chose to trust this provider; it vouches for an address unless it
-        # says otherwise (Supabase signs tokens only for confirmed users).
+        # An address counts as proven only when the provider says so: a project that signs
+        # tokens before confirming the address (Supabase with "Confirm email" off) must not
+        # link a stranger to the account that owns it. A new account is still created.
         user, first_sight = link_identity(
             session, ctx, provider=provider, subject=subject, email=email,
-            email_verified=claims.get("email_verified") is not False,
+            email_verified=_email_verified(claims),
         )
     except DomainError as exc:
         ctx.record(method=METHOD, success=False, reason=exc.code, identifier=email)

@@ -46,6 +46,17 @@ def create(
     return raw
 
 
+def void(session: Session, *, user_id: uuid.UUID, purpose: str) -> None:
+    """Spend the user's unused tokens for ``purpose``: a newer one replaces them."""
+    session.execute(
+        update(OneTimeToken)
+        .where(OneTimeToken.user_id == user_id, OneTimeToken.purpose == purpose,
+               OneTimeToken.used_at.is_(None))
+        .values(used_at=utc_now())
+        .execution_options(synchronize_session=False)
+    )
+
+
 def consume(session: Session, raw: str, *, purposes: tuple[str, ...]) -> OneTimeToken:
     """Mark the token used and return it; ``InvalidInput`` when unknown, used or expired."""
     if not raw or len(raw) > MAX_TOKEN_LENGTH:

@@ -114,7 +114,13 @@ def verify(session: Session, ctx: AuthContext, *, phone: str, code: str) -> Toke
     ).first()
     if used is None:
         raise refuse(wrong, "code_used")
-    user = session.scalar(select(User).where(User.phone == phone))
+    user = session.scalar(select(User).where(User.phone == phone).with_for_update())
+    if user is not None and user.phone_confirmed_at is None:
+        # Typed into a profile, never proven there: the number belongs to whoever just
+        # proved it, who must not land in that account. It leaves the account that claimed it.
+        user.phone = None
+        session.flush()
+        user = None
     if user is None:
         user = User(phone=phone)
         session.add(user)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from db import rls
 from db.base import utc_now
 from db.models import OneTimeToken, User
-from services.auth import fields
+from services.auth import fields, onetime
 from services.auth.accounts import by_email, flush_unique, mail_token, normalize_email
 from services.auth.context import AuthContext
 from services.auth.otp import normalize_phone
@@ -87,5 +87,8 @@ def update(session: Session, ctx: AuthContext, user: User, changes: dict[str, An
         taken = by_email(session, new_email) is not None
     if taken:
         raise Conflict("this email is already in use", code="email_taken")
+    # Only the newest request stands: a link to an address the user has since corrected
+    # must not move the account there.
+    onetime.void(session, user_id=user.id, purpose="email_change")
     mail_token(session, ctx, user=user, purpose="email_change", email=new_email)
     return True

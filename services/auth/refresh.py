@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from db.base import utc_now
 from db.models import RefreshToken, User
 from services.auth.context import AuthContext, separate_transaction
-from services.auth.tokens import create_access_token
+from services.auth.tokens import create_access_token, revoke_session
 from services.errors import Unauthorized
 from settings import Settings
 
@@ -57,7 +57,8 @@ def _new_refresh(
 
 def _pair(session: Session, settings: Settings, user: User, family_id: uuid.UUID) -> TokenPair:
     return TokenPair(
-        access_token=create_access_token(settings, user_id=user.id, role=user.role),
+        access_token=create_access_token(settings, user_id=user.id, role=user.role,
+                                         session_id=family_id),
         refresh_token=_new_refresh(session, settings, user_id=user.id, family_id=family_id),
         expires_in=settings.access_token_ttl_s,
     )
@@ -75,7 +76,7 @@ def _find(session: Session, raw: str) -> RefreshToken | None:
     return session.scalar(select(RefreshToken).where(RefreshToken.token_hash == _hash(raw)))
 
 
-def _revoke_family_now(session: Session, family_id: uuid.UUID) -> None:
+def _revoke_family_now(session: Session, ctx: AuthContext, family_id: uuid.UUID) -> None:
     # Committed on its own: the request answers 401 and its own transaction rolls back.
     # End ours first: a conditional UPDATE that lost the race to a concurrent rotation
     # still holds the lock of the row it re-checked, and the revoking transaction would
@@ -88,6 +89,8 @@ def _revoke_family_now(session: Session, family_id: uuid.UUID) -> None:
             .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
             .values(revoked_at=utc_now())
         )
+    # The access tokens the thief already holds stop too, not only the refresh tokens.
+    revoke_session(ctx.redis, ctx.settings, family_id)
 
 
 def rotate(session: Session, ctx: AuthContext, raw: str) -> TokenPair:
@@ -104,7 +107,7 @@ def rotate(session: Session, ctx: AuthContext, raw: str) -> TokenPair:
     if row.revoked_at is not None:
         raise refuse("refresh token has been revoked", "refresh_token_revoked", row.user_id)
     if row.used_at is not None:
-        _revoke_family_now(session, family_id)
+        _revoke_family_now(session, ctx, family_id)
         raise refuse(
             "refresh token was already used; every session of this sign-in is revoked",
             "refresh_token_reused",
@@ -114,18 +117,26 @@ def rotate(session: Session, ctx: AuthContext, raw: str) -> TokenPair:
     if row.expires_at <= now:
         raise refuse("refresh token has expired", "refresh_token_expired", row.user_id)
     # Conditional: of two concurrent rotations, the loser sees reuse and revokes the family.
+    # And never from a family that is revoked in part: a sign-out that raced the rotation
+    # which made this token revoked its predecessor but could not see this one yet.
+    revoked_sibling = (
+        select(RefreshToken.id)
+        .where(RefreshToken.family_id == row.family_id, RefreshToken.revoked_at.is_not(None))
+        .exists()
+    )
     won = session.execute(
         update(RefreshToken)
         .where(
             RefreshToken.id == row.id,
             RefreshToken.used_at.is_(None),
             RefreshToken.revoked_at.is_(None),
+            ~revoked_sibling,
         )
         .values(used_at=now)
         .returning(RefreshToken.id)
     ).first()
     if won is None:
-        _revoke_family_now(session, family_id)
+        _revoke_family_now(session, ctx, family_id)
         raise refuse("refresh token was already used", "refresh_token_reused", user_id)
     user = session.get(User, row.user_id)
     if user is None or not user.is_active:
@@ -134,8 +145,8 @@ def rotate(session: Session, ctx: AuthContext, raw: str) -> TokenPair:
     return _pair(session, ctx.settings, user, row.family_id)
 
 
-def revoke(session: Session, raw: str) -> bool:
-    """Sign out: revoke the family of ``raw``; False if the token is unknown."""
+def revoke(session: Session, ctx: AuthContext, raw: str) -> bool:
+    """Sign out: revoke the family of ``raw`` and its access tokens; False if it is unknown."""
     row = _find(session, raw)
     if row is None:
         return False
@@ -144,6 +155,7 @@ def revoke(session: Session, raw: str) -> bool:
         .where(RefreshToken.family_id == row.family_id, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=utc_now())
     )
+    revoke_session(ctx.redis, ctx.settings, row.family_id)
     return True
 
 

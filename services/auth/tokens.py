@@ -25,12 +25,19 @@ class AccessClaims:
     role: str
     jti: str
     expires_at: datetime | None = None
+    session_id: str | None = None  # the sign-in (refresh token family) that issued it
 
 
-def create_access_token(settings: Settings, *, user_id: uuid.UUID, role: str) -> str:
-    """A signed access token for ``user_id`` that expires after ``ACCESS_TOKEN_TTL_S``."""
+def create_access_token(
+    settings: Settings, *, user_id: uuid.UUID, role: str, session_id: uuid.UUID | None = None
+) -> str:
+    """A signed access token for ``user_id`` that expires after ``ACCESS_TOKEN_TTL_S``.
+
+    ``session_id`` (claim ``sid``) names the sign-in it belongs to, so that signing out, or
+    a stolen refresh token's reuse, stops every access token that sign-in issued.
+    """
     now = utc_now()
-    claims = {
+    claims: dict[str, object] = {
         "sub": str(user_id),
         "role": role,
         "iat": now,
@@ -41,6 +48,8 @@ def create_access_token(settings: Settings, *, user_id: uuid.UUID, role: str) ->
         "aud": settings.jwt_audience,
         "typ": "access",
     }
+    if session_id is not None:
+        claims["sid"] = str(session_id)
     return jwt.encode(claims, settings.jwt_signing_key(), algorithm=ALGORITHM)
 
 
@@ -83,6 +92,7 @@ def _verify(settings: Settings, token: str) -> AccessClaims:
             role=claims["role"],
             jti=claims["jti"],
             expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+            session_id=str(claims["sid"]) if "sid" in claims else None,
         )
     except jwt.ExpiredSignatureError:
         raise Unauthorized("access token has expired", code="token_expired") from None
@@ -91,6 +101,7 @@ def _verify(settings: Settings, token: str) -> AccessClaims:
 
 
 _REVOKED_PREFIX = "billing:revoked-jti:"
+_REVOKED_SESSION_PREFIX = "billing:revoked-sid:"
 
 
 def revoke_access_token(client: redis.Redis, claims: AccessClaims) -> None:
@@ -103,11 +114,27 @@ def revoke_access_token(client: redis.Redis, claims: AccessClaims) -> None:
         client.set(_REVOKED_PREFIX + claims.jti, b"1", ex=remaining)
 
 
-def is_revoked(client: redis.Redis, jti: str) -> bool:
-    """True if the access token with ``jti`` was signed out."""
-    return bool(client.exists(_REVOKED_PREFIX + jti))
+def revoke_session(client: redis.Redis, settings: Settings, session_id: uuid.UUID) -> None:
+    """Make every access token of one sign-in stop working (sign-out, refresh token reuse).
+
+    Kept as long as the newest of them can live: no token of that sign-in outlives it.
+    """
+    client.set(_REVOKED_SESSION_PREFIX + str(session_id), b"1",
+               ex=settings.access_token_ttl_s + 1)
 
 
-async def is_revoked_async(client: redis.asyncio.Redis, jti: str) -> bool:
-    """``is_revoked`` from the event loop."""
-    return bool(await client.exists(_REVOKED_PREFIX + jti))
+def _revocation_keys(claims: AccessClaims) -> list[str]:
+    keys = [_REVOKED_PREFIX + claims.jti]
+    if claims.session_id is not None:
+        keys.append(_REVOKED_SESSION_PREFIX + claims.session_id)
+    return keys
+
+
+def is_revoked(client: redis.Redis, claims: AccessClaims) -> bool:
+    """True if this access token, or the sign-in that issued it, was signed out."""
+    return bool(client.exists(*_revocation_keys(claims)))
+
+
+async def is_revoked_async(client: redis.asyncio.Redis, claims: AccessClaims) -> bool:
+    """``is_revoked`` from the event loop (one round trip, as there)."""
+    return bool(await client.exists(*_revocation_keys(claims)))
