@@ -387,11 +387,15 @@ def grant_invoice(session: Session, invoice: StripeObject) -> ledger.Entry | Non
     row = session.scalar(
         select(Subscription).where(Subscription.stripe_subscription_id == stripe_sub)
     )
+    # The plan is the one the invoice's lines bill, whatever the subscription is on by the
+    # time this event is processed (an upgrade's event may come first).
+    billed = _plan_of(session, invoice, use_metadata=False)
     if row is not None:
-        user_id, plan = row.user_id, session.get(Plan, row.plan_id)
+        user_id, plan = row.user_id, billed or session.get(Plan, row.plan_id)
     else:
         # The invoice can arrive before the subscription's own event.
-        user_id, plan = _owner(session, invoice, not_ours=NotReady), _plan_of(session, invoice)
+        user_id = _owner(session, invoice, not_ours=NotReady)
+        plan = billed or _plan_of(session, invoice)
     if plan is None:
         raise NotReady(f"plan of subscription {stripe_sub} not known yet")
     amount_paid = as_int(invoice.get("amount_paid")) or 0
@@ -447,8 +451,17 @@ def _is_newer(row: Subscription, *, event_created: int, status: str) -> bool:
         return True
     if event_created < stored:
         return False
-    # Same second: a terminal state wins, else the later delivery.
-    return status in TERMINAL or row.status not in TERMINAL
+    # Same second (Stripe stamps a subscription's creation, ``incomplete``, and its first
+    # payment's ``active`` alike): never back to an earlier stage of the lifecycle; within
+    # one stage, the later delivery.
+    return _stage(status) >= _stage(row.status)
+
+
+def _stage(status: str) -> int:
+    """Where a status lies in a subscription's life: starting, live, or ended."""
+    if status in TERMINAL:
+        return 2
+    return 0 if status == "incomplete" else 1
 
 
 def _locked(session: Session, stripe_id: str) -> Subscription | None:

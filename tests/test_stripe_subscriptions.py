@@ -324,3 +324,54 @@ def test_plans_are_managed_by_admins_and_listed_publicly(client, db):
     )
     assert bad.status_code == 422
     assert db.scalar(select(Plan.slug).where(Plan.slug == "x1")) is None
+
+
+def test_same_second_creation_processed_after_activation_does_not_go_back(
+    client, db, celery_worker
+):
+    """Stripe stamps created (incomplete) and the first payment's updated (active) alike."""
+    user, plan = _subscriber(db)
+    sub_id, stamp = se.new_id("sub"), int(time.time())
+    meta = {"user_id": str(user.id), "plan_id": str(plan.id)}
+
+    def state(kind: str, status: str) -> dict:
+        obj = se.subscription(sub_id, customer=user.stripe_customer_id,
+                              stripe_plan_id=plan.stripe_plan_id, status=status, metadata=meta)
+        return se.event(f"customer.subscription.{kind}", obj, created=stamp)
+
+    _send(client, db, state("updated", "active"))
+    _send(client, db, state("created", "incomplete"))
+
+    assert _sub(db, sub_id).status == "active"
+    assert _user(db, user).subscription_status == "active"
+    again = client.post(f"{API}/subscription", json={"plan_id": plan.slug},
+                        headers=auth_headers(user))
+    assert again.status_code == 409 and again.json()["error"]["code"] == "subscription_exists"
+
+
+@pytest.mark.parametrize("upgrade_first", [False, True], ids=["invoice first", "upgrade first"])
+def test_an_invoice_grants_the_plan_its_lines_bill_in_any_order(
+    client, db, celery_worker, upgrade_first
+):
+    user, basic = _subscriber(db)
+    pro = make_plan(db, monthly_credits=1000, price_cents=5000)
+    sub_id, stamp = se.new_id("sub"), int(time.time())
+    meta = {"user_id": str(user.id), "plan_id": str(basic.id)}
+
+    def on(plan, kind: str, created: int) -> dict:
+        obj = se.subscription(sub_id, customer=user.stripe_customer_id,
+                              stripe_plan_id=plan.stripe_plan_id, status="active", metadata=meta)
+        return se.event(f"customer.subscription.{kind}", obj, created=created)
+
+    invoice_id = se.new_id("in")
+    basic_invoice = se.event("invoice.paid", se.invoice(
+        invoice_id, sub_id=sub_id, customer=user.stripe_customer_id,
+        stripe_plan_id=basic.stripe_plan_id, amount_paid=2000), created=stamp + 1)
+    order = [on(basic, "created", stamp), on(pro, "updated", stamp + 20), basic_invoice]
+    if not upgrade_first:
+        order = [basic_invoice, *order[:2]]
+    for evt in order:
+        _send(client, db, evt)
+
+    assert _grants(db, user) == [("subscription_grant", 300, f"invoice:{invoice_id}")]
+    assert _sub(db, sub_id).plan_id == pro.id
