@@ -227,6 +227,7 @@ def start(
     with _stripe_errors(payment_method=payment_method):
         customer_id = _ensure_customer(session, client, user, payment_method)
         if payment_method is None:
+            _expire_open_checkouts(client, customer_id)
             checkout = client.v1.checkout.sessions.create(
                 params={
                     "mode": "subscription",
@@ -310,6 +311,27 @@ def _ensure_customer(
     )
     session.expire(user, ["stripe_customer_id"])
     return customer.id
+
+
+def _expire_open_checkouts(client: stripe.StripeClient, customer_id: str) -> None:
+    """Expire the customer's subscription Checkout Sessions still open, before a new one.
+
+    Two starts (a double click, two tabs) must not leave two payable checkouts, each of which
+    would start a subscription; the starts are serialised by the user's row lock, so the later
+    one finds the earlier session here. One completed meanwhile cannot be expired: the user
+    has just subscribed.
+    """
+    listed = client.v1.checkout.sessions.list(
+        params={"customer": customer_id, "status": "open", "limit": 100}
+    )
+    for open_session in listed.data:
+        if open_session.mode != "subscription":
+            continue  # a credit purchase in progress is not a subscription
+        try:
+            client.v1.checkout.sessions.expire(open_session.id)
+        except stripe.InvalidRequestError:
+            raise Conflict("a subscription checkout was just completed",
+                           code="subscription_exists") from None
 
 
 @contextmanager

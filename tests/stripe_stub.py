@@ -64,7 +64,13 @@ class StripeStub:
         self._lock = threading.Lock()
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = [
             ("POST", re.compile(r"^/v1/checkout/sessions$"), self.create_session),
+            ("GET", re.compile(r"^/v1/checkout/sessions$"), self.list_sessions),
             ("GET", re.compile(r"^/v1/checkout/sessions/(?P<id>[^/]+)$"), self.get_session),
+            (
+                "POST",
+                re.compile(r"^/v1/checkout/sessions/(?P<id>[^/]+)/expire$"),
+                self.expire_session,
+            ),
             (
                 "GET",
                 re.compile(r"^/_stub/checkout/sessions/(?P<id>[^/]+)/params$"),
@@ -121,6 +127,30 @@ class StripeStub:
             return _error(404, f"No such checkout.session: '{match['id']}'")
         return 200, session
 
+    def list_sessions(self, match, params, headers) -> tuple[int, dict[str, Any]]:
+        """Newest first, filtered by ``customer`` and ``status`` as Stripe does."""
+        with self._lock:
+            found = [
+                s for s in self.sessions.values()
+                if params.get("customer") in (None, s["customer"])
+                and params.get("status") in (None, s["status"])
+            ]
+        found.sort(key=lambda s: s["created"], reverse=True)
+        limit = int(params.get("limit", 10))
+        return 200, {"object": "list", "url": "/v1/checkout/sessions",
+                     "has_more": len(found) > limit, "data": found[:limit]}
+
+    def expire_session(self, match, params, headers) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            session = self.sessions.get(match["id"])
+            if session is None:
+                return _error(404, f"No such checkout.session: '{match['id']}'")
+            if session["status"] != "open":
+                return _error(400, f"Only Checkout Sessions with a status of open can be "
+                                   f"expired; this one is {session['status']}.")
+            session["status"] = "expired"
+        return 200, session
+
     def get_session_params(self, match, params, headers) -> tuple[int, dict[str, Any]]:
         found = self.session_params.get(match["id"])
         return (200, found) if found is not None else _error(404, "unknown session")
@@ -170,8 +200,10 @@ class StripeStub:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                path = urlsplit(self.path).path
-                answer = stub.handle(self.command, path, body, headers)
+                target = urlsplit(self.path)
+                # A GET's parameters are in its query string, a POST's in its form body.
+                answer = stub.handle(self.command, target.path, body or target.query.encode(),
+                                     headers)
                 if answer is not None:
                     status, payload = answer
                     data = json.dumps(payload).encode()

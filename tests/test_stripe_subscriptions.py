@@ -150,6 +150,34 @@ def test_subscribing_without_a_saved_card_starts_a_checkout_session(client, db, 
     assert db.scalar(select(Subscription.id)) is None  # the events will create it
 
 
+def test_a_second_subscription_checkout_expires_the_first(client, db, stripe_stub):
+    """A double click or a second tab: only the newest checkout can still be paid."""
+    plan, other = make_plan(db), make_plan(db)
+    user = make_user(db)
+    headers = auth_headers(user)
+    purchase = client.post(f"{API}/credits/purchase", json={"package_id": "starter",
+                                                            "flow": "checkout"}, headers=headers)
+    assert purchase.status_code == 201, purchase.text
+
+    first = client.post(f"{API}/subscription", json={"plan_id": plan.slug}, headers=headers)
+    second = client.post(f"{API}/subscription", json={"plan_id": other.slug}, headers=headers)
+
+    assert (first.status_code, second.status_code) == (201, 201), second.text
+    sessions = stripe_stub.sessions
+    assert sessions[first.json()["session_id"]]["status"] == "expired"
+    assert sessions[second.json()["session_id"]]["status"] == "open"
+    assert sessions[purchase.json()["session_id"]]["status"] == "open"  # not a subscription
+
+    # Paid between Stripe's list (which still says open) and the expiry: the user has just
+    # subscribed, and the next start is refused.
+    paid = second.json()["session_id"]
+    sessions["listed-before-payment"] = dict(sessions[paid])  # the list's copy: open
+    sessions[paid]["status"] = "complete"
+    third = client.post(f"{API}/subscription", json={"plan_id": plan.slug}, headers=headers)
+    assert third.status_code == 409, third.text
+    assert third.json()["error"]["code"] == "subscription_exists"
+
+
 def test_bad_subscription_requests_change_nothing(client, db):
     plan = make_plan(db, slug="retired")
     live = make_plan(db)
