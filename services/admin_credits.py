@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from db.models import AdminActivityLog, User
-from services import ledger
+from db.models import User
+from services import audit, ledger
 from services.errors import Conflict, InsufficientCredits, InvalidInput, NotFound
 
 ACTION = "credits.adjust"
@@ -67,7 +67,8 @@ def adjust(
     assert entry is not None  # no dedupe key, so never skipped
     # The ledger update is atomic, so the balance just before it is exactly this.
     before = entry.balance_after - amount
-    audit = AdminActivityLog(
+    trail = audit.record(
+        session,
         admin_id=admin_id,
         target_user_id=user_id,
         action=ACTION,
@@ -76,7 +77,6 @@ def adjust(
         reason=reason,
         request_id=request_id,
     )
-    session.add(audit)
     session.flush()
     return Adjustment(
         user_id=user_id,
@@ -84,5 +84,5 @@ def adjust(
         balance_before=before,
         balance_after=entry.balance_after,
         transaction_id=entry.id,
-        audit_id=audit.id,
+        audit_id=trail.id,
     )

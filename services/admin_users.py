@@ -20,6 +20,7 @@ from db.models import (
     Subscription,
     User,
 )
+from services import audit
 from services.errors import Conflict, InvalidInput, NotFound
 from services.pagination import Page, newest_first, paginate
 
@@ -119,12 +120,12 @@ def set_active(
             .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
             .values(revoked_at=utc_now())
         )
-    session.add(AdminActivityLog(
-        admin_id=admin_id, target_user_id=user_id,
+    audit.record(
+        session, admin_id=admin_id, target_user_id=user_id,
         action="user.activate" if active else "user.deactivate",
         before={"is_active": not active}, after={"is_active": active},
         reason=reason, request_id=request_id,
-    ))
+    )
     session.flush()
     return user, True
 

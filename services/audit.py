@@ -18,10 +18,13 @@ def record(
     before: dict[str, Any] | None,
     after: dict[str, Any],
     request_id: str | None,
-) -> None:
-    """Add the audit row of ``action`` to the session's transaction."""
-    session.add(
-        AdminActivityLog(
-            admin_id=admin_id, action=action, before=before, after=after, request_id=request_id
-        )
+    target_user_id: uuid.UUID | None = None,
+    reason: str | None = None,
+) -> AdminActivityLog:
+    """Add the audit row of ``action`` to the session's transaction; the row (id on flush)."""
+    row = AdminActivityLog(
+        admin_id=admin_id, target_user_id=target_user_id, action=action, before=before,
+        after=after, reason=reason, request_id=request_id,
     )
+    session.add(row)
+    return row

@@ -410,14 +410,13 @@ def grant_invoice(session: Session, invoice: StripeObject) -> ledger.Entry | Non
         select(Subscription).where(Subscription.stripe_subscription_id == stripe_sub)
     )
     # The plan is the one the invoice's lines bill, whatever the subscription is on by the
-    # time this event is processed (an upgrade's event may come first).
-    billed = _plan_of(session, invoice, use_metadata=False)
+    # time this event is processed (an upgrade's event may come first); failing that, the
+    # subscription's, or, before its own event arrived, our metadata.
+    billed = _plan_of(session, invoice, use_metadata=row is None)
     if row is not None:
         user_id, plan = row.user_id, billed or session.get(Plan, row.plan_id)
     else:
-        # The invoice can arrive before the subscription's own event.
-        user_id = _owner(session, invoice, not_ours=NotReady)
-        plan = billed or _plan_of(session, invoice)
+        user_id, plan = _owner(session, invoice, not_ours=NotReady), billed
     if plan is None:
         raise NotReady(f"plan of subscription {stripe_sub} not known yet")
     amount_paid = as_int(invoice.get("amount_paid")) or 0
@@ -558,14 +557,17 @@ def _owner(session: Session, obj: StripeObject, *, not_ours: type[Exception] = S
     if user_id is not None and session.get(User, user_id) is not None:
         return user_id
     customer = ref(obj.get("customer"))
-    found = (
-        session.scalar(select(User.id).where(User.stripe_customer_id == customer))
-        if customer
-        else None
-    )
+    found = user_of_customer(session, customer)
     if found is None:
         raise not_ours(f"customer {customer!r} is no user of ours")
     return found
+
+
+def user_of_customer(session: Session, customer: str | None) -> uuid.UUID | None:
+    """Our user whose Stripe customer ``customer`` is; None for a stranger's (or none)."""
+    if not customer:
+        return None
+    return session.scalar(select(User.id).where(User.stripe_customer_id == customer))
 
 
 def _plan_of(session: Session, obj: StripeObject, *, use_metadata: bool = True) -> Plan | None:

@@ -24,8 +24,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from db.base import utc_now
-from db.models import AdminActivityLog, StripeEvent
-from services import outbox
+from db.models import StripeEvent
+from services import audit, outbox
 from services.errors import Conflict, InvalidInput, NotFound
 from services.stripe_events.context import Event
 from services.stripe_events.handlers import HANDLERS
@@ -161,14 +161,13 @@ def retry(
     before = {"status": row.status, "attempts": row.attempts, "last_error": row.last_error}
     row.status = "pending"
     row.attempts = 0
-    session.add(
-        AdminActivityLog(
-            admin_id=admin_id,
-            action="stripe_event.retry",
-            before={"event_id": row.id, **before},
-            after={"event_id": row.id, "status": "pending"},
-            request_id=request_id,
-        )
+    audit.record(
+        session,
+        admin_id=admin_id,
+        action="stripe_event.retry",
+        before={"event_id": row.id, **before},
+        after={"event_id": row.id, "status": "pending"},
+        request_id=request_id,
     )
     session.flush()
     outbox.enqueue(session, PROCESS_TASK, row.id)

@@ -7,11 +7,9 @@ Any order and any number of deliveries end in the same state.
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import User
-from services import settlement, stripe_gateway
+from services import settlement, stripe_gateway, subscriptions
 from services.stripe_events.context import Event, Handler
 from services.stripe_objects import NotReady, Skip, StripeObject, as_int, as_uuid, metadata, ref
 
@@ -24,8 +22,7 @@ def _apply(session: Session, charge: StripeObject) -> None:
         charge_id=ref(charge.get("id")),
     )
     if payment is None:
-        customer = ref(charge.get("customer"))
-        if customer and session.scalar(select(User.id).where(User.stripe_customer_id == customer)):
+        if subscriptions.user_of_customer(session, ref(charge.get("customer"))) is not None:
             # Ours, but its payment is not recorded yet: a subscription invoice's payment is
             # written by its ``invoice.paid``, which may come after this refund.
             raise NotReady(f"charge {ref(charge.get('id'))} of our customer has no payment yet")
