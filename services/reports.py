@@ -125,22 +125,28 @@ def get(session: Session, report_id: int) -> DailyReport:
     return report
 
 
-class _SafeWriter:
+# OWASP's list of what a spreadsheet may take for the start of a formula: a tab or carriage
+# return first is skipped by some programs, which then read the '=' behind it.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+class SafeWriter:
     """A CSV writer that keeps spreadsheet programs from running cell text as a formula."""
 
     def __init__(self, out: io.StringIO) -> None:
         self._writer = csv.writer(out)
 
     def writerow(self, row: list[Any]) -> None:
+        """Write ``row``, a text cell that could start a formula quoted with a leading '."""
         self._writer.writerow(
-            ["'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") else v for v in row]
+            ["'" + v if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v for v in row]
         )
 
 
 def to_csv(report: DailyReport) -> str:
     """The report flattened to ``section,key,value`` lines."""
     out = io.StringIO()
-    writer = _SafeWriter(out)
+    writer = SafeWriter(out)
     writer.writerow(["section", "key", "value"])
     data = report.data
     writer.writerow(["day", "day", data["day"]])

@@ -204,3 +204,25 @@ def test_report_task_fired_twice_by_beat_produces_one_report(db, settings, celer
     assert _reports(db) == 1
     report = db.scalars(select(DailyReport)).one()
     assert report.day == utc_now().date() - timedelta(days=1)
+
+
+def test_csv_cells_that_could_start_a_formula_are_quoted_tab_and_cr_included():
+    """OWASP's list: = + - @, and a tab or carriage return that a spreadsheet skips first."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    cells = ["=1+2", "+1", "-1", "@SUM(A1)", "\t=1+2", "\r=1+2", "/v1/ok", -5]
+    reports.SafeWriter(out).writerow(cells)
+
+    written = next(csv.reader(io.StringIO(out.getvalue(), newline="")))
+    assert written == ["'=1+2", "'+1", "'-1", "'@SUM(A1)", "'\t=1+2", "'\r=1+2", "/v1/ok", "-5"]
+
+
+def test_an_endpoint_named_like_a_tab_formula_is_quoted_in_the_daily_report(db):
+    user = make_user(db)
+    usage(db, user, "2026-11-22T10:00:00", "\t=1+2", 1)
+    report, _ = reports.produce(db, at("2026-11-22T00:00:00").date())
+    db.commit()
+
+    assert "'\t=1+2.calls" in reports.to_csv(report)
