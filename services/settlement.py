@@ -22,7 +22,7 @@ from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.base import utc_now
-from db.models import CreditTransaction, Payment
+from db.models import CreditTransaction, Payment, User
 from services import ledger
 from services.ledger import Entry
 from services.stripe_objects import NotReady, Rejected, Skip
@@ -122,14 +122,30 @@ def link(
 ) -> None:
     """Remember Stripe ids we learn from events (never overwriting one already known).
 
-    Written with the payment by the settlement call that follows.
+    An event whose Checkout Session or PaymentIntent is not the one the payment already
+    has is about another payment (metadata naming someone else's): ``Rejected``. Charges
+    may differ (a declined attempt's, then the successful one's). Written with the payment
+    by the settlement call that follows.
     """
+    for known, told in ((payment.stripe_checkout_session_id, checkout_session_id),
+                        (payment.stripe_payment_intent_id, payment_intent_id)):
+        if known is not None and told is not None and known != told:
+            raise Rejected(f"payment {payment.id} is linked to {known}, the event names {told}")
     if checkout_session_id and payment.stripe_checkout_session_id is None:
         _set(payment, stripe_checkout_session_id=checkout_session_id)
     if payment_intent_id and payment.stripe_payment_intent_id is None:
         _set(payment, stripe_payment_intent_id=payment_intent_id)
     if charge_id and payment.stripe_charge_id is None:
         _set(payment, stripe_charge_id=charge_id)
+
+
+def check_customer(session: Session, payment: LockedPayment, *, customer: str | None) -> None:
+    """``Rejected`` when the event's Stripe customer is not the payment's user's."""
+    if customer is None:
+        return
+    own = session.scalar(select(User.stripe_customer_id).where(User.id == payment.user_id))
+    if own is not None and own != customer:
+        raise Rejected(f"payment {payment.id} belongs to {own}, the event to {customer}")
 
 
 def _save(session: Session, payment: LockedPayment) -> None:
@@ -159,11 +175,13 @@ def settle(
     """
     if payment.flow == "subscription":
         raise Skip("subscription payments are granted by their invoice events")
-    if amount_cents is not None and amount_cents < payment.amount_cents:
+    if amount_cents is None or currency is None:
+        raise Rejected(f"payment {payment.id} succeeded without an amount or a currency")
+    if amount_cents < payment.amount_cents:
         raise Rejected(
             f"payment {payment.id} expects {payment.amount_cents} but Stripe reports {amount_cents}"
         )
-    if currency is not None and currency != payment.currency:
+    if currency != payment.currency:
         raise Rejected(
             f"payment {payment.id} expects {payment.currency} but Stripe reports {currency}"
         )

@@ -29,6 +29,7 @@ def _session_payment(session: Session, obj: StripeObject) -> LockedPayment:
     if payment is None:
         raise Skip(f"checkout session {ref(obj.get('id'))} is not one of our payments")
     _not_subscription(payment)
+    settlement.check_customer(session, payment, customer=ref(obj.get("customer")))
     settlement.link(
         payment,
         checkout_session_id=ref(obj.get("id")),
@@ -46,6 +47,7 @@ def _intent_payment(session: Session, obj: StripeObject) -> LockedPayment:
     if payment is None:
         raise Skip(f"payment intent {ref(obj.get('id'))} is not one of our payments")
     _not_subscription(payment)
+    settlement.check_customer(session, payment, customer=ref(obj.get("customer")))
     settlement.link(
         payment, payment_intent_id=ref(obj.get("id")), charge_id=ref(obj.get("latest_charge"))
     )
