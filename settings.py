@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     rate_limit_register: str = "5/minute;50/hour"
     rate_limit_otp: str = "10/minute;30/hour"
     rate_limit_magic_link: str = "5/minute;30/hour"
+    # Email and phone changes of a signed-in account (per IP, account and target address).
+    rate_limit_email_change: str = "5/minute;20/day"
+    rate_limit_phone_change: str = "5/minute;20/day"
+    # A passwordless account changes its email only within this long of signing in.
+    reauth_max_age_s: int = Field(600, ge=60, le=86_400)
+    # How long the link mailed to the old address can undo an email change.
+    email_undo_ttl_s: int = Field(7 * 86_400, ge=3600, le=30 * 86_400)
     # Read only by `billing admin create` (instead of a prompt).
     admin_password: SecretStr | None = None
 
@@ -178,7 +185,8 @@ class Settings(BaseSettings):
         return [email.lower() for email in value]
 
     @field_validator(
-        "rate_limit_login", "rate_limit_register", "rate_limit_otp", "rate_limit_magic_link"
+        "rate_limit_login", "rate_limit_register", "rate_limit_otp", "rate_limit_magic_link",
+        "rate_limit_email_change", "rate_limit_phone_change",
     )
     @classmethod
     def _rate_limit_notation(cls, value: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
@@ -90,6 +91,7 @@ def current_user(
     else:
         if is_revoked(redis_client, claims):
             raise _revoked()
+        request.state.session_id = claims.session_id  # the sign-in: see ``session_id_of``
         # From here on the transaction sees and changes only this user's rows.
         rls.set_context(session, scope="user", user_id=claims.user_id)
         user = session.get(User, claims.user_id)
@@ -97,6 +99,15 @@ def current_user(
         raise inactive_account()
     request.state.user_id = user.id  # for the usage middleware (BILLING_LOG_ALL_REQUESTS)
     return user
+
+
+def session_id_of(request: Request) -> uuid.UUID | None:
+    """The sign-in (refresh token family) of the request's own access token, if it names one."""
+    sid = getattr(request.state, "session_id", None)
+    try:
+        return uuid.UUID(sid) if sid else None
+    except ValueError:
+        return None
 
 
 def inactive_account() -> Unauthorized:

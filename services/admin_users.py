@@ -7,22 +7,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Select, or_, select, update
+import redis
+from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
-from db.base import utc_now
 from db.models import (
     AdminActivityLog,
     ApiUsageLog,
     LoginHistory,
     Payment,
-    RefreshToken,
     Subscription,
     User,
 )
 from services import audit
+from services.auth import refresh
 from services.errors import Conflict, InvalidInput, NotFound
 from services.pagination import Page, newest_first, paginate
+from settings import Settings
 
 RECENT = 20
 UserSort = Literal["newest", "oldest"]
@@ -95,13 +96,13 @@ def user_detail(session: Session, user_id: uuid.UUID) -> UserDetail:
 
 
 def set_active(
-    session: Session, *, admin_id: uuid.UUID, user_id: uuid.UUID, active: bool,
-    reason: str | None = None, request_id: str | None = None,
+    session: Session, *, redis_client: redis.Redis, settings: Settings, admin_id: uuid.UUID,
+    user_id: uuid.UUID, active: bool, reason: str | None = None, request_id: str | None = None,
 ) -> tuple[User, bool]:
     """Deactivate or reactivate a user, audited in the same transaction; (user, changed).
 
-    Deactivation also revokes the user's refresh tokens, and access tokens stop working
-    at once (the current-user check reads ``is_active``).
+    Deactivation ends every sign-in of the user (refresh tokens, and access tokens through
+    their sign-in), so a reactivation brings none of them back.
     """
     if admin_id == user_id and not active:
         raise Conflict("an admin cannot deactivate their own account",
@@ -115,11 +116,8 @@ def set_active(
         return user, False
     user.is_active = active
     if not active:
-        session.execute(
-            update(RefreshToken)
-            .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
-            .values(revoked_at=utc_now())
-        )
+        refresh.sign_out_everywhere(session, redis_client=redis_client, settings=settings,
+                                    user_id=user_id)
     audit.record(
         session, admin_id=admin_id, target_user_id=user_id,
         action="user.activate" if active else "user.deactivate",

@@ -43,6 +43,15 @@ def auth_headers(user: User) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def signed_in_headers(db: Session, user: User) -> dict[str, str]:
+    """A bearer header of a real sign-in (its refresh token family is the token's ``sid``)."""
+    from services.auth.refresh import sign_in
+
+    pair = sign_in(db, get_settings(), user)
+    db.commit()
+    return {"Authorization": f"Bearer {pair.access_token}"}
+
+
 def make_payment(
     db: Session, user: User, *, package_id: str = "starter", flow: str = "payment_intent",
     stripe_client=None, payment_method: str | None = None,

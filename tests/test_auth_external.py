@@ -38,10 +38,11 @@ def test_supabase_token_creates_the_account_on_first_sight_then_finds_it(
 ):
     client = make_client(external_jwt_secret=SecretStr(SUPABASE_SECRET))
     sub = str(uuid.uuid4())
-    first = _get(client, _supabase_token(sub))
+    vouched = {"user_metadata": {"email_verified": True}}
+    first = _get(client, _supabase_token(sub, **vouched))
     assert first.status_code == 200, first.text
     assert first.json()["email"] == "sam@example.com"
-    second = _get(client, _supabase_token(sub))
+    second = _get(client, _supabase_token(sub, **vouched))
     assert second.json()["id"] == first.json()["id"]
     identity = db.scalars(select(AuthIdentity)).one()
     assert identity.provider == f"external:{SUPABASE_ISS}" and identity.subject == sub

@@ -20,7 +20,7 @@ from services.auth import onetime, refresh
 from services.auth.context import AuthContext
 from services.auth.otp import _code_hash
 from tests.conftest_auth import google_settings
-from tests.factories import auth_headers, make_user
+from tests.factories import auth_headers, make_user, signed_in_headers
 from tests.test_auth_google import _consent, _start
 
 API = "/api/user-management"
@@ -90,10 +90,11 @@ def test_a_code_to_a_phone_typed_into_someone_elses_profile_signs_its_owner_in_a
     mallory = make_user(db, email="mallory@example.com")
     phone = "+14155550123"
     typed = client.put(PROFILE, json={"phone": phone}, headers=auth_headers(mallory))
-    assert typed.status_code == 200 and typed.json()["phone_confirmed"] is False
+    assert typed.status_code == 200 and typed.json()["pending_phone"] == phone
+    assert typed.json()["phone"] is None  # typed, not proven: never on her account
     assert client.post("/api/auth/otp", json={"phone": phone}).status_code == 202
     code = "123456"  # the SMS is not readable here: give the stored code a known value
-    row = db.scalars(select(OtpCode).where(OtpCode.phone == phone,
+    row = db.scalars(select(OtpCode).where(OtpCode.phone == phone, OtpCode.user_id.is_(None),
                                            OtpCode.used_at.is_(None))).one()
     row.code_hash = _code_hash(settings, phone, code)
     db.commit()
@@ -109,7 +110,7 @@ def test_a_code_to_a_phone_typed_into_someone_elses_profile_signs_its_owner_in_a
 
 def test_only_the_newest_email_change_link_moves_the_account(client, db):
     user = make_user(db, email="owner@example.com")
-    headers = auth_headers(user)
+    headers = signed_in_headers(db, user)
     assert client.put(PROFILE, json={"email": "typo@exmaple.com"}, headers=headers).status_code == 200
     assert client.put(PROFILE, json={"email": "right@example.com"}, headers=headers).status_code == 200
     first = db.scalars(select(OneTimeToken).where(OneTimeToken.email == "typo@exmaple.com")).one()

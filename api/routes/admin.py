@@ -12,8 +12,10 @@ from fastapi.security import HTTPAuthorizationCredentials
 from api.deps import (
     AdminUser,
     BearerDep,
+    RedisDep,
     RequestIdDep,
     SessionDep,
+    SettingsDep,
     inactive_account,
     not_admin,
     own_token_claims,
@@ -93,10 +95,12 @@ def get_user(user_id: uuid.UUID, admin: AdminUser, session: SessionDep) -> Admin
 
 
 def _set_active(session: SessionDep, admin: AdminUser, user_id: uuid.UUID,
-                body: ActivationIn | None, request_id: str, active: bool) -> ActivationOut:
+                body: ActivationIn | None, request_id: str, redis_client: RedisDep,
+                settings: SettingsDep, active: bool) -> ActivationOut:
     user, changed = admin_users.set_active(
-        session, admin_id=admin.id, user_id=user_id, active=active,
-        reason=body.reason if body else None, request_id=request_id,
+        session, redis_client=redis_client, settings=settings, admin_id=admin.id,
+        user_id=user_id, active=active, reason=body.reason if body else None,
+        request_id=request_id,
     )
     return ActivationOut(user=AdminUserOut.model_validate(user), changed=changed)
 
@@ -104,17 +108,22 @@ def _set_active(session: SessionDep, admin: AdminUser, user_id: uuid.UUID,
 @router.post("/users/{user_id}/deactivate", response_model=ActivationOut,
              summary="Deactivate a user")
 def deactivate_user(user_id: uuid.UUID, admin: AdminUser, session: SessionDep,
-                    request_id: RequestIdDep, body: ActivationIn | None = None) -> ActivationOut:
-    """Blocks sign-in and revokes sessions at once; audited; repeating it changes nothing."""
-    return _set_active(session, admin, user_id, body, request_id, active=False)
+                    request_id: RequestIdDep, redis_client: RedisDep, settings: SettingsDep,
+                    body: ActivationIn | None = None) -> ActivationOut:
+    """Blocks sign-in and ends every session at once; audited; repeating it changes nothing."""
+    return _set_active(session, admin, user_id, body, request_id, redis_client, settings,
+                       active=False)
 
 
 @router.post("/users/{user_id}/activate", response_model=ActivationOut,
              summary="Reactivate a user")
 def activate_user(user_id: uuid.UUID, admin: AdminUser, session: SessionDep,
-                  request_id: RequestIdDep, body: ActivationIn | None = None) -> ActivationOut:
-    """Lets a deactivated user sign in again; audited; repeating it changes nothing."""
-    return _set_active(session, admin, user_id, body, request_id, active=True)
+                  request_id: RequestIdDep, redis_client: RedisDep, settings: SettingsDep,
+                  body: ActivationIn | None = None) -> ActivationOut:
+    """Lets a deactivated user sign in again (the sessions it ended stay ended); audited;
+    repeating it changes nothing."""
+    return _set_active(session, admin, user_id, body, request_id, redis_client, settings,
+                       active=True)
 
 
 @router.get("/payments", response_model=AdminPaymentPageOut, summary="All payments")

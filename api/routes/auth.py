@@ -25,7 +25,7 @@ from api.schemas.auth import (
     SentOut,
     TokenOut,
 )
-from services.auth import accounts, google, magic_link, otp, refresh, tokens
+from services.auth import accounts, addresses, google, magic_link, otp, refresh, tokens
 from services.auth.refresh import TokenPair
 from services.errors import Unauthorized
 
@@ -61,7 +61,19 @@ def register(body: RegisterIn, session: ServiceSessionDep, ctx: AuthContextDep) 
 @router.post("/confirm", response_model=ConfirmOut)
 def confirm(body: ConfirmIn, session: ServiceSessionDep, ctx: AuthContextDep) -> ConfirmOut:
     """Confirm an email address (after sign-up, or a new one after an email change)."""
-    user = accounts.confirm(session, ctx, token=body.token)
+    user = addresses.confirm(session, ctx, token=body.token)
+    assert user.email is not None
+    return ConfirmOut(email=user.email)
+
+
+@router.post("/email-change/undo", response_model=ConfirmOut,
+             responses={409: {"description": "email_taken: proven by another account since"}})
+def undo_email_change(
+    body: ConfirmIn, session: ServiceSessionDep, ctx: AuthContextDep
+) -> ConfirmOut:
+    """Undo an email change from the link mailed to the old address: the old address comes
+    back, the password goes and every session ends (sign in again by magic link)."""
+    user = addresses.undo_change(session, ctx, token=body.token)
     assert user.email is not None
     return ConfirmOut(email=user.email)
 

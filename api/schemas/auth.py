@@ -84,7 +84,9 @@ class SentOut(BaseModel):
 
 
 class ProfileIn(In):
-    """Only the fields present are changed; null clears one. A new email must be confirmed."""
+    """Only the fields present are changed; null clears one. A new email must be confirmed
+    (and needs ``current_password``, or a recent sign-in without one); a new phone gets a
+    code to send to ``/profile/phone/verify``."""
 
     username: str | None = Field(None, max_length=32)
     full_name: str | None = Field(None, max_length=200)
@@ -92,6 +94,11 @@ class ProfileIn(In):
     bio: str | None = Field(None, max_length=2000)
     phone: str | None = Field(None, max_length=32)
     email: str | None = Field(None, max_length=320)
+    current_password: str | None = Field(None, min_length=1, max_length=256)
+
+
+class PhoneVerifyIn(In):
+    code: str = Field(pattern=r"^[0-9]{6}$", examples=["123456"])
 
 
 class ProfileOut(BaseModel):
@@ -101,6 +108,7 @@ class ProfileOut(BaseModel):
     pending_email: str | None
     phone: str | None
     phone_confirmed: bool
+    pending_phone: str | None
     username: str | None
     full_name: str | None
     avatar_url: str | None

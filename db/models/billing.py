@@ -74,6 +74,7 @@ class Plan(Base):
     __table_args__ = (
         CheckConstraint("slug ~ '^[a-z0-9][a-z0-9_-]{1,63}$'", name="slug_format"),
         CheckConstraint("monthly_credits > 0", name="monthly_credits_positive"),
+        CheckConstraint("trial_credits >= 0", name="trial_credits_non_negative"),
         CheckConstraint("price_cents >= 0", name="price_non_negative"),
         CheckConstraint(f"currency {CURRENCY_CHECK}", name="currency_iso"),
     )
@@ -82,6 +83,8 @@ class Plan(Base):
     slug: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(100))
     monthly_credits: Mapped[int]
+    # Granted by the $0 invoice that starts a subscription (a trial); none by default.
+    trial_credits: Mapped[int] = mapped_column(server_default="0")
     price_cents: Mapped[int]
     currency: Mapped[str] = mapped_column(String(3), server_default="USD")
     stripe_price_id: Mapped[str | None] = mapped_column(String(255), unique=True)

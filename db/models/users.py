@@ -33,7 +33,7 @@ SUBSCRIPTION_STATUSES = (
     "paused",
 )
 LOGIN_METHODS = ("password", "magic_link", "otp", "google", "external", "refresh")
-TOKEN_PURPOSES = ("email_confirmation", "magic_link", "email_change")
+TOKEN_PURPOSES = ("email_confirmation", "magic_link", "email_change", "email_change_undo")
 
 
 class User(Base):
@@ -124,7 +124,7 @@ class RefreshToken(Base):
 
 
 class OneTimeToken(Base):
-    """A hashed single-use token sent by mail (confirmation, magic link, email change)."""
+    """A hashed single-use token sent by mail (confirmation, magic link, email change, undo)."""
 
     __tablename__ = "one_time_tokens"
     __table_args__ = (CheckConstraint(in_check("purpose", TOKEN_PURPOSES), name="purpose_known"),)
@@ -136,13 +136,18 @@ class OneTimeToken(Base):
     purpose: Mapped[str] = mapped_column(String(32))
     email: Mapped[str] = mapped_column(String(320))
     token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    # An email change's: the sign-in that asked for it, which its confirmation keeps.
+    session_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = created_at()
 
 
 class OtpCode(Base):
-    """A hashed six-digit phone code with its attempt counter."""
+    """A hashed six-digit phone code with its attempt counter.
+
+    Without ``user_id`` it signs in; with one, it proves a number that account asked to add.
+    """
 
     __tablename__ = "otp_codes"
     __table_args__ = (
@@ -151,6 +156,9 @@ class OtpCode(Base):
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
     phone: Mapped[str] = mapped_column(String(16))
     code_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")

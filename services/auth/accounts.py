@@ -6,7 +6,7 @@ import uuid
 
 from email_validator import EmailNotValidError, validate_email
 from psycopg.errors import UniqueViolation
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -14,7 +14,7 @@ from db.base import utc_now
 from db.models import AuthIdentity, User
 from services.auth import fields, onetime, outgoing, passwords, ratelimit
 from services.auth.context import AuthContext
-from services.auth.refresh import TokenPair, sign_in
+from services.auth.refresh import TokenPair, sign_in, sign_out_everywhere
 from services.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, Unauthorized
 from settings import Settings
 
@@ -44,12 +44,14 @@ def link(settings: Settings, page: str, token: str) -> str:
 
 
 def mail_token(
-    session: Session, ctx: AuthContext, *, user: User, purpose: str, email: str
+    session: Session, ctx: AuthContext, *, user: User, purpose: str, email: str,
+    session_id: uuid.UUID | None = None,
 ) -> None:
     """Create a one-time token for ``purpose`` and have a worker mail its link to ``email``."""
     settings = ctx.settings
     ttl = settings.magic_link_ttl_s if purpose == "magic_link" else settings.email_token_ttl_s
-    token = onetime.create(session, purpose=purpose, email=email, ttl_s=ttl, user_id=user.id)
+    token = onetime.create(session, purpose=purpose, email=email, ttl_s=ttl, user_id=user.id,
+                           session_id=session_id)
     minutes = max(1, ttl // 60)
     subject, page, text = {
         "email_confirmation": (
@@ -74,26 +76,47 @@ def mail_token(
     )
 
 
-def _promote_if_listed(settings: Settings, user: User) -> None:
-    # Only for an address whose ownership is proven: else anyone could sign up as an admin.
-    if user.email and user.email in settings.admin_emails and user.email_confirmed_at:
+def mark_email_confirmed(
+    session: Session, ctx: AuthContext, user: User, *, keeps_password: bool = False,
+    identity: tuple[str, str] | None = None,
+) -> None:
+    """Record that the user proved they own their email; the first proof applies ADMIN_EMAILS.
+
+    Whoever set the account up before anyone proved its address (a stranger who registered
+    the owner's email while confirmation was off, or through a provider that does not vouch
+    for it) is evicted by that first proof, unless it is the sign-up's own confirmation link
+    (``keeps_password``: the one who chose the password reads the mailbox): the password goes,
+    every sign-in ends, pending email changes are void, and outside identities other than the
+    proving one (``identity``: provider, subject) are unlinked.
+    """
+    if user.email_confirmed_at is not None:
+        return
+    if not keeps_password:
+        evict(session, ctx, user, keep_identity=identity)
+    user.email_confirmed_at = utc_now()
+    # Only here, at the first proof of an address the account was set up with: an address
+    # moved in by an email change never makes its account an admin (run `billing admin
+    # promote` for that), or a phished click on a change link would.
+    if user.email and user.email in ctx.settings.admin_emails:
         user.role = "admin"
 
 
-def mark_email_confirmed(settings: Settings, user: User, *, keeps_password: bool = False) -> None:
-    """Record that the user proved they own their email (and apply ADMIN_EMAILS).
-
-    A password set before anyone proved the address was chosen by whoever signed up with it,
-    not necessarily by the person proving it now (a magic link, Google, an outside provider):
-    it is dropped, so a stranger who registered the address first cannot sign in to the
-    owner's account with it. Only the sign-up's own confirmation link (``keeps_password``)
-    proves that the one who chose the password reads the mailbox.
-    """
-    if user.email_confirmed_at is None:
-        if not keeps_password:
-            user.password_hash = None
-        user.email_confirmed_at = utc_now()
-    _promote_if_listed(settings, user)
+def evict(
+    session: Session, ctx: AuthContext, user: User, *,
+    keep_identity: tuple[str, str] | None = None, keep_session: uuid.UUID | None = None,
+) -> None:
+    """Take the account from whoever held it: no password, no sign-in (but ``keep_session``),
+    no pending email change, no outside identity (but ``keep_identity``)."""
+    user.password_hash = None
+    sign_out_everywhere(session, redis_client=ctx.redis, settings=ctx.settings, user_id=user.id,
+                        keep=keep_session)
+    onetime.void(session, user_id=user.id, purpose="email_change")
+    others = delete(AuthIdentity).where(AuthIdentity.user_id == user.id)
+    if keep_identity is not None:
+        provider, subject = keep_identity
+        others = others.where(~((AuthIdentity.provider == provider)
+                                & (AuthIdentity.subject == subject)))
+    session.execute(others.execution_options(synchronize_session=False))
 
 
 def flush_unique(session: Session, what: str) -> None:
@@ -123,26 +146,6 @@ def register(
     session.add(user)
     flush_unique(session, "email")
     mail_token(session, ctx, user=user, purpose="email_confirmation", email=email)
-    return user
-
-
-def confirm(session: Session, ctx: AuthContext, *, token: str) -> User:
-    """Apply a confirmation link: the sign-up address, or a new address of an email change."""
-    row = onetime.consume(session, token, purposes=("email_confirmation", "email_change"))
-    user = session.get(User, row.user_id, with_for_update=True) if row.user_id else None
-    if user is None:
-        raise InvalidInput("the link is invalid", code="invalid_token")
-    if row.purpose == "email_change":
-        other = by_email(session, row.email)
-        if other is not None and other.id != user.id:
-            raise Conflict("this email is already in use", code="email_taken")
-        user.email = row.email
-        user.email_confirmed_at = None
-    elif user.email != row.email:
-        raise InvalidInput("the link is for an address this account no longer has",
-                           code="invalid_token")
-    mark_email_confirmed(ctx.settings, user, keeps_password=True)
-    flush_unique(session, "email")
     return user
 
 
@@ -204,7 +207,19 @@ def link_identity(
     full_name: str | None = None,
     avatar_url: str | None = None,
 ) -> tuple[User, bool]:
-    """The account of an outside identity (by subject, verified email, or new); True if new link."""
+    """The account of an outside identity (by subject, verified email, or new); True if new link.
+
+    An address the provider does not vouch for never lands on an account: a new account
+    is made without it (the identity keeps it), so nobody can claim someone else's email
+    through a provider that does not check it.
+    """
+    normalized = None
+    if email:
+        try:
+            normalized = normalize_email(email)
+        except InvalidInput:
+            normalized = None
+    proven = normalized if email_verified else None
     identity = session.scalar(
         select(AuthIdentity).where(AuthIdentity.provider == provider,
                                    AuthIdentity.subject == subject)
@@ -212,25 +227,24 @@ def link_identity(
     if identity is not None:
         user = session.get(User, identity.user_id)
         assert user is not None
+        if user.email is None and proven and by_email(session, proven) is None:
+            # The provider now vouches for the address it would not vouch for at first.
+            user.email = proven
+            mark_email_confirmed(session, ctx, user, identity=(provider, subject))
+            flush_unique(session, "email")
         return user, False
-    normalized = None
-    if email:
-        try:
-            normalized = normalize_email(email)
-        except InvalidInput:
-            normalized = None
     user = by_email(session, normalized) if normalized else None
     if user is not None and not email_verified:
         # Linking on an unproven address would hand this account to whoever typed it.
         raise Conflict("an account with this email exists; sign in to it first",
                        code="email_taken")
     if user is None:
-        user = User(email=normalized, full_name=fields.from_provider(full_name),
+        user = User(email=proven, full_name=fields.from_provider(full_name),
                     avatar_url=fields.url_from_provider(avatar_url))
         session.add(user)
-    if email_verified and normalized and user.email == normalized:
-        mark_email_confirmed(ctx.settings, user)
-    flush_unique(session, "email")
+        flush_unique(session, "email")
+    if proven and user.email == proven:
+        mark_email_confirmed(session, ctx, user, identity=(provider, subject))
     session.add(AuthIdentity(user_id=user.id, provider=provider, subject=subject,
                              email=normalized))
     # Two first sign-ins of one identity at once: the loser's request answers 409, retry works.

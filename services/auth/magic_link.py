@@ -40,6 +40,6 @@ def verify(session: Session, ctx: AuthContext, *, token: str) -> TokenPair:
                    identifier=row.email)
         raise InvalidInput("the link is invalid", code="invalid_token")
     check_can_sign_in(ctx, user, method="magic_link", identifier=row.email)
-    mark_email_confirmed(ctx.settings, user)
+    mark_email_confirmed(session, ctx, user)
     ctx.record(method="magic_link", success=True, user_id=user.id, identifier=row.email)
     return sign_in(session, ctx.settings, user)

@@ -1,4 +1,4 @@
-"""Single-use tokens sent by mail (confirmation, magic link, email change), stored hashed."""
+"""Single-use tokens sent by mail (confirmation, magic link, email change and its undo), hashed."""
 
 from __future__ import annotations
 
@@ -30,12 +30,14 @@ def create(
     email: str,
     ttl_s: int,
     user_id: uuid.UUID | None = None,
+    session_id: uuid.UUID | None = None,
 ) -> str:
     """Store a new token for ``purpose`` and return the raw token (to be mailed, never logged)."""
     raw = secrets.token_urlsafe(32)
     session.add(
         OneTimeToken(
             user_id=user_id,
+            session_id=session_id,
             purpose=purpose,
             email=email,
             token_hash=token_hash(raw),

@@ -1,35 +1,21 @@
-"""The signed-in user's own profile: read and change it (a new email needs confirming)."""
+"""The signed-in user's own profile: read and change it (a new email or phone needs proving)."""
 
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db import rls
-from db.base import utc_now
-from db.models import OneTimeToken, User
-from services.auth import fields, onetime
-from services.auth.accounts import by_email, flush_unique, mail_token, normalize_email
+from db.models import User
+from services.auth import addresses, fields, otp
+from services.auth.accounts import flush_unique
 from services.auth.context import AuthContext
-from services.auth.otp import normalize_phone
-from services.errors import Conflict, InvalidInput
+from services.errors import InvalidInput
 
 USERNAME = re.compile(r"^[a-z0-9_][a-z0-9_.-]{2,31}$")
 EDITABLE = ("username", "full_name", "avatar_url", "bio", "phone", "email")
-
-
-def pending_email(session: Session, user: User) -> str | None:
-    """The new address of an email change waiting for confirmation, if any."""
-    return session.scalar(
-        select(OneTimeToken.email)
-        .where(OneTimeToken.user_id == user.id, OneTimeToken.purpose == "email_change",
-               OneTimeToken.used_at.is_(None), OneTimeToken.expires_at > utc_now())
-        .order_by(OneTimeToken.created_at.desc())
-        .limit(1)
-    )
 
 
 def _username(value: str) -> str:
@@ -41,17 +27,20 @@ def _username(value: str) -> str:
     return value
 
 
-def update(session: Session, ctx: AuthContext, user: User, changes: dict[str, Any]) -> bool:
-    """Apply ``changes`` (only the given fields; None clears); True if an email change is pending.
+def update(
+    session: Session, ctx: AuthContext, user: User, changes: dict[str, Any], *,
+    current_password: str | None = None, session_id: uuid.UUID | None = None,
+) -> None:
+    """Apply ``changes`` (only the given fields; None clears one).
 
-    A new email is not applied here: a confirmation link goes to the new address.
+    A new email or phone is not applied here: a link goes to the new address, a code to the
+    new number, and the answer is the same whether or not another account has it.
     """
-    unknown = set(changes) - set(EDITABLE)
-    if unknown:
-        raise InvalidInput(f"cannot change {', '.join(sorted(unknown))}", code="invalid_field")
+    if set(changes) - set(EDITABLE):
+        raise InvalidInput(f"only {', '.join(EDITABLE)} can be changed", code="invalid_field")
     values: dict[str, Any] = {}
     for field, value in changes.items():
-        if field == "email":
+        if field == "email" or (field == "phone" and value is not None):
             continue
         if value is None:
             if field == "phone" and user.phone and not user.email:
@@ -62,33 +51,18 @@ def update(session: Session, ctx: AuthContext, user: User, changes: dict[str, An
             values[field] = _username(value)
         elif field == "avatar_url":
             values[field] = fields.avatar_url(value)
-        elif field == "phone":
-            values[field] = normalize_phone(value)
         else:
             limit = fields.NAME_LIMIT if field == "full_name" else fields.TEXT_LIMIT
             values[field] = fields.text(value, field=field, limit=limit)
     for field, value in values.items():
-        if getattr(user, field) == value:
-            continue
-        setattr(user, field, value)
+        if getattr(user, field) != value:
+            setattr(user, field, value)
         if field == "phone":
-            # A number typed into a form is not proven until a code sent to it comes back.
             user.phone_confirmed_at = None
+            otp.drop_pending_change(session, user_id=user.id)
     flush_unique(session, "username")
-    new_email = changes.get("email")
-    if new_email is None:
-        return False
-    new_email = normalize_email(new_email)
-    if new_email == user.email:
-        return False
-    # Whether another account has the address is a question about other users' rows: asked
-    # in the service scope (Row Level Security), for this one lookup only.
-    with rls.scope(session, "service"):
-        taken = by_email(session, new_email) is not None
-    if taken:
-        raise Conflict("this email is already in use", code="email_taken")
-    # Only the newest request stands: a link to an address the user has since corrected
-    # must not move the account there.
-    onetime.void(session, user_id=user.id, purpose="email_change")
-    mail_token(session, ctx, user=user, purpose="email_change", email=new_email)
-    return True
+    if changes.get("phone") is not None:
+        otp.request_change(session, ctx, user, phone=changes["phone"])
+    if changes.get("email") is not None:
+        addresses.request_change(session, ctx, user, email=changes["email"],
+                                 current_password=current_password, session_id=session_id)

@@ -1,4 +1,4 @@
-"""Rate limits on sign-in endpoints, per client IP and per account, counted in Redis."""
+"""Rate limits on sign-in and address changes, per client IP and per account, in Redis."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from limits.strategies import MovingWindowRateLimiter
 from services.auth.context import AuthContext
 from services.errors import RateLimited
 
-ACTIONS = ("login", "register", "otp", "magic_link")
+ACTIONS = ("login", "register", "otp", "magic_link", "email_change", "phone_change")
 
 
 @lru_cache(maxsize=8)

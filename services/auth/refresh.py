@@ -14,7 +14,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select, update
+import redis
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from db.base import utc_now
@@ -159,10 +160,31 @@ def revoke(session: Session, ctx: AuthContext, raw: str) -> bool:
     return True
 
 
-def revoke_all(session: Session, user_id: uuid.UUID) -> None:
-    """Revoke every refresh token of ``user_id`` (password change, deactivation)."""
+def sign_out_everywhere(
+    session: Session, *, redis_client: redis.Redis, settings: Settings, user_id: uuid.UUID,
+    keep: uuid.UUID | None = None,
+) -> None:
+    """End every sign-in of ``user_id`` but ``keep``: refresh tokens and access tokens alike.
+
+    For the moments the account changes hands or is closed (an address proven by its owner,
+    an email change confirmed or undone, deactivation). A sign-in's access tokens are
+    stopped through its ``sid``: every family that is still live, or issued a token within
+    an access token's lifetime, is named in Redis.
+    """
+    now = utc_now()
+    recent = now - timedelta(seconds=settings.access_token_ttl_s + 1)
+    mine = RefreshToken.user_id == user_id
+    if keep is not None:
+        mine = mine & (RefreshToken.family_id != keep)
+    families = session.scalars(
+        select(RefreshToken.family_id)
+        .where(mine, or_(RefreshToken.revoked_at.is_(None), RefreshToken.created_at > recent))
+        .distinct()
+    ).all()
     session.execute(
-        update(RefreshToken)
-        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
-        .values(revoked_at=utc_now())
+        update(RefreshToken).where(mine, RefreshToken.revoked_at.is_(None)).values(revoked_at=now)
     )
+    with redis_client.pipeline(transaction=False) as pipe:
+        for family_id in families:
+            revoke_session(pipe, settings, family_id)
+        pipe.execute()
