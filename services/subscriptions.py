@@ -3,7 +3,8 @@
 State comes from Stripe's subscription events. Events arrive out of order, so each
 applied state records its event's ``created`` time (``stripe_event_created``) and an
 older event never overwrites a newer state; ``canceled`` is final whatever the order.
-Each paid invoice grants the plan's monthly credits once (dedupe key ``invoice:<id>``).
+Each paid invoice grants the credits it paid for once (dedupe key ``invoice:<id>``): the rule
+is ``services.invoice_credits``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 from db.base import utc_now
 from db.models import Payment, Plan, Subscription, User
 from db.models.users import SUBSCRIPTION_STATUSES
-from services import audit, ledger, stripe_gateway
+from services import audit, invoice_credits, ledger, stripe_gateway
 from services.errors import Conflict, InvalidInput, NotFound, UpstreamUnavailable
 from services.stripe_objects import (
     NotReady,
@@ -89,6 +90,7 @@ def create_plan(
     monthly_credits: int,
     price_cents: int,
     currency: str,
+    trial_credits: int = 0,
     stripe_price_id: str | None = None,
     stripe_plan_id: str | None = None,
     request_id: str | None = None,
@@ -113,6 +115,7 @@ def create_plan(
         slug=slug,
         name=name,
         monthly_credits=monthly_credits,
+        trial_credits=trial_credits,
         price_cents=price_cents,
         currency=currency,
         stripe_price_id=stripe_price_id,
@@ -144,8 +147,8 @@ def update_plan(
     changes: dict[str, Any],
     request_id: str | None = None,
 ) -> Plan:
-    """Rename a plan, change its monthly credits, or retire/restore it (``active``)."""
-    allowed = {"name", "monthly_credits", "active"}
+    """Rename a plan, change its monthly or trial credits, or retire/restore it (``active``)."""
+    allowed = {"name", "monthly_credits", "trial_credits", "active"}
     unknown = set(changes) - allowed
     if unknown:
         raise InvalidInput(f"cannot change {', '.join(sorted(unknown))}", code="immutable_field")
@@ -171,6 +174,7 @@ def _plan_view(plan: Plan) -> dict[str, Any]:
         "slug": plan.slug,
         "name": plan.name,
         "monthly_credits": plan.monthly_credits,
+        "trial_credits": plan.trial_credits or 0,
         "price_cents": plan.price_cents,
         "currency": plan.currency,
         "active": plan.active if plan.active is not None else True,
@@ -397,7 +401,7 @@ def apply_event_state(
 
 
 def grant_invoice(session: Session, invoice: StripeObject) -> ledger.Entry | None:
-    """Grant the plan's monthly credits for a paid subscription invoice, once per invoice."""
+    """Grant what a paid subscription invoice paid for (``invoice_credits``), once per invoice."""
     invoice_id = ref(invoice.get("id"))
     if not invoice_id:
         raise Rejected("invoice without an id")
@@ -419,33 +423,38 @@ def grant_invoice(session: Session, invoice: StripeObject) -> ledger.Entry | Non
         user_id, plan = _owner(session, invoice, not_ours=NotReady), billed
     if plan is None:
         raise NotReady(f"plan of subscription {stripe_sub} not known yet")
+    grant = invoice_credits.grant_for(session, invoice, plan=plan)
     amount_paid = as_int(invoice.get("amount_paid")) or 0
-    currency = str(invoice.get("currency") or plan.currency).upper()
-    session.execute(
-        insert(Payment)
-        .values(
-            user_id=user_id,
-            plan_id=plan.id,
-            flow="subscription",
-            status="succeeded",
-            amount_cents=amount_paid,
-            currency=currency,
-            credits=plan.monthly_credits,
-            stripe_invoice_id=invoice_id,
-            stripe_payment_intent_id=ref(invoice.get("payment_intent")),
-            succeeded_at=utc_now(),
+    if amount_paid == 0 and grant.credits == 0:
+        raise Skip(f"invoice {invoice_id} paid nothing and grants nothing")
+    if amount_paid > 0:
+        session.execute(
+            insert(Payment)
+            .values(
+                user_id=user_id,
+                plan_id=grant.plan.id,
+                flow="subscription",
+                status="succeeded",
+                amount_cents=amount_paid,
+                currency=grant.plan.currency,
+                credits=grant.credits,
+                stripe_invoice_id=invoice_id,
+                stripe_payment_intent_id=ref(invoice.get("payment_intent")),
+                succeeded_at=utc_now(),
+            )
+            .on_conflict_do_nothing()
         )
-        .on_conflict_do_nothing()
-    )
+    if grant.credits == 0:
+        return None
     return ledger.post(
         session,
         user_id=user_id,
-        amount=plan.monthly_credits,
+        amount=grant.credits,
         kind="subscription_grant",
         reference_type="invoice",
         reference_id=invoice_id,
         dedupe_key=f"invoice:{invoice_id}",
-        description=f"{plan.monthly_credits} credits for plan {plan.slug}",
+        description=f"{grant.credits} credits for plan {grant.plan.slug}",
     )
 
 

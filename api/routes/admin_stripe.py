@@ -90,6 +90,7 @@ def create_plan(
         slug=body.slug,
         name=body.name,
         monthly_credits=body.monthly_credits,
+        trial_credits=body.trial_credits,
         price_cents=body.price_cents,
         currency=body.currency,
         stripe_price_id=body.stripe_price_id,
@@ -107,7 +108,7 @@ def update_plan(
     session: SessionDep,
     request_id: RequestIdDep,
 ) -> AdminPlanOut:
-    """Rename, change the monthly credits, or retire/restore (``active``) a plan."""
+    """Rename, change the monthly or trial credits, or retire/restore (``active``) a plan."""
     plan = subscriptions.update_plan(
         session,
         admin_id=admin.id,

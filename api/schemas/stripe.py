@@ -17,6 +17,9 @@ Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 StripeId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{3,255}$")]
 PaymentMethodId = Annotated[str, StringConstraints(pattern=r"^pm_[A-Za-z0-9_]{1,250}$")]
 MonthlyCredits = Annotated[int, Field(strict=True, gt=0, le=MAX_CREDITS)]
+TrialCredits = Annotated[int, Field(strict=True, ge=0, le=MAX_CREDITS,
+                                    description="Granted by the $0 invoice that starts a "
+                                                "subscription (a trial); default none")]
 EventStatus = Literal[EVENT_STATUSES]  # type: ignore[valid-type]
 
 
@@ -39,6 +42,7 @@ class PlanOut(BaseModel):
     slug: str
     name: str
     monthly_credits: int
+    trial_credits: int
     price_cents: int
     currency: str
 
@@ -54,6 +58,7 @@ class PlanCreateIn(_In):
     slug: Slug
     name: Name
     monthly_credits: MonthlyCredits
+    trial_credits: TrialCredits = 0
     price_cents: Annotated[int, Field(strict=True, gt=0, le=100_000_000)]
     currency: Currency = "USD"
     stripe_price_id: StripeId | None = Field(
@@ -65,6 +70,7 @@ class PlanCreateIn(_In):
 class PlanUpdateIn(_In):
     name: Name | None = None
     monthly_credits: MonthlyCredits | None = None
+    trial_credits: TrialCredits | None = None
     active: Annotated[bool, Field(strict=True)] | None = None
 
 
