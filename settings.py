@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 import secrets
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -64,6 +65,8 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, ge=1, le=65535)
     public_base_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8000")
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    # /docs and /openapi.json; unset: on in development only.
+    docs: bool | None = None
     cors_origins: CsvList = []
     trusted_proxies: CsvList = []
 
@@ -182,7 +185,8 @@ class Settings(BaseSettings):
     @field_validator("admin_emails")
     @classmethod
     def _lower_emails(cls, value: list[str]) -> list[str]:
-        return [email.lower() for email in value]
+        # As accounts' addresses are stored: NFKC, lower case.
+        return [unicodedata.normalize("NFKC", email).lower() for email in value]
 
     @field_validator(
         "rate_limit_login", "rate_limit_register", "rate_limit_otp", "rate_limit_magic_link",
@@ -246,6 +250,11 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError(f"refused outside development: {'; '.join(problems)}")
         return self
+
+    @property
+    def docs_enabled(self) -> bool:
+        """True when /docs and /openapi.json are served (``BILLING_DOCS``, else in dev only)."""
+        return self.docs if self.docs is not None else self.environment == "development"
 
     @property
     def embedded(self) -> bool:

@@ -28,6 +28,7 @@ from api.routes import (
     auth,
     credits,
     dashboard,
+    docs,
     health,
     profile,
     subscriptions,
@@ -86,6 +87,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Prepaid credits, Stripe payments and subscriptions for an API product.",
         lifespan=lifespan,
+        # BILLING_DOCS: the schema and Swagger UI (api/routes/docs.py, served from the
+        # package) are public only where they are wanted; ReDoc (a CDN script) is not served.
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     redis_options: dict[str, Any] = {
@@ -104,6 +110,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(subscriptions.router)
     app.include_router(admin_stripe.router)
     app.include_router(dashboard.router)
+    if settings.docs_enabled:
+        app.include_router(docs.router)
 
     if settings.cors_origins:
         app.add_middleware(

@@ -78,8 +78,22 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
 
-def _field(loc: tuple[Any, ...]) -> str:
+def _field(error: Any) -> str:
+    loc = tuple(error["loc"])
+    if error.get("type") == "extra_forbidden":
+        loc = loc[:-1]  # the last part is the unknown key as the client sent it
     return ".".join(str(part) for part in loc if part != "body") or "body"
+
+
+def _message(error: Any) -> str:
+    if error.get("type") == "extra_forbidden":
+        return "unknown field"
+    message = str(error["msg"])
+    # A parsing error's detail may quote the input ("... found `x` at 1"): the statement
+    # before it says enough.
+    if str(error.get("type", "")).endswith("_parsing"):
+        return message.split(", ")[0]
+    return message
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -87,8 +101,9 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors()
     if any(err.get("type") == "json_invalid" for err in errors):
         return error_response(400, "malformed_json", "request body is not valid JSON")
-    # Inputs are not echoed back: they may hold passwords or tokens.
-    fields = [{"field": _field(tuple(e["loc"])), "message": e["msg"]} for e in errors]
+    # Nothing the client sent is echoed back (values, unknown keys): it may hold passwords,
+    # tokens, or text meant for whoever reads the error.
+    fields = [{"field": _field(e), "message": _message(e)} for e in errors]
     first = fields[0] if fields else {"field": "body", "message": "invalid"}
     return error_response(
         422, "validation_error", f"{first['field']}: {first['message']}", fields=fields

@@ -20,20 +20,17 @@ def python_module(module: str, *args: str) -> list[str]:
 def api_argv(
     settings: Settings, *, host: str | None = None, port: int | None = None, workers: int = 1
 ) -> list[str]:
-    """uvicorn serving the API for ``settings`` (``host``/``port`` override theirs)."""
-    args = [
-        "api.app:create_app", "--factory",
+    """The API served by uvicorn for ``settings`` (``host``/``port`` override theirs).
+
+    Through ``api.server``: uvicorn's httptools protocol with a cap on request heads.
+    """
+    return python_module(
+        "api.server",
         "--host", host or settings.api_host,
         "--port", str(port or settings.api_port),
         "--workers", str(workers),
         "--log-level", settings.log_level.lower(),
-        # The API logs each request itself, with its request id.
-        "--no-access-log",
-    ]  # fmt: skip
-    # uvicorn leaves X-Forwarded-* alone: api/client.py reads X-Forwarded-For itself, and
-    # only from the peers in BILLING_TRUSTED_PROXIES (one place, whatever server runs the app).
-    args.append("--no-proxy-headers")
-    return python_module("uvicorn", *args)
+    )  # fmt: skip
 
 
 def worker_argv(settings: Settings, *, concurrency: int | None = None) -> list[str]:

@@ -232,7 +232,7 @@ class DevStack:
         lines = [
             f"billing dev: ready (data in {self.data_dir})",
             f"  API         {base}",
-            f"  API docs    {base}/docs",
+            f"  API docs    {base}/docs" if settings.docs_enabled else "  API docs    off",
             f"  PostgreSQL  {database}{' (embedded)' if EmbeddedPostgres in embedded else ''}",
             f"  Redis       {redis}{' (embedded)' if EmbeddedRedis in embedded else ''}",
             "Press Ctrl-C to stop.",

@@ -47,7 +47,7 @@ def adjust(
     if not reason.strip():
         raise InvalidInput("a reason is required", code="reason_required")
     if session.get(User, user_id) is None:
-        raise NotFound(f"user '{user_id}' does not exist", code="user_not_found")
+        raise NotFound("no such user", code="user_not_found")
     try:
         entry = ledger.post(
             session,

@@ -81,7 +81,7 @@ def user_detail(session: Session, user_id: uuid.UUID) -> UserDetail:
     """Profile, balance, recent payments, current subscription, recent usage and sign-ins."""
     user = session.get(User, user_id)
     if user is None:
-        raise NotFound(f"user '{user_id}' does not exist", code="user_not_found")
+        raise NotFound("no such user", code="user_not_found")
     subscription = session.scalars(
         select(Subscription).where(Subscription.user_id == user_id)
         .order_by(Subscription.created_at.desc()).limit(1)
@@ -109,7 +109,7 @@ def set_active(
                        code="cannot_deactivate_self")
     user = session.scalars(select(User).where(User.id == user_id).with_for_update()).first()
     if user is None:
-        raise NotFound(f"user '{user_id}' does not exist", code="user_not_found")
+        raise NotFound("no such user", code="user_not_found")
     if reason is not None and len(reason) > 1000:
         raise InvalidInput("reason must be at most 1000 characters", code="reason_too_long")
     if user.is_active == active:

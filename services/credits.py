@@ -37,7 +37,7 @@ def summary(session: Session, user_id: uuid.UUID) -> Balance:
         )
     ).one_or_none()
     if row is None:
-        raise NotFound(f"user '{user_id}' does not exist", code="user_not_found")
+        raise NotFound("no such user", code="user_not_found")
     return Balance(balance=row[0], purchased=row[1], used=row[2])
 
 

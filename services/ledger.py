@@ -175,7 +175,7 @@ async def spend_active(
     if row is None:
         state = await db.fetchone(_STATE, {"user_id": user_id}, scope="user", user_id=user_id)
         if state is None or not state.is_active:
-            raise NotFound(f"user '{user_id}' does not exist", code="user_not_found")
+            raise NotFound("no such user", code="user_not_found")
         raise _insufficient(state.credit_balance, amount)
     return _entry(row, user_id=user_id, amount=amount, kind=USAGE_KIND)
 
@@ -194,7 +194,7 @@ def balance(session: Session, user_id: uuid.UUID) -> int:
     """The stored balance of ``user_id`` (read from the database, not the identity map)."""
     value = session.scalar(select(User.credit_balance).where(User.id == user_id))
     if value is None:
-        raise NotFound(f"user '{user_id}' does not exist", code="user_not_found")
+        raise NotFound("no such user", code="user_not_found")
     return value
 
 

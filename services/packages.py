@@ -33,7 +33,7 @@ def get(session: Session, package_id: str, *, for_update: bool = False) -> Credi
         query = query.with_for_update()
     package = session.scalar(query)
     if package is None:
-        raise NotFound(f"package '{package_id}' does not exist", code="package_not_found")
+        raise NotFound("no such credit package", code="package_not_found")
     return package
 
 
@@ -41,7 +41,7 @@ def purchasable(session: Session, package_id: str) -> CreditPackage:
     """The package if it can be bought now; a retired one is refused with 409."""
     package = get(session, package_id)
     if not package.active:
-        raise Conflict(f"package '{package_id}' is retired", code="package_retired")
+        raise Conflict("this credit package is retired", code="package_retired")
     return package
 
 
@@ -70,7 +70,7 @@ def add(
 ) -> CreditPackage:
     """Create a package for sale; 409 if the id is taken (retired ones included)."""
     if session.get(CreditPackage, package_id) is not None:
-        raise Conflict(f"package '{package_id}' already exists", code="package_exists")
+        raise Conflict("a credit package with this id exists", code="package_exists")
     package = CreditPackage(
         id=package_id,
         name=name,

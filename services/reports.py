@@ -121,7 +121,7 @@ def get(session: Session, report_id: int) -> DailyReport:
     """One stored report; NotFound otherwise."""
     report = session.get(DailyReport, report_id)
     if report is None:
-        raise NotFound(f"report {report_id} does not exist", code="report_not_found")
+        raise NotFound("no such report", code="report_not_found")
     return report
 
 

@@ -76,7 +76,7 @@ def get_plan(session: Session, plan_ref: str | uuid.UUID) -> Plan:
         else session.scalar(select(Plan).where(Plan.slug == str(plan_ref)))
     )
     if plan is None:
-        raise NotFound(f"plan '{plan_ref}' does not exist", code="plan_not_found")
+        raise NotFound("no such plan", code="plan_not_found")
     return plan
 
 
@@ -97,7 +97,7 @@ def create_plan(
 ) -> Plan:
     """Add a plan; without a Stripe price or plan id, a monthly Stripe plan is created for it."""
     if session.scalar(select(Plan.id).where(Plan.slug == slug)) is not None:
-        raise Conflict(f"plan '{slug}' already exists", code="plan_exists")
+        raise Conflict("a plan with this slug exists", code="plan_exists")
     if stripe_price_id is None and stripe_plan_id is None:
         with _stripe_errors():
             created = stripe_gateway.client(settings).v1.plans.create(
@@ -217,10 +217,10 @@ def start(
     """Subscribe ``user`` to a plan: directly with a saved payment method, else via Checkout."""
     plan = get_plan(session, plan_ref)
     if not plan.active:
-        raise InvalidInput(f"plan '{plan.slug}' is retired", code="plan_inactive")
+        raise InvalidInput("this plan is retired", code="plan_inactive")
     price = plan.stripe_plan_id or plan.stripe_price_id
     if price is None:
-        raise InvalidInput(f"plan '{plan.slug}' has no Stripe price", code="plan_not_sellable")
+        raise InvalidInput("this plan has no Stripe price", code="plan_not_sellable")
     # Serialise a user's subscription starts: the check below must not race itself.
     session.execute(select(User.id).where(User.id == user.id).with_for_update())
     existing = current(session, user.id)

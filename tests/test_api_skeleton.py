@@ -90,7 +90,8 @@ def test_every_response_carries_a_request_id(client):
     assert client.get("/healthz", headers={"X-Request-ID": "a\tb"}).headers["x-request-id"] != "a\tb"
 
 
-def test_openapi_docs_are_served(client):
+def test_openapi_docs_are_served_when_on(make_client):
+    client = make_client(docs=True)
     assert client.get("/docs").status_code == 200
     assert "/readyz" in client.get("/openapi.json").json()["paths"]
 

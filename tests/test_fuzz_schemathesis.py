@@ -97,7 +97,8 @@ def _schema() -> Any:
     Built at import (collection) time, when the test settings are in the environment:
     schemathesis makes one test per operation from it.
     """
-    loaded = schemathesis.openapi.from_asgi("/openapi.json", create_app(get_settings()))
+    app = create_app(get_settings().model_copy(update={"docs": True}))
+    loaded = schemathesis.openapi.from_asgi("/openapi.json", app)
     # Credentials are ours (a real user's or admin's token); fuzzing them is the corpus's job
     # (tests/test_bad_input.py, tests/test_auth_tokens.py), and ``ignored_auth`` checks that
     # each secured operation refuses a request without them.

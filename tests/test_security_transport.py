@@ -25,7 +25,8 @@ def _assert_secured(response, csp: str = API_CSP) -> None:
     assert response.headers["content-security-policy"] == csp
 
 
-def test_every_kind_of_response_carries_the_security_headers(client, db, settings):
+def test_every_kind_of_response_carries_the_security_headers(client, db, settings,
+                                                              make_client):
     user = make_user(db)
     responses = [
         client.get("/healthz"),
@@ -44,8 +45,10 @@ def test_every_kind_of_response_carries_the_security_headers(client, db, setting
         assert "strict-transport-security" not in response.headers  # http public URL
     _assert_secured(client.get("/admin/"), DASHBOARD_CSP)
     _assert_secured(client.get("/admin/config.json"), DASHBOARD_CSP)
-    _assert_secured(client.get("/docs"), DOCS_CSP)
-    _assert_secured(client.get("/openapi.json"))
+    docs = make_client(docs=True)
+    _assert_secured(docs.get("/docs"), DOCS_CSP)
+    _assert_secured(docs.get("/docs/swagger-ui-bundle.js"), DOCS_CSP)
+    _assert_secured(docs.get("/openapi.json"))
 
 
 def test_authenticated_and_token_answers_are_never_cached(client, db):

@@ -60,7 +60,7 @@ def dashboard_asset(name: str) -> FileResponse:
     media_type = _FILES.get(name)
     if media_type is None:
         # Unknown names (and any attempt at a path) get the API's usual 404 shape.
-        raise NotFound(f"no dashboard file '{name}'", code="not_found")
+        raise NotFound("no such dashboard file", code="not_found")
     return FileResponse(ASSETS / name, media_type=media_type, headers=_HEADERS)
 
 
@@ -76,7 +76,7 @@ def user_transactions(
 ) -> TransactionPageOut:
     """Ledger entries of any user, for the dashboard's user page."""
     if session.get(User, user_id) is None:
-        raise NotFound(f"user {user_id} does not exist", code="user_not_found")
+        raise NotFound("no such user", code="user_not_found")
     page = credits.transactions(session, user_id=user_id, limit=limit, cursor=cursor)
     return TransactionPageOut(
         items=[TransactionOut.model_validate(t) for t in page.items], next_cursor=page.next_cursor

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 
+from confusable_homoglyphs import confusables
 from email_validator import EmailNotValidError, validate_email
 from psycopg.errors import UniqueViolation
 from sqlalchemy import delete, func, select
@@ -22,13 +24,25 @@ MAX_EMAIL_LENGTH = 320
 
 
 def normalize_email(raw: str) -> str:
-    """The address validated (syntax only) and lower-cased; ``InvalidInput`` otherwise."""
+    """The address in NFKC, validated (syntax only) and lower-cased; ``InvalidInput`` otherwise.
+
+    NFKC first, so full-width or other compatibility forms of letters are the letters
+    themselves (``ａｄａ@…`` is ``ada@…``); then a local part or domain label that mixes
+    scripts (a Cyrillic 'е' among Latin letters, punycode included) is refused: it can only
+    be there to look like another address.
+    """
     if len(raw) > MAX_EMAIL_LENGTH:
         raise InvalidInput("email is too long", code="invalid_email")
     try:
-        checked = validate_email(raw.strip(), check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise InvalidInput(f"email is not valid: {exc}", code="invalid_email") from None
+        checked = validate_email(unicodedata.normalize("NFKC", raw.strip()),
+                                 check_deliverability=False)
+    except EmailNotValidError:
+        # Its message quotes the address's characters: none of the client's input goes back.
+        raise InvalidInput("email is not a valid address", code="invalid_email") from None
+    if any(confusables.is_mixed_script(part)
+           for part in (checked.local_part, *checked.domain.split("."))):
+        raise InvalidInput("email mixes letters of different alphabets in one part",
+                           code="invalid_email")
     return checked.normalized.lower()
 
 

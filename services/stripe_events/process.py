@@ -155,9 +155,9 @@ def retry(
     """Put a failed (or stuck pending) event back in the queue, with a fresh count of tries."""
     row = session.scalar(select(StripeEvent).where(StripeEvent.id == event_id).with_for_update())
     if row is None:
-        raise NotFound(f"event '{event_id}' does not exist", code="event_not_found")
+        raise NotFound("no such event", code="event_not_found")
     if row.status in DONE:
-        raise Conflict(f"event '{event_id}' is already {row.status}", code="event_done")
+        raise Conflict(f"the event is already {row.status}", code="event_done")
     before = {"status": row.status, "attempts": row.attempts, "last_error": row.last_error}
     row.status = "pending"
     row.attempts = 0
@@ -178,7 +178,7 @@ def get(session: Session, event_id: str) -> StripeEvent:
     """One stored event; 404 when unknown."""
     row = session.get(StripeEvent, event_id)
     if row is None:
-        raise NotFound(f"event '{event_id}' does not exist", code="event_not_found")
+        raise NotFound("no such event", code="event_not_found")
     return row
 
 
