@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,15 @@ from sqlalchemy.orm import Session
 
 from tests.smtp import start_smtp_server
 from tests.stripe_stub import StripeStub
-from tests.support import ROOT, WorkerProcess, free_port, port_open, scratch_session, wait_for
+from tests.support import (
+    ROOT,
+    WorkerProcess,
+    free_port,
+    port_open,
+    scratch_session,
+    served,
+    wait_for,
+)
 
 TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 32
 TEST_STRIPE_KEY = "sk_test_localstripe_key_for_tests"
@@ -250,16 +257,8 @@ def client(app):
 @pytest.fixture(scope="session")
 def live_api(app) -> Iterator[str]:
     """The app served by a real uvicorn on a loopback port, for peers that call us (webhooks)."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, timeout=15, message="live uvicorn")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with served(app) as base:
+        yield base
 
 
 # --- workers and Stripe -------------------------------------------------------------------

@@ -8,18 +8,16 @@ leaving the origin.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from playwright.sync_api import expect
 
 from api.app import create_app
 from api.middleware import DOCS_CSP
 from tests.conftest import ARTIFACTS
-from tests.support import free_port, wait_for
+from tests.support import served
 from tests.test_dashboard_e2e import browser, open_page  # noqa: F401 - a fixture
 
 
@@ -38,15 +36,8 @@ def test_docs_and_schema_are_served_only_where_wanted(settings, environment, doc
 
 @pytest.fixture(scope="module")
 def docs_api(settings) -> Iterator[str]:
-    app = create_app(settings.model_copy(update={"docs": True}))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, timeout=15, message="docs uvicorn")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with served(create_app(settings.model_copy(update={"docs": True}))) as base:
+        yield base
 
 
 def test_swagger_ui_renders_from_this_origin_without_unsafe_inline(browser, docs_api):  # noqa: F811
