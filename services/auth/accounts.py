@@ -117,13 +117,12 @@ def mark_email_confirmed(
 
 def evict(
     session: Session, ctx: AuthContext, user: User, *,
-    keep_identity: tuple[str, str] | None = None, keep_session: uuid.UUID | None = None,
+    keep_identity: tuple[str, str] | None = None,
 ) -> None:
-    """Take the account from whoever held it: no password, no sign-in (but ``keep_session``),
-    no pending email change, no outside identity (but ``keep_identity``)."""
+    """Take the account from whoever held it: no password, no sign-in, no pending email
+    change, no outside identity (but ``keep_identity``: provider, subject)."""
     user.password_hash = None
-    sign_out_everywhere(session, redis_client=ctx.redis, settings=ctx.settings, user_id=user.id,
-                        keep=keep_session)
+    sign_out_everywhere(session, redis_client=ctx.redis, settings=ctx.settings, user_id=user.id)
     onetime.void(session, user_id=user.id, purpose="email_change")
     others = delete(AuthIdentity).where(AuthIdentity.user_id == user.id)
     if keep_identity is not None:
