@@ -232,6 +232,9 @@ def point_localstripe_webhooks(localstripe_url: str, url: str) -> None:
 
 @pytest.fixture
 def localstripe_webhooks(localstripe_url: str, live_api: str) -> Iterator[str]:
-    """localstripe delivers its events to the live API's webhook for this test."""
+    """localstripe delivers its events to the live API's webhook for this test only."""
     point_localstripe_webhooks(localstripe_url, live_api + WEBHOOK_PATH)
     yield live_api
+    # localstripe sends each event a second after the action, to the URL of that moment:
+    # the events of this test's last actions must not land in the next test's inbox.
+    point_localstripe_webhooks(localstripe_url, live_api + "/_no_webhook_here")

@@ -6,10 +6,14 @@ forwarded unchanged to localstripe. To stand in for one more endpoint, add a
 method taking ``(self, match, params, headers)`` and returning ``(status, body)``
 and list it in ``routes`` with its method and path pattern.
 
-Checkout Sessions are kept in memory: ``POST /v1/checkout/sessions`` (honouring
-``Idempotency-Key`` like Stripe), ``GET /v1/checkout/sessions/{id}``, and
-``GET /_stub/checkout/sessions/{id}/params``, which returns the parameters as
-sent (Stripe does not echo ``payment_intent_data`` back, yet tests check it).
+Checkout Sessions are kept in memory: ``POST /v1/checkout/sessions``,
+``GET /v1/checkout/sessions/{id}``, and ``GET /_stub/checkout/sessions/{id}/params``,
+which returns the parameters as sent (Stripe does not echo ``payment_intent_data`` back,
+yet tests check it).
+
+Every POST honours ``Idempotency-Key`` as Stripe does, forwarded ones too (localstripe
+ignores the header): the first answer under a key is the answer to every request with it,
+and a request racing the first waits for it (Stripe answers it 409 and the SDK retries).
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ class StripeStub:
         self.sessions: dict[str, dict[str, Any]] = {}
         self.session_params: dict[str, dict[str, Any]] = {}
         self._idempotent: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._forwarded: dict[str, tuple[int, list[tuple[str, str]], bytes]] = {}
+        self._key_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = [
             ("POST", re.compile(r"^/v1/checkout/sessions$"), self.create_session),
@@ -190,6 +196,22 @@ class StripeStub:
         finally:
             conn.close()
 
+    def forward_once(self, method: str, target: str, body: bytes, headers: dict[str, str]):
+        """``forward``, answering a POST with an ``Idempotency-Key`` seen before as the first
+        time (a twin in flight is waited for)."""
+        key = headers.get("idempotency-key")
+        if method != "POST" or not key:
+            return self.forward(method, target, body, headers)
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            answer = self._forwarded.get(key)
+            if answer is None:
+                answer = self.forward(method, target, body, headers)
+                if answer[0] < 500:
+                    self._forwarded[key] = answer
+            return answer
+
     def start(self) -> StripeStub:
         stub = self
 
@@ -210,7 +232,8 @@ class StripeStub:
                     extra = [("Content-Type", "application/json"), ("Request-Id", "req_stub")]
                 else:
                     try:
-                        status, extra, data = stub.forward(self.command, self.path, body, headers)
+                        status, extra, data = stub.forward_once(self.command, self.path, body,
+                                                                headers)
                     except OSError:
                         status, extra = 502, [("Content-Type", "application/json")]
                         data = json.dumps({"error": {"message": "localstripe unreachable"}}).encode()
