@@ -124,7 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Request-ID", "Retry-After", "Idempotent-Replayed"],
         )
     if settings.log_all_requests:
-        app.add_middleware(UsageLogMiddleware, client=app.state.redis)
+        app.add_middleware(UsageLogMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     # Outermost: its headers also go on refusals of the middleware inside (413, CORS).

@@ -1,32 +1,28 @@
-"""Request dependencies: settings, one database transaction per request, Redis."""
+"""Request dependencies: settings, one database transaction per request, the signed-in user."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated
 
 import redis
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.client import auth_context
 from db import rls
 from db.models import User
+from db.transaction import transaction
 from services.auth import external
-from services.auth.tokens import (
-    AccessClaims,
-    decode_access_token,
-    is_revoked,
-    is_revoked_async,
-)
+from services.auth.tokens import AccessClaims, decode_access_token, is_revoked
 from services.errors import Forbidden, Unauthorized
 from settings import Settings
 
 
-async def get_settings(request: Request) -> Settings:
+async def app_settings(request: Request) -> Settings:
     """The settings the app was created with."""
     return request.app.state.settings
 
@@ -39,12 +35,13 @@ async def get_redis(request: Request) -> redis.Redis:
 def get_session(request: Request) -> Iterator[Session]:
     """One transaction for the request: committed after the route returns, else rolled back.
 
-    It runs as the application role under Row Level Security (``db.rls``) and sees no user
-    rows until ``CurrentUser``/``AdminUser`` (or ``ServiceSessionDep``) says whose request it is.
+    It runs as the application role under Row Level Security, acting for nobody (no user
+    rows) until ``CurrentUser``/``AdminUser`` (or ``ServiceSessionDep``) says whose request
+    it is.
     """
     settings: Settings = request.app.state.settings
     assert settings.database_url is not None
-    with rls.app_transaction(settings.database_url) as session:
+    with transaction(settings.database_url, acting_as=rls.NOBODY) as session:
         yield session
 
 
@@ -58,39 +55,48 @@ async def request_id(request: Request) -> str:
     return request_id_of(request)
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(app_settings)]
 # scope="function": the transaction commits before the response is sent, so a 200 is never
 # answered for work that then fails to commit (the default would commit after sending).
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
 RequestIdDep = Annotated[str, Depends(request_id)]
 
-
 _bearer = HTTPBearer(auto_error=False, description="An access token from /api/auth/login")
+# The raw bearer credentials, for a route that checks them itself.
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+async def token_claims(request: Request, credentials: BearerDep) -> AccessClaims | None:
+    """The claims of the request's access token if it is ours, checked on the event loop.
+
+    Raises ``Unauthorized`` for a missing, invalid, expired or signed-out token of ours;
+    ``None`` for a token an outside provider may have issued (``current_user`` asks it).
+    Whether the account is still active is for the caller to check.
+    """
+    claims = _own_claims(request.app.state.settings, _bearer_token(credentials))
+    if claims is not None and await is_revoked(request.state.aredis, claims):
+        raise Unauthorized("access token was signed out", code="token_revoked")
+    return claims
+
+
+ClaimsDep = Annotated[AccessClaims | None, Depends(token_claims)]
 
 
 def current_user(
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    redis_client: RedisDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    request: Request, session: SessionDep, claims: ClaimsDep, credentials: BearerDep
 ) -> User:
     """The signed-in, active user of the request's bearer token; 401 otherwise.
 
     Our own access token first; when an outside provider is configured, its tokens too.
     """
-    token = _bearer_token(credentials)
-    claims = _own_claims(settings, token)
     if claims is None:
         # Finding (or creating) the account of an outside identity looks across accounts.
         rls.set_context(session, scope="service")
-        user = external.authenticate(session, auth_context(request), token)
+        user = external.authenticate(session, auth_context(request), _bearer_token(credentials))
         if user is not None:
             rls.set_context(session, scope="user", user_id=user.id)
     else:
-        if is_revoked(redis_client, claims):
-            raise _revoked()
         request.state.session_id = claims.session_id  # the sign-in: see ``session_id_of``
         # From here on the transaction sees and changes only this user's rows.
         rls.set_context(session, scope="user", user_id=claims.user_id)
@@ -110,6 +116,31 @@ def session_id_of(request: Request) -> uuid.UUID | None:
         return None
 
 
+async def signed_in_user_id(request: Request, credentials: BearerDep) -> uuid.UUID:
+    """The user of the request's bearer token, for the routes that run on the event loop.
+
+    Our own token is checked right here (its verification cached, its revocation one Redis
+    round trip); whether the account is still active is left to the route's one statement,
+    which acts only for an active account. An outside provider's token is checked in a
+    worker thread, as ``current_user`` does it (the account may have to be created).
+    """
+    claims = await token_claims(request, credentials)
+    if claims is not None:
+        user_id = claims.user_id
+    else:
+        user_id = await run_in_threadpool(_outside_user_id, request, credentials)
+    request.state.user_id = user_id  # for the usage middleware
+    return user_id
+
+
+def _outside_user_id(request: Request, credentials: HTTPAuthorizationCredentials | None
+                     ) -> uuid.UUID:
+    settings: Settings = request.app.state.settings
+    assert settings.database_url is not None
+    with transaction(settings.database_url, acting_as=rls.NOBODY) as session:
+        return current_user(request, session, None, credentials).id
+
+
 def inactive_account() -> Unauthorized:
     # A deactivated user's tokens stop working at once, not at expiry.
     return Unauthorized("access token is invalid", code="invalid_token")
@@ -117,37 +148,6 @@ def inactive_account() -> Unauthorized:
 
 def not_admin() -> Forbidden:
     return Forbidden("this operation needs the admin role", code="admin_required")
-
-
-@contextmanager
-def signed_in_transaction(
-    request: Request, credentials: HTTPAuthorizationCredentials | None, *, admin: bool = False
-) -> Iterator[tuple[Session, User]]:
-    """``SessionDep`` with ``CurrentUser`` (or ``AdminUser``) for code in one worker thread.
-
-    For the event-loop routes' general path (an outside provider's token, an idempotent
-    retry): every sync dependency would cost a thread hop of its own.
-    """
-    state = request.app.state
-    with rls.app_transaction(state.settings.database_url) as session:
-        user = current_user(request=request, session=session, settings=state.settings,
-                            redis_client=state.redis, credentials=credentials)
-        yield session, admin_user(user, session) if admin else user
-
-
-async def own_token_claims(
-    request: Request, settings: Settings, credentials: HTTPAuthorizationCredentials | None
-) -> AccessClaims | None:
-    """The claims of the request's access token, checked on the event loop (hot paths).
-
-    Raises like ``current_user`` for a missing, invalid, expired or signed-out token of
-    ours; ``None`` for a token an outside provider may have issued (take ``current_user``).
-    The caller still has to refuse a deactivated or deleted account.
-    """
-    claims = _own_claims(settings, _bearer_token(credentials))
-    if claims is not None and await is_revoked_async(request.state.aredis, claims):
-        raise _revoked()
-    return claims
 
 
 def _bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
@@ -164,10 +164,6 @@ def _own_claims(settings: Settings, token: str) -> AccessClaims | None:
         if not external.configured(settings) or external.issued_by_us(settings, token):
             raise
         return None
-
-
-def _revoked() -> Unauthorized:
-    return Unauthorized("access token was signed out", code="token_revoked")
 
 
 def admin_user(user: Annotated[User, Depends(current_user)], session: SessionDep) -> User:
@@ -191,5 +187,3 @@ def service_session(session: SessionDep) -> Session:
 CurrentUser = Annotated[User, Depends(current_user)]
 AdminUser = Annotated[User, Depends(admin_user)]
 ServiceSessionDep = Annotated[Session, Depends(service_session)]
-# The raw bearer credentials, for a route that calls ``current_user`` itself in one thread hop.
-BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]

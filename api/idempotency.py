@@ -60,9 +60,7 @@ class Idempotency:
             session, user_id=user_id, scope=self.scope, key=self.key, request_hash=request_hash
         )
         if stored is not None:
-            return JSONResponse(
-                stored.body, status_code=stored.status, headers={REPLAY_HEADER: "true"}
-            )
+            return replay(stored.body, status_code=stored.status)
         result = work()
         idempotency.complete(
             session,
@@ -73,6 +71,19 @@ class Idempotency:
             body=jsonable_encoder(result),
         )
         return result
+
+
+    def ledger_key(self, user_id: uuid.UUID) -> str | None:
+        """The key as the dedupe key of a ledger entry (a spend: see ``ledger.spend``)."""
+        if self.key is None:
+            return None
+        return idempotency.ledger_key(user_id=user_id, scope=self.scope, key=self.key)
+
+
+def replay(body: Any, *, status_code: int = 200) -> JSONResponse:
+    """The first answer again, marked as a replay."""
+    return JSONResponse(jsonable_encoder(body), status_code=status_code,
+                        headers={REPLAY_HEADER: "true"})
 
 
 async def idempotency_key(

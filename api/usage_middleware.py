@@ -1,30 +1,25 @@
 """Usage record of every authenticated request (``BILLING_LOG_ALL_REQUESTS``).
 
-Pure ASGI: the record is handed off (one Redis round trip) after the response has been
-sent, so the client waits for nothing. The user comes from the auth dependency
-(``scope["state"]["user_id"]``); unauthenticated requests produce no record. A route that
-records its own usage (a spend) is not recorded twice.
+Pure ASGI: the record is handed off (one Redis round trip, with the app's async client)
+after the response has been sent, so the client waits for nothing. The user comes from the
+auth dependency (``scope["state"]["user_id"]``); unauthenticated requests produce no
+record. A route that records its own usage (a spend) is not recorded twice.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 
-import redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services import logstream
-
-log = logging.getLogger(__name__)
 
 
 class UsageLogMiddleware:
     """Hands off a usage record for each authenticated HTTP request, after the response."""
 
-    def __init__(self, app: ASGIApp, *, client: redis.Redis) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.client = client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -48,19 +43,11 @@ class UsageLogMiddleware:
             state = scope.get("state", {})
             user_id = state.get("user_id")
             if user_id is not None and not box.recorded:
-                self._hand_off(scope, state, user_id, status, started)
-
-    def _hand_off(self, scope: Scope, state: dict, user_id: object, status: int,
-                  started: float) -> None:
-        route = scope.get("route")
-        try:
-            logstream.record_usage_now(
-                self.client, user_id=str(user_id),
-                endpoint=getattr(route, "path", None) or scope["path"][:255],
-                method=scope["method"][:8], credits=0, status_code=status,
-                response_time_ms=round((time.perf_counter() - started) * 1000, 3),
-                request_id=state.get("request_id"),
-            )
-        except redis.RedisError:
-            # The response is out; a Redis outage costs this record, never the request.
-            log.warning("usage record dropped: redis unavailable")
+                route = scope.get("route")
+                await logstream.record_usage(
+                    state["aredis"], user_id=str(user_id),
+                    endpoint=getattr(route, "path", None) or scope["path"][:255],
+                    method=scope["method"][:8], credits=0, status_code=status,
+                    response_time_ms=round((time.perf_counter() - started) * 1000, 3),
+                    request_id=state.get("request_id"),
+                )

@@ -22,6 +22,7 @@ cleared). Not a test: nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import signal
@@ -90,21 +91,28 @@ def count(url: str) -> int:
         return int(row[0]) if row else 0
 
 
-def produce(client: redis.Redis, users: list[uuid.UUID], n: int) -> tuple[float, list[float]]:
+def produce(redis_url: str, users: list[uuid.UUID], n: int) -> tuple[float, list[float]]:
     """Hand off ``n`` records through the real path; (seconds, per-call latencies in µs)."""
+    import redis.asyncio
+
     from services import logstream
 
-    latencies = []
-    started = time.perf_counter()
-    for i in range(n):
-        t0 = time.perf_counter()
-        logstream.record_usage_now(
-            client, user_id=str(users[i % len(users)]), endpoint=f"/v1/endpoint-{i % 20}",
-            method="POST", credits=1 + i % 3, status_code=200, response_time_ms=1.2,
-            request_id=f"bench-{i}", transaction_id=None,
-        )
-        latencies.append((time.perf_counter() - t0) * 1e6)
-    return time.perf_counter() - started, latencies
+    async def run() -> tuple[float, list[float]]:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        latencies = []
+        started = time.perf_counter()
+        for i in range(n):
+            t0 = time.perf_counter()
+            await logstream.record_usage(
+                client, user_id=str(users[i % len(users)]), endpoint=f"/v1/endpoint-{i % 20}",
+                method="POST", credits=1 + i % 3, status_code=200, response_time_ms=1.2,
+                request_id=f"bench-{i}", transaction_id=None,
+            )
+            latencies.append((time.perf_counter() - t0) * 1e6)
+        await client.aclose()
+        return time.perf_counter() - started, latencies
+
+    return asyncio.run(run())
 
 
 def single_insert_rate(url: str, users: list[uuid.UUID], seconds: float) -> float:
@@ -149,7 +157,7 @@ def main() -> None:
     outbox.install_sender(outbox.celery_sender(outbox.producer_app(redis_url)))
     # Phase 1, no worker: the hand-off alone (what a request pays), building a backlog.
     print(f"handing off {args.records:,} records ...", flush=True)
-    produce_s, latencies = produce(client, users, args.records)
+    produce_s, latencies = produce(redis_url, users, args.records)
     print(f"  produced in {produce_s:.2f} s ({args.records / produce_s:,.0f} records/s)")
     # Phase 2: a worker starts and the kick already queued drains the backlog.
     worker = start_worker(env)

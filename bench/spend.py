@@ -128,10 +128,11 @@ def recreate_database(url: str) -> str:
 
 def seed_users(database_url: str, count: int) -> None:
     """``count`` confirmed users, each granted ``BALANCE`` credits through the ledger."""
-    from db.engine import session_scope
+    from db import rls
+    from db.transaction import transaction
     from services import ledger
 
-    with session_scope(database_url) as session:
+    with transaction(database_url, acting_as=rls.OWNER) as session:
         for n in range(1, count + 1):
             session.execute(
                 text(

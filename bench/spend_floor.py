@@ -3,7 +3,7 @@
 ``bench.spend`` serves this app with the same uvicorn settings and load as the real API, to
 show what the framework plus the debit itself costs before any of the product's own work:
 no token, no revocation check, no usage record, no middleware, no access log. The debit is
-the real one (``ledger.spend_active`` through ``db.aio``), for a random bench user, so the
+the real one (``ledger.spend`` through ``db.aio``), for a random bench user, so the
 database does exactly the work it does for the real route.
 
 Environment: ``BENCH_FLOOR_DATABASE_URL`` and ``BENCH_FLOOR_USERS`` (set by ``bench.spend``).
@@ -43,7 +43,7 @@ app = FastAPI(lifespan=lifespan)
 
 @app.post("/api/user-management/credits/use", response_model=SpendOut)
 async def use(body: SpendIn, request: Request) -> SpendOut:
-    entry = await ledger.spend_active(
+    entry = await ledger.spend(
         request.state.db, user_id=random.choice(USERS),  # noqa: S311
         credits=body.credits, description=body.description, endpoint=body.endpoint,
     )

@@ -183,11 +183,12 @@ def generated(url: str, sizes: dict[str, int]) -> dict[str, float] | None:
 
 
 def time_snapshot(url: str) -> tuple[float, dict]:
-    from db.engine import session_scope
+    from db import rls
+    from db.transaction import transaction
     from services import stats
 
     started = time.perf_counter()
-    with session_scope(url) as session:
+    with transaction(url, acting_as=rls.OWNER) as session:
         snapshot = stats.take_snapshot(session)
         assert snapshot is not None
         data = snapshot.data
@@ -197,11 +198,12 @@ def time_snapshot(url: str) -> tuple[float, dict]:
 def admin_token(url: str) -> str:
     from sqlalchemy import text
 
-    from db.engine import session_scope
+    from db import rls
+    from db.transaction import transaction
     from services.auth.tokens import create_access_token
     from settings import Settings
 
-    with session_scope(url) as session:
+    with transaction(url, acting_as=rls.OWNER) as session:
         admin_id = session.execute(text(
             "SELECT id FROM users WHERE email = 'bench-admin@example.com'")).scalar()
         admin_id = admin_id or session.execute(text(

@@ -7,7 +7,8 @@ import sys
 import click
 
 from cli.embedded import database_url
-from db.engine import session_scope
+from db import rls
+from db.transaction import transaction
 from services.auth import accounts
 from services.errors import DomainError
 from settings import Settings, SettingsError, load_settings
@@ -62,7 +63,7 @@ def create(email: str, password_stdin: bool) -> None:
     try:
         with (
             database_url(settings.database_url, settings.data_dir) as url,
-            session_scope(url) as session,
+            transaction(url, acting_as=rls.OWNER) as session,
         ):
             user = accounts.create_admin(session, settings, email=email, password=password)
             created = user.email
@@ -80,7 +81,7 @@ def promote(email: str) -> None:
     try:
         with (
             database_url(settings.database_url, settings.data_dir) as url,
-            session_scope(url) as session,
+            transaction(url, acting_as=rls.OWNER) as session,
         ):
             promoted = accounts.promote(session, email=email).email
     except DomainError as exc:

@@ -1,9 +1,7 @@
-"""Engines and sessions: one transaction per request or task."""
+"""Engines and session factories (transactions are opened by ``db.transaction``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine
@@ -56,16 +54,3 @@ def get_sessionmaker(url: str) -> sessionmaker[Session]:
     """The process-wide session factory for ``url``."""
     return sessionmaker(bind=get_engine(url), expire_on_commit=False)
 
-
-@contextmanager
-def session_scope(url: str) -> Iterator[Session]:
-    """One transaction: committed when the block ends, rolled back when it raises."""
-    session = get_sessionmaker(url)()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()

@@ -1,16 +1,16 @@
-"""Row Level Security context of the API's sessions: whose rows a transaction may touch.
+"""Row Level Security: whose rows a transaction may touch.
 
 Migration 0001 creates the role ``billing_app`` (owns nothing, so RLS applies to it) and
 policies on every table with user data: a row is visible and writable when its user id
 equals ``app.user_id``, or when ``app.scope`` is one the table's policy names (``admin``
 for admin requests, ``service`` for the anonymous sign-in flows and the Stripe webhook).
 
-An API session (``app_session``) runs every transaction it begins as that role, with its
-context set in the same round trip: ``SET LOCAL`` semantics via ``set_config(..., true)``,
-so nothing outlives the transaction and a pooled connection goes back clean. A session
-starts with no user and no scope, so it sees no user rows until a dependency says whose
-request it is (``set_context``). Sessions not made here (workers, migrations, the CLI)
-connect as the owner and are not subject to the policies.
+A transaction acts for a ``Context`` from its first statement on: ``db.transaction`` sets
+it when the transaction begins and ``set_context`` changes it (``SET LOCAL`` semantics via
+``set_config(..., true)``: nothing outlives the transaction, so a pooled connection goes
+back clean). An API request starts as ``NOBODY`` and sees no user rows until a dependency
+says whose request it is. ``OWNER`` (workers, migrations, the CLI) is not subject to the
+policies. The event-loop routes send the same statement with theirs (``db.aio``).
 """
 
 from __future__ import annotations
@@ -21,11 +21,9 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import Connection, event, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, PendingRollbackError
-from sqlalchemy.orm import Session, SessionTransaction
-
-from db.engine import get_sessionmaker
+from sqlalchemy.orm import Session
 
 APP_ROLE = "billing_app"  # created by migration 0001
 Scope = Literal["user", "admin", "service", ""]
@@ -38,96 +36,55 @@ SET_CONTEXT = text(
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Context:
-    """Whose request a session serves; ``version``/``applied`` track what the database has."""
+    """Whose transaction it is: acting for ``user_id`` (if any) with ``scope``."""
 
-    user_id: uuid.UUID | None = None
     scope: Scope = ""
-    version: int = 0
-    applied: int = -1
+    user_id: uuid.UUID | None = None
 
 
-def app_session(url: str) -> Session:
-    """A session whose transactions run as the application role, seeing no user rows yet."""
-    return get_sessionmaker(url)(info={_INFO_KEY: Context()})
+NOBODY = Context()  # the application role with no user and no scope: no user rows at all
+OWNER: Context | None = None  # the tables' owner, not subject to the policies
 
 
-@contextmanager
-def app_transaction(url: str) -> Iterator[Session]:
-    """An ``app_session`` for one transaction: committed when the block ends, else rolled back."""
-    session = app_session(url)
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+def act_as(session: Session, context: Context) -> None:
+    """Make the session's transaction act as ``context`` from now on (one round trip)."""
+    session.execute(SET_CONTEXT, params(scope=context.scope, user_id=context.user_id))
+    session.info[_INFO_KEY] = context
 
 
 def set_context(session: Session, *, scope: Scope, user_id: uuid.UUID | None = None) -> None:
-    """Make the session's transaction act for ``user_id`` with ``scope``, in one round trip."""
-    ctx: Context = session.info[_INFO_KEY]  # KeyError: not an API session (fail loudly)
-    ctx.user_id, ctx.scope = user_id, scope
-    ctx.version += 1
-    # Begins the transaction if none is open: the begin hook then sets the new context.
-    conn = session.connection()
-    if ctx.applied != ctx.version:
-        _apply(conn, ctx)
+    """Change whose request the session's transaction serves (an application-role one only)."""
+    if context_of(session) is None:
+        raise RuntimeError("the owner's transaction has no security context to change")
+    act_as(session, Context(scope=scope, user_id=user_id))
 
 
 def context_of(session: Session) -> Context | None:
-    """The session's context (``None`` for an owner session)."""
+    """The context the session's transaction acts as (``OWNER``: not restricted)."""
     return session.info.get(_INFO_KEY)
-
-
-def apply_to(conn: Connection, session: Session) -> None:
-    """Give a separate transaction on ``conn`` the same role and context as ``session``."""
-    ctx = context_of(session)
-    if ctx is not None:
-        conn.execute(SET_CONTEXT, _params(ctx))
 
 
 @contextmanager
 def scope(session: Session, temporary: Scope) -> Iterator[None]:
     """Act with ``temporary`` scope inside the block, then return to the previous context."""
-    ctx = context_of(session)
-    if ctx is None:  # an owner session is not restricted
+    previous = context_of(session)
+    if previous is None:  # the owner is not restricted
         yield
         return
-    previous = ctx.scope
-    set_context(session, scope=temporary, user_id=ctx.user_id)
+    set_context(session, scope=temporary, user_id=previous.user_id)
     try:
         yield
     except BaseException:
         # An aborted transaction runs nothing more (its rollback drops the scope with it);
         # one that is still usable must not stay in the wider scope.
         with suppress(DBAPIError, PendingRollbackError):
-            set_context(session, scope=previous, user_id=ctx.user_id)
+            act_as(session, previous)
         raise
-    set_context(session, scope=previous, user_id=ctx.user_id)
+    act_as(session, previous)
 
 
 def params(*, scope: Scope, user_id: uuid.UUID | None) -> dict[str, str]:
     """The parameters of ``SET_CONTEXT`` for a transaction acting for ``user_id`` in ``scope``."""
     return {"role": APP_ROLE, "user_id": str(user_id) if user_id else "", "scope": scope}
-
-
-def _params(ctx: Context) -> dict[str, str]:
-    return params(scope=ctx.scope, user_id=ctx.user_id)
-
-
-def _apply(conn: Connection, ctx: Context) -> None:
-    conn.execute(SET_CONTEXT, _params(ctx))
-    ctx.applied = ctx.version
-
-
-@event.listens_for(Session, "after_begin")
-def _on_begin(session: Session, transaction: SessionTransaction, conn: Connection) -> None:
-    # Every transaction of an API session, including one begun after a commit mid-request,
-    # starts as the role with the current context. Savepoints inherit it.
-    ctx = context_of(session)
-    if ctx is not None and not transaction.nested:
-        _apply(conn, ctx)

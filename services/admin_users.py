@@ -1,4 +1,4 @@
-"""Operators' view of accounts: search, detail, deactivation, payments and the audit log."""
+"""Operators' view of accounts: search, detail, deactivation and the audit log."""
 
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ def search_users(
         stmt = stmt.where(User.credit_balance > 0 if has_balance else User.credit_balance == 0)
     if active is not None:
         stmt = stmt.where(User.is_active.is_(active))
-    return paginate(session, stmt, created_col=User.created_at, id_col=User.id, limit=limit,
-                    cursor=cursor, ascending=sort == "oldest")
+    return paginate(session, stmt, key=(User.created_at, User.id), limit=limit, cursor=cursor,
+                    ascending=sort == "oldest")
 
 
 @dataclass(frozen=True)
@@ -77,11 +77,17 @@ def _recent(session: Session, model: Any, user_id: uuid.UUID) -> list[Any]:
     ))
 
 
-def user_detail(session: Session, user_id: uuid.UUID) -> UserDetail:
-    """Profile, balance, recent payments, current subscription, recent usage and sign-ins."""
+def get_user(session: Session, user_id: uuid.UUID) -> User:
+    """The user ``user_id``; ``NotFound`` if there is none."""
     user = session.get(User, user_id)
     if user is None:
         raise NotFound("no such user", code="user_not_found")
+    return user
+
+
+def user_detail(session: Session, user_id: uuid.UUID) -> UserDetail:
+    """Profile, balance, recent payments, current subscription, recent usage and sign-ins."""
+    user = get_user(session, user_id)
     subscription = session.scalars(
         select(Subscription).where(Subscription.user_id == user_id)
         .order_by(Subscription.created_at.desc()).limit(1)
@@ -126,16 +132,6 @@ def set_active(
     )
     session.flush()
     return user, True
-
-
-def list_payments(
-    session: Session, *, status: str | None = None, user_id: uuid.UUID | None = None,
-    since: datetime | None = None, until: datetime | None = None, limit: int = 50,
-    cursor: str | None = None,
-) -> Page[Payment]:
-    """All users' payments, newest first, filtered by status, user and creation time."""
-    return newest_first(session, Payment, equal={Payment.status: status, Payment.user_id: user_id},
-                        since=since, until=until, limit=limit, cursor=cursor)
 
 
 def audit_log(

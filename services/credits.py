@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import redis
 import redis.asyncio
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,6 +15,7 @@ from db.aio import AsyncDatabase
 from db.models import CreditTransaction, User
 from services import ledger, logstream
 from services.errors import InvalidInput, NotFound
+from services.pagination import Page, paginate
 
 USE_METHOD = "POST"
 UNSPECIFIED_ENDPOINT = "unspecified"
@@ -41,29 +40,7 @@ def summary(session: Session, user_id: uuid.UUID) -> Balance:
     return Balance(balance=row[0], purchased=row[1], used=row[2])
 
 
-def use(
-    session: Session,
-    client: redis.Redis,
-    *,
-    user_id: uuid.UUID,
-    credits: int,
-    description: str | None,
-    endpoint: str | None,
-    request_id: str | None = None,
-) -> ledger.Entry:
-    """Spend ``credits`` for one API call and hand its usage record off after commit.
-
-    Raises ``InsufficientCredits`` (with the current balance) when the balance is short;
-    then nothing is spent and nothing is recorded.
-    """
-    entry = ledger.spend(
-        session, user_id=user_id, credits=credits, description=description, endpoint=endpoint
-    )
-    logstream.record_usage(session, client, **_usage(entry, endpoint, request_id))
-    return entry
-
-
-async def use_async(
+async def use(
     db: AsyncDatabase,
     client: redis.asyncio.Redis,
     *,
@@ -72,16 +49,19 @@ async def use_async(
     description: str | None,
     endpoint: str | None,
     request_id: str | None = None,
+    dedupe_key: str | None = None,
 ) -> ledger.Entry:
-    """``use`` from the event loop: one transaction, then the usage hand-off.
+    """Spend ``credits`` for one API call, then hand its usage record off.
 
-    Also refuses (``NotFound``, nothing spent) a user who does not exist or is deactivated,
-    so a caller that checked only the token needs no separate read of the user.
+    The spend is ``ledger.spend`` (see there for refusals and ``dedupe_key``); a replayed
+    spend records no usage again.
     """
-    entry = await ledger.spend_active(
-        db, user_id=user_id, credits=credits, description=description, endpoint=endpoint
+    entry = await ledger.spend(
+        db, user_id=user_id, credits=credits, description=description, endpoint=endpoint,
+        dedupe_key=dedupe_key,
     )
-    await logstream.record_usage_async(client, **_usage(entry, endpoint, request_id))
+    if not entry.replayed:
+        await logstream.record_usage(client, **_usage(entry, endpoint, request_id))
     return entry
 
 
@@ -98,26 +78,6 @@ def _usage(entry: ledger.Entry, endpoint: str | None, request_id: str | None) ->
     }
 
 
-@dataclass(frozen=True)
-class TransactionPage:
-    items: list[CreditTransaction]
-    next_cursor: str | None
-
-
-def _encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"t{last_id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("t"):
-            raise ValueError(raw)
-        return int(raw[1:])
-    except ValueError:
-        raise InvalidInput("cursor is not valid", code="invalid_cursor") from None
-
-
 def transactions(
     session: Session,
     *,
@@ -127,30 +87,19 @@ def transactions(
     kind: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-) -> TransactionPage:
+) -> Page[CreditTransaction]:
     """Ledger entries of ``user_id``, newest first, ``limit`` per page.
 
     ``since`` is inclusive and ``until`` exclusive; the cursor continues after the last entry.
     """
     if since is not None and until is not None and since >= until:
         raise InvalidInput("since must be before until", code="invalid_time_range")
-    query = (
-        select(CreditTransaction)
-        .where(CreditTransaction.user_id == user_id)
-        .order_by(CreditTransaction.id.desc())
-        .limit(limit + 1)
-    )
-    if cursor:
-        query = query.where(CreditTransaction.id < _decode_cursor(cursor))
+    stmt = select(CreditTransaction).where(CreditTransaction.user_id == user_id)
     if kind is not None:
-        query = query.where(CreditTransaction.kind == kind)
+        stmt = stmt.where(CreditTransaction.kind == kind)
     if since is not None:
-        query = query.where(CreditTransaction.created_at >= since)
+        stmt = stmt.where(CreditTransaction.created_at >= since)
     if until is not None:
-        query = query.where(CreditTransaction.created_at < until)
-    rows = list(session.scalars(query))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return TransactionPage(
-        items=rows, next_cursor=_encode_cursor(rows[-1].id) if more and rows else None
-    )
+        stmt = stmt.where(CreditTransaction.created_at < until)
+    # By id alone: the ledger's index is (user_id, id), and ids grow with time.
+    return paginate(session, stmt, key=(CreditTransaction.id,), limit=limit, cursor=cursor)

@@ -16,7 +16,11 @@ back) together:
 A request that fails rolls back its key too, so a retry does the work afresh
 (failures change nothing, so there is nothing to replay). Keys live at least
 ``TTL`` (24 h); an expired key is reclaimed by its next use, ``purge_expired``
-deletes the rest.
+(beat, hourly) deletes the rest.
+
+A spend needs none of this: its key becomes the dedupe key of its ledger entry
+(``ledger_key``), so the spend and its key are one row written by one statement, and a
+retry finds the first spend in the ledger (``ledger.spend``).
 """
 
 from __future__ import annotations
@@ -69,6 +73,12 @@ def validate_key(key: str) -> str:
             code="invalid_idempotency_key",
         )
     return key
+
+
+def ledger_key(*, user_id: uuid.UUID, scope: str, key: str) -> str:
+    """The ledger dedupe key of the money change that ``user_id`` makes under ``key``."""
+    digest = hashlib.sha256(f"{scope}\n{key}".encode()).hexdigest()
+    return f"idempotency:{user_id}:{digest}"
 
 
 def fingerprint(payload: Any) -> bytes:

@@ -19,6 +19,7 @@ Invoices whose lines name none of our plans are taken as one period of ``plan``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -26,7 +27,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from db.models import Plan
-from services.stripe_objects import Rejected, StripeObject, as_int, currency, price_ids
+from services.stripe_objects import InvoiceLine, Rejected, StripeInvoice
 
 
 @dataclass(frozen=True)
@@ -37,23 +38,23 @@ class InvoiceGrant:
     credits: int
 
 
-def grant_for(session: Session, invoice: StripeObject, *, plan: Plan) -> InvoiceGrant:
+def grant_for(session: Session, invoice: StripeInvoice, *, plan: Plan) -> InvoiceGrant:
     """The credits ``invoice`` grants; ``plan``: the subscription's, for lines that name none."""
-    lines = _plan_lines(session, invoice)
+    lines = _plan_lines(session, invoice.lines)
     billed_plan = max(lines, key=lambda line: line[1])[0] if lines else plan
-    charged = currency(invoice) or plan.currency
+    charged = invoice.currency or plan.currency
     for line_plan in {billed_plan, *(p for p, _ in lines)}:
         if line_plan.currency != charged:
-            raise Rejected(f"invoice {invoice.get('id')} is in {charged}, its plan "
+            raise Rejected(f"invoice {invoice.id} is in {charged}, its plan "
                            f"{line_plan.slug} in {line_plan.currency}")
     if not lines:
         lines = [(plan, plan.price_cents)]
     worth = sum((Fraction(p.monthly_credits * amount, p.price_cents) for p, amount in lines
                  if p.price_cents > 0), Fraction(0))
     billed = sum(amount for _, amount in lines)
-    paid = max(0, (as_int(invoice.get("amount_paid")) or 0) - _tax(invoice))
+    paid = max(0, invoice.amount_paid - invoice.tax)
     if paid == 0:
-        trial = invoice.get("billing_reason") == "subscription_create"
+        trial = invoice.billing_reason == "subscription_create"
         return InvoiceGrant(billed_plan, billed_plan.trial_credits if trial else 0)
     if billed <= 0 or worth <= 0:
         return InvoiceGrant(billed_plan, 0)
@@ -61,37 +62,18 @@ def grant_for(session: Session, invoice: StripeObject, *, plan: Plan) -> Invoice
     return InvoiceGrant(billed_plan, math.floor(worth * share))
 
 
-def _plan_lines(session: Session, invoice: StripeObject) -> list[tuple[Plan, int]]:
+def _plan_lines(session: Session, lines: Sequence[InvoiceLine]) -> list[tuple[Plan, int]]:
     """(plan, amount) of each invoice line that bills one of our plans."""
-    container = invoice.get("lines")
-    rows = container.get("data") if isinstance(container, dict) else None
-    found: list[tuple[list[str], int]] = []
-    for row in rows if isinstance(rows, list) else []:
-        amount = as_int(row.get("amount")) if isinstance(row, dict) else None
-        ids = price_ids({"lines": {"data": [row]}})
-        if amount is not None and ids:
-            found.append((ids, amount))
-    every = {i for ids, _ in found for i in ids}
+    every = {i for line in lines for i in line.price_ids}
     if not every:
         return []
     plans = session.scalars(
         select(Plan).where(or_(Plan.stripe_plan_id.in_(every), Plan.stripe_price_id.in_(every)))
     ).all()
     by_id = {key: p for p in plans for key in (p.stripe_plan_id, p.stripe_price_id) if key}
-    lines = []
-    for ids, amount in found:
-        plan = next((by_id[i] for i in ids if i in by_id), None)
+    found = []
+    for line in lines:
+        plan = next((by_id[i] for i in line.price_ids if i in by_id), None)
         if plan is not None:
-            lines.append((plan, amount))
-    return lines
-
-
-def _tax(invoice: StripeObject) -> int:
-    """The tax in ``amount_paid``: ``tax`` (older API versions) or the sum of ``total_taxes``."""
-    older = as_int(invoice.get("tax"))
-    if older is not None:
-        return older
-    taxes = invoice.get("total_taxes")
-    if not isinstance(taxes, list):
-        return 0
-    return sum(as_int(t.get("amount")) or 0 for t in taxes if isinstance(t, dict))
+            found.append((plan, line.amount))
+    return found

@@ -6,6 +6,10 @@ resulting ``balance_after``: the stored balance always equals the ledger sum.
 A debit that must not overdraw is a conditional update (``WHERE credit_balance
 + :amount >= 0``), so concurrent spends cannot overspend. A ``dedupe_key``
 (unique in the ledger) makes a change happen at most once per cause.
+
+Two ways in, one statement: ``spend`` (usage, from the event loop through ``db.aio``: the
+spend route, with or without an ``Idempotency-Key``) and ``post`` (every other change, in
+a worker's or a request's ORM session: grants, refunds, disputes, adjustments).
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
 
+import psycopg
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.aio import AsyncDatabase
 from db.models import CreditTransaction, User
-from services.errors import InsufficientCredits, InvalidInput, NotFound
+from services.errors import Conflict, InsufficientCredits, InvalidInput, NotFound
 
 # Kinds that move the "purchased" total, and the one that moves "used".
 PURCHASED_KINDS = frozenset(
@@ -53,12 +58,24 @@ _POST = text(
     RETURNING id, balance_after, created_at
     """
 )
-_STATE = text("SELECT credit_balance, is_active FROM users WHERE id = :user_id")
+# Why a spend changed nothing: the account's state and, if its dedupe key was applied
+# already, the entry that applied it.
+_SPEND_REFUSED = text(
+    """
+    SELECT u.credit_balance, u.is_active, t.id, t.amount, t.balance_after, t.created_at,
+           t.description, t.endpoint
+    FROM users u
+    LEFT JOIN credit_transactions t
+           ON t.dedupe_key = CAST(:dedupe_key AS text) AND t.user_id = u.id
+    WHERE u.id = :user_id
+    """
+)
+_DEDUPE_INDEX = "uq_credit_transactions_dedupe_key"
 
 
 @dataclass(frozen=True)
 class Entry:
-    """A ledger row as written."""
+    """A ledger row as written; ``replayed``: written before, by the first try of the cause."""
 
     id: int
     user_id: uuid.UUID
@@ -66,6 +83,7 @@ class Entry:
     kind: str
     balance_after: int
     created_at: datetime
+    replayed: bool = False
 
 
 def post(
@@ -112,7 +130,7 @@ def post(
             with session.begin_nested():
                 row = session.execute(_POST, params).one_or_none()
         except IntegrityError as exc:
-            if "uq_credit_transactions_dedupe_key" in str(exc.orig):
+            if _DEDUPE_INDEX in str(exc.orig):
                 return None
             raise
     if row is None:
@@ -125,59 +143,49 @@ def post(
     return _entry(row, user_id=user_id, amount=amount, kind=kind)
 
 
-def spend(
-    session: Session,
-    *,
-    user_id: uuid.UUID,
-    credits: int,
-    description: str | None = None,
-    endpoint: str | None = None,
-    reference_type: str | None = None,
-    reference_id: str | None = None,
-) -> Entry:
-    """Take ``credits`` from the balance for usage; ``InsufficientCredits`` if short."""
-    _check_credits(credits)
-    entry = post(
-        session,
-        user_id=user_id,
-        amount=-credits,
-        kind=USAGE_KIND,
-        description=description,
-        endpoint=endpoint,
-        reference_type=reference_type,
-        reference_id=reference_id,
-    )
-    assert entry is not None  # no dedupe key, so never skipped
-    return entry
-
-
-async def spend_active(
+async def spend(
     db: AsyncDatabase,
     *,
     user_id: uuid.UUID,
     credits: int,
     description: str | None = None,
     endpoint: str | None = None,
+    dedupe_key: str | None = None,
 ) -> Entry:
-    """``spend`` from the event loop (``db.aio``), for an active user only.
+    """Take ``credits`` from an active user's balance for usage: the one way to spend.
 
-    One transaction, one round trip when it succeeds (the statement is ``post``'s). Raises
-    ``InsufficientCredits`` when short and ``NotFound`` when the user does not exist or is
-    deactivated, in which case nothing changes.
+    One statement, its own transaction, one round trip when it succeeds (the statement is
+    ``post``'s, sent with the user's security context). Raises ``InsufficientCredits`` when
+    the balance is short and ``NotFound`` when the user does not exist or is deactivated;
+    nothing changes then. With ``dedupe_key`` the spend happens at most once: a retry gets
+    the first spend's entry back (``replayed``), even while racing it, and the key reused
+    for a different spend is a ``Conflict``.
     """
     _check_credits(credits)
     amount = -credits
     params = _params(
         user_id=user_id, amount=amount, kind=USAGE_KIND, description=description,
-        endpoint=endpoint, active_only=True,
+        endpoint=endpoint, dedupe_key=dedupe_key, active_only=True,
     )
-    row = await db.fetchone(_POST, params, scope="user", user_id=user_id)
-    if row is None:
-        state = await db.fetchone(_STATE, {"user_id": user_id}, scope="user", user_id=user_id)
-        if state is None or not state.is_active:
-            raise NotFound("no such user", code="user_not_found")
+    try:
+        row = await db.fetchone(_POST, params, scope="user", user_id=user_id)
+    except psycopg.errors.UniqueViolation as exc:
+        if exc.diag.constraint_name != _DEDUPE_INDEX:
+            raise
+        row = None  # a twin with the same key committed while this one waited: replay it
+    if row is not None:
+        return _entry(row, user_id=user_id, amount=amount, kind=USAGE_KIND)
+    state = await db.fetchone(_SPEND_REFUSED, {"user_id": user_id, "dedupe_key": dedupe_key},
+                              scope="user", user_id=user_id)
+    if state is None or not state.is_active:
+        raise NotFound("no such user", code="user_not_found")
+    if state.id is None:
         raise _insufficient(state.credit_balance, amount)
-    return _entry(row, user_id=user_id, amount=amount, kind=USAGE_KIND)
+    if (state.amount, state.description, state.endpoint) != (amount, description, endpoint):
+        raise Conflict("this key was already used for a different spend (credits, "
+                       "description or endpoint)", code="idempotency_key_reused")
+    return Entry(id=state.id, user_id=user_id, amount=amount, kind=USAGE_KIND,
+                 balance_after=state.balance_after, created_at=state.created_at, replayed=True)
 
 
 _APPLIED = select(CreditTransaction.id).where(
@@ -256,7 +264,11 @@ def _entry(row: Any, *, user_id: uuid.UUID, amount: int, kind: str) -> Entry:
 
 
 def _sync(session: Session, user_id: uuid.UUID) -> None:
-    """Expire a loaded ``User`` so its balance is re-read after the SQL-level update."""
+    """Expire a loaded ``User`` so its balance is re-read after the SQL-level update.
+
+    The one statement is the ledger's point (no row lock, no second round trip), so the
+    ORM cannot know what it changed; a request that loaded its user must not see an old
+    balance."""
     user = session.identity_map.get(session.identity_key(User, user_id))
     if user is not None:
         session.expire(user, ["credit_balance", "credits_purchased", "credits_used"])

@@ -26,8 +26,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,8 +39,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from db import rls
 from db.base import utc_now
 from db.models.users import LOGIN_METHODS
+from db.transaction import transaction
 from services import outbox
 
 USAGE_STREAM = "billing:logs:usage"
@@ -140,37 +141,19 @@ def record_login(client: redis.Redis, **fields: Any) -> None:
     _xadd(client, "login", _stamp(fields))
 
 
-def record_usage(session: Session, client: redis.Redis, **fields: Any) -> None:
-    """Hand off one API usage record once ``session`` commits.
+async def record_usage(client: redis.asyncio.Redis, **fields: Any) -> None:
+    """Hand off one API usage record now (after the work it records has committed).
 
     ``fields``: user_id, endpoint, method, credits, status_code, response_time_ms,
-    request_id, transaction_id.
+    request_id, transaction_id. A Redis outage costs this record, never the request.
     """
-    record = _usage_record(fields)
-    outbox.after_commit(session, lambda: _xadd(client, "usage", record))
-
-
-async def record_usage_async(client: redis.asyncio.Redis, **fields: Any) -> None:
-    """Hand off one API usage record now, from the event loop (call it after the commit).
-
-    A Redis outage costs this record, never the request (as for ``record_usage``).
-    """
-    try:
-        await _xadd_async(client, "usage", _usage_record(fields))
-    except redis.RedisError:
-        log.exception("usage record dropped: redis unavailable")
-
-
-def _usage_record(fields: dict[str, Any]) -> dict[str, Any]:
     box = REQUEST_USAGE.get()
     if box is not None:
         box.recorded = True  # the middleware must not add a second record for this request
-    return _stamp(fields)
-
-
-def record_usage_now(client: redis.Redis, **fields: Any) -> None:
-    """Hand off one API usage record immediately (no transaction to wait for)."""
-    _xadd(client, "usage", _stamp(fields))
+    try:
+        await _xadd_async(client, "usage", _stamp(fields))
+    except redis.RedisError:
+        log.exception("usage record dropped: redis unavailable")
 
 
 # --- validation -----------------------------------------------------------------------------
@@ -371,20 +354,22 @@ def ensure_group(client: redis.Redis, stream: str) -> None:
             raise
 
 
-Entry = tuple[bytes, dict[bytes, bytes]]
+StreamEntry = tuple[bytes, dict[bytes, bytes]]  # (id, fields), as XREADGROUP returns it
 
 
-def _parse(kind: _Kind, entries: list[Entry]) -> tuple[list[Any], list[tuple[Entry, str]]]:
+def _parse(
+    kind: _Kind, entries: list[StreamEntry],
+) -> tuple[list[Any], list[tuple[StreamEntry, str]]]:
     pairs, bad = _parse_entries(kind, entries)
     return [record for _, record in pairs], bad
 
 
 def _parse_entries(
-    kind: _Kind, entries: list[Entry],
-) -> tuple[list[tuple[Entry, Any]], list[tuple[Entry, str]]]:
+    kind: _Kind, entries: list[StreamEntry],
+) -> tuple[list[tuple[StreamEntry, Any]], list[tuple[StreamEntry, str]]]:
     """The valid records, each with its entry, and the invalid entries with the reason."""
-    good: list[tuple[Entry, Any]] = []
-    bad: list[tuple[Entry, str]] = []
+    good: list[tuple[StreamEntry, Any]] = []
+    bad: list[tuple[StreamEntry, str]] = []
     for entry in entries:
         _, fields = entry
         try:
@@ -396,7 +381,7 @@ def _parse_entries(
     return good, bad
 
 
-def _park(client: redis.Redis, stream: str, bad: list[tuple[Entry, str]],
+def _park(client: redis.Redis, stream: str, bad: list[tuple[StreamEntry, str]],
           level: int = logging.WARNING) -> None:
     pipe = client.pipeline(transaction=False)
     for (entry_id, fields), reason in bad:
@@ -412,7 +397,8 @@ def _park(client: redis.Redis, stream: str, bad: list[tuple[Entry, str]],
                                                    "entry": entry_id.decode(), "reason": reason})
 
 
-def _settle(client: redis.Redis, stream: str, ids: list[bytes]) -> None:
+def _acknowledge(client: redis.Redis, stream: str, ids: list[bytes]) -> None:
+    """XACK and XDEL the written entries: done with, for the group and for the stream."""
     if ids:
         pipe = client.pipeline(transaction=True)
         pipe.xack(stream, GROUP, *ids)
@@ -441,29 +427,14 @@ def _refusal(exc: BaseException) -> str:
     return reason
 
 
-@contextmanager
-def _transaction(session_factory: Callable[[], Session]) -> Iterator[Session]:
-    """A session for one transaction: committed when the block ends, else rolled back."""
-    session = session_factory()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
-
-
-def _write(session_factory: Callable[[], Session], kind: _Kind,
-           records: list[Any]) -> tuple[int, list[Any]]:
+def _write(database_url: str, kind: _Kind, records: list[Any]) -> tuple[int, list[Any]]:
     """The batch in one statement and one transaction: the normal case."""
-    with _transaction(session_factory) as session:
+    with transaction(database_url, acting_as=rls.OWNER) as session:
         return kind.write(session, records)
 
 
 def _write_piecewise(
-    session_factory: Callable[[], Session], kind: _Kind, records: list[Any],
+    database_url: str, kind: _Kind, records: list[Any],
 ) -> tuple[int, list[Any], list[tuple[int, str]]]:
     """The batch in halves, each under a savepoint, down to the records the database refuses.
 
@@ -490,7 +461,7 @@ def _write_piecewise(
         written += inserted
         orphans.extend(refused)
 
-    with _transaction(session_factory) as session:
+    with transaction(database_url, acting_as=rls.OWNER) as session:
         if len(records) == 1:
             attempt(session, 0, 1)
         else:  # the whole batch was just refused: start with its halves
@@ -500,20 +471,20 @@ def _write_piecewise(
 
 
 def _write_batch(
-    session_factory: Callable[[], Session], client: redis.Redis, stream: str, kind: _Kind,
-    entries: list[Entry], result: DrainResult,
+    database_url: str, client: redis.Redis, stream: str, kind: _Kind,
+    entries: list[StreamEntry], result: DrainResult,
 ) -> None:
     pairs, bad = _parse_entries(kind, entries)
     records = [record for _, record in pairs]
-    refused_by_db: list[tuple[Entry, str]] = []
+    refused_by_db: list[tuple[StreamEntry, str]] = []
     try:
-        written, refused = _write(session_factory, kind, records)
+        written, refused = _write(database_url, kind, records)
     except _REFUSED_CONTENT as exc:
         # One record the database cannot take must not hold back the others, nor the stream
         # behind them (its entry would be re-claimed, and refused, forever).
         log.warning("log batch refused by the database; writing it piecewise",
                     extra={"stream": stream, "records": len(records), "reason": _refusal(exc)})
-        written, refused, rejected = _write_piecewise(session_factory, kind, records)
+        written, refused, rejected = _write_piecewise(database_url, kind, records)
         refused_by_db = [(pairs[index][0], reason) for index, reason in rejected]
     refused_ids = {r.id for r in refused}
     for entry in entries:
@@ -525,14 +496,14 @@ def _write_batch(
         _park(client, stream, refused_by_db, level=logging.ERROR)
         bad += refused_by_db
     # Only after the commit: a crash before this line re-delivers, and ON CONFLICT absorbs it.
-    _settle(client, stream, [entry_id for entry_id, _ in entries])
+    _acknowledge(client, stream, [entry_id for entry_id, _ in entries])
     result.read += len(entries)
     result.written += written
     result.parked += len(bad)
     result.batches += 1
 
 
-def _entry_record_id(entry: Entry) -> uuid.UUID | None:
+def _entry_record_id(entry: StreamEntry) -> uuid.UUID | None:
     try:
         return uuid.UUID(json.loads(entry[1][b"r"])["id"])
     except (KeyError, ValueError, TypeError):
@@ -542,7 +513,7 @@ def _entry_record_id(entry: Entry) -> uuid.UUID | None:
 def _reclaim(
     client: redis.Redis, stream: str, consumer: str, start: bytes | str, count: int,
     min_idle_ms: int,
-) -> tuple[bytes | str, list[Entry]]:
+) -> tuple[bytes | str, list[StreamEntry]]:
     reply: Any = client.xautoclaim(stream, GROUP, consumer, min_idle_time=min_idle_ms,
                               start_id=start, count=count)
     next_id, claimed = reply[0], reply[1]
@@ -573,7 +544,7 @@ def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
 
 
 def drain(
-    session_factory: Callable[[], Session], client: redis.Redis, kind_name: str, *,
+    database_url: str, client: redis.Redis, kind_name: str, *,
     batch_size: int = 1000, budget_s: float = 4.0, claim_idle_ms: int = CLAIM_IDLE_MS,
 ) -> DrainResult:
     """Write the stream's records in batches until it is empty or ``budget_s`` is spent.
@@ -606,7 +577,7 @@ def drain(
                 if _id_tuple(claim_from) == (0, 0):
                     break
                 continue
-            _write_batch(session_factory, client, stream, kind, entries, result)
+            _write_batch(database_url, client, stream, kind, entries, result)
             if time.monotonic() >= deadline:
                 result.more = True
                 break
@@ -646,11 +617,3 @@ def backlog(client: redis.Redis, kind_name: str) -> int:
     """Entries still in the stream (not yet written and acknowledged)."""
     return int(client.xlen(STREAMS[kind_name]))
 
-
-def oldest_record_age_s(client: redis.Redis, kind_name: str) -> float | None:
-    """Age of the oldest unwritten record, for monitoring; None when the stream is empty."""
-    first: Any = client.xrange(STREAMS[kind_name], count=1)
-    if not first:
-        return None
-    ms, _ = _id_tuple(first[0][0])
-    return max(0.0, time.time() - ms / 1000)

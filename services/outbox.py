@@ -1,9 +1,10 @@
-"""Enqueue after commit: work requested inside a transaction happens once it commits.
+"""Sending Celery tasks by name, so that services never import the workers package.
 
-Services call ``enqueue(session, "task.name", *args)`` (or ``after_commit`` for
-any other hand-off); nothing is sent if the transaction rolls back, so a worker
-never sees an id whose row does not exist. Work is sent by task name, so
-services never import the workers package.
+Inside a transaction, services call ``enqueue(session, "task.name", *args)``: the task is
+handed to the transaction (``db.transaction.after_commit``) and sent once it commits,
+never if it rolls back, so a worker never sees an id whose row does not exist. Outside
+one, ``send_now`` sends at once and ``send_soon`` from a background thread (the event
+loop's routes).
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-log = logging.getLogger(__name__)
+from db.transaction import after_commit
 
-_PENDING = "billing.outbox"
+log = logging.getLogger(__name__)
 
 Sender = Callable[[str, tuple[Any, ...], dict[str, Any]], None]
 
@@ -55,13 +55,6 @@ def producer_app(broker_url: str) -> Celery:
     app.config_from_object("celeryconfig")
     app.conf.broker_url = broker_url
     return app
-
-
-def after_commit(session: Session, action: Callable[[], object]) -> None:
-    """Run ``action`` once ``session``'s transaction commits; drop it on rollback."""
-    if not session.in_transaction():
-        session.begin()  # so that a rollback, even with no SQL run, drops this work
-    session.info.setdefault(_PENDING, []).append(action)
 
 
 def enqueue(session: Session, task_name: str, *args: Any, **options: Any) -> None:
@@ -107,19 +100,3 @@ def flush(timeout: float = 5.0) -> bool:
     # One thread sends in order: when the latest hand-off is done, all are.
     return latest is None or bool(wait([latest], timeout=timeout).done)
 
-
-@event.listens_for(Session, "after_commit")
-def _send_pending(session: Session) -> None:
-    for action in session.info.pop(_PENDING, []):
-        try:
-            action()
-        except Exception:  # committed already: one failed hand-off must not stop the rest
-            log.exception("after-commit action failed")
-
-
-@event.listens_for(Session, "after_soft_rollback")
-def _drop_pending(session: Session, previous_transaction: object) -> None:
-    # Fires for every rollback() (even one with no SQL run); a savepoint's rollback
-    # leaves the outer transaction open and its work queued.
-    if not session.in_transaction():
-        session.info.pop(_PENDING, None)

@@ -8,34 +8,28 @@ the request's transaction. If Stripe is down nothing is written (503); if the
 transaction fails after Stripe answered, the Stripe object is left without a
 payment row and can never be paid through us (its id was never returned), and
 its events carry a ``payment_id`` that matches nothing. Stripe idempotency
-keys derive from the user id (customer) and the payment id (session or intent),
-so the SDK's network retries never create a second object.
+keys derive from the user id (customer, ``stripe_gateway.customer_of``) and the
+payment id (session or intent), so the SDK's network retries never create a
+second object.
 """
 
 from __future__ import annotations
 
-import base64
-import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import stripe
-from sqlalchemy import select, tuple_, update
 from sqlalchemy.orm import Session
 
 from db.models import CreditPackage, Payment, User
 from services import packages, stripe_gateway
-from services.errors import InvalidInput, UpstreamUnavailable
+from services.errors import InvalidInput
+from services.pagination import Page, newest_first
 from settings import Settings
 
-log = logging.getLogger(__name__)
-
 FLOWS = ("checkout", "payment_intent")
-# Stripe errors that mean "try again later" rather than "this request is wrong".
-_TRANSIENT = (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError)
 
 
 @dataclass(frozen=True)
@@ -105,8 +99,8 @@ def start_purchase(
     client = stripe_gateway.client(settings)
     payment_id = uuid.uuid4()
     metadata = {"payment_id": str(payment_id), "user_id": str(user.id), "package_id": package.id}
-    try:
-        customer_id = user.stripe_customer_id or _create_customer(client, user)
+    with stripe_gateway.errors():
+        customer_id = stripe_gateway.customer_of(session, client, user)
         if flow == "checkout":
             assert success_url is not None and cancel_url is not None
             checkout = client.v1.checkout.sessions.create(
@@ -127,21 +121,6 @@ def start_purchase(
                 params=intent_params,  # type: ignore[arg-type]
                 options={"idempotency_key": f"billing-intent-{payment_id}"},
             )
-    except _TRANSIENT as exc:
-        log.warning("stripe unavailable", extra={"error": type(exc).__name__})
-        raise UpstreamUnavailable(
-            "Stripe cannot be reached right now; nothing was charged, retry later",
-            code="stripe_unavailable",
-        ) from None
-    except stripe.StripeError as exc:
-        # Our request was refused (configuration or a bug): the client cannot fix it.
-        log.error("stripe refused purchase", extra={"error": type(exc).__name__,
-                                                    "stripe_code": exc.code})
-        raise UpstreamUnavailable(
-            "the payment provider refused the request", code="stripe_error"
-        ) from None
-
-    _remember_customer(session, user, customer_id)
     payment = Payment(
         id=payment_id,
         user_id=user.id,
@@ -193,69 +172,14 @@ def _checkout_params(
     }
 
 
-def _create_customer(client: stripe.StripeClient, user: User) -> str:
-    params: dict[str, Any] = {"metadata": {"user_id": str(user.id)}}
-    if user.email:
-        params["email"] = user.email
-    customer = client.v1.customers.create(
-        params=params,  # type: ignore[arg-type]
-        # One customer per user, even when two first purchases race (within Stripe's 24 h).
-        options={"idempotency_key": f"billing-customer-{user.id}"},
-    )
-    return customer.id
-
-
-def _remember_customer(session: Session, user: User, customer_id: str) -> None:
-    if user.stripe_customer_id == customer_id:
-        return
-    # Conditional: a concurrent first purchase may have stored its customer already; keep that.
-    session.execute(
-        update(User)
-        .where(User.id == user.id, User.stripe_customer_id.is_(None))
-        .values(stripe_customer_id=customer_id)
-        .execution_options(synchronize_session=False)
-    )
-    session.expire(user, ["stripe_customer_id"])
-
-
 # --- history ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PaymentPage:
-    items: list[Payment]
-    next_cursor: str | None
-
-
-def _encode_cursor(created_at: datetime, payment_id: uuid.UUID) -> str:
-    raw = f"{created_at.isoformat()}|{payment_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, pid = raw.split("|", 1)
-        moment = datetime.fromisoformat(stamp)
-        if moment.tzinfo is None:
-            raise ValueError("naive")
-        return moment, uuid.UUID(pid)
-    except ValueError:
-        raise InvalidInput("cursor is not valid", code="invalid_cursor") from None
-
-
 def list_payments(
-    session: Session, *, user_id: uuid.UUID | None, limit: int = 50, cursor: str | None = None
-) -> PaymentPage:
-    """Payments newest first (of one user, or of everyone when ``user_id`` is None)."""
-    query = select(Payment).order_by(Payment.created_at.desc(), Payment.id.desc()).limit(limit + 1)
-    if user_id is not None:
-        query = query.where(Payment.user_id == user_id)
-    if cursor:
-        moment, pid = _decode_cursor(cursor)
-        query = query.where(tuple_(Payment.created_at, Payment.id) < tuple_(moment, pid))
-    rows = list(session.scalars(query))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = _encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
-    return PaymentPage(items=rows, next_cursor=next_cursor)
+    session: Session, *, user_id: uuid.UUID | None = None, status: str | None = None,
+    since: datetime | None = None, until: datetime | None = None, limit: int = 50,
+    cursor: str | None = None,
+) -> Page[Payment]:
+    """Payments newest first, of one user or all (admins), by status and creation time."""
+    return newest_first(session, Payment, equal={Payment.user_id: user_id, Payment.status: status},
+                        since=since, until=until, limit=limit, cursor=cursor)

@@ -113,8 +113,8 @@ def produce_due(session: Session, *, now: datetime | None = None) -> date:
 
 def list_reports(session: Session, *, limit: int, cursor: str | None) -> Page[DailyReport]:
     """Stored reports, newest first."""
-    return paginate(session, select(DailyReport), created_col=DailyReport.created_at,
-                    id_col=DailyReport.id, limit=limit, cursor=cursor)
+    return paginate(session, select(DailyReport), key=(DailyReport.created_at, DailyReport.id),
+                    limit=limit, cursor=cursor)
 
 
 def get(session: Session, report_id: int) -> DailyReport:

@@ -8,13 +8,13 @@ The daily usage rollup is kept: statistics of past days outlive the raw rows.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import text
-from sqlalchemy.orm import Session
 
+from db import rls
 from db.base import utc_now
+from db.transaction import transaction
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ _DELETE = {
 
 
 def purge(
-    session_factory: Callable[[], Session], *, retention_days: int, batch_size: int = 5000,
+    database_url: str, *, retention_days: int, batch_size: int = 5000,
     max_batches: int = 1000, now: datetime | None = None,
 ) -> dict[str, int]:
     """Delete log rows older than ``retention_days``; returns rows deleted per table."""
@@ -39,7 +39,7 @@ def purge(
     for table in TABLES:
         deleted[table] = 0
         for _ in range(max_batches):
-            with session_factory() as session, session.begin():
+            with transaction(database_url, acting_as=rls.OWNER) as session:
                 session.execute(text("SET LOCAL lock_timeout = '2s'"))
                 result = session.execute(_DELETE[table], {"cut": cut, "n": batch_size})
                 count = int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -1,8 +1,8 @@
 """Settling payments from Stripe's word: grants, failures, refunds and disputes, each once.
 
-Every function here works on a payment row locked ``FOR UPDATE`` by ``find_payment`` (a
-``LockedPayment``, written back by the function that changed it), so two events about one
-payment are applied one after the other, never interleaved.
+Every function here works on a payment row locked ``FOR UPDATE`` by ``find_payment`` (and
+read afresh with it), so two events about one payment are applied one after the other,
+never interleaved.
 Credits move only through ``services.ledger`` with a dedupe key per cause, so an event
 delivered twice, late or out of order moves money at most once:
 
@@ -14,11 +14,9 @@ delivered twice, late or out of order moves money at most once:
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, fields
-from datetime import datetime
-from typing import cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from db.base import utc_now
@@ -31,47 +29,6 @@ GRANTED = frozenset({"succeeded", "partially_refunded", "refunded"})
 # A payment that was never paid may still become paid (a retried card); these never change.
 FINAL_UNPAID = frozenset({"canceled"})
 
-@dataclass(eq=False)
-class LockedPayment:
-    """A payment row locked ``FOR UPDATE`` in the caller's transaction.
-
-    The functions of this module change it in memory and write it back (every changeable
-    column, in one ``UPDATE``) before they return; the row lock makes that write safe.
-    """
-
-    id: uuid.UUID
-    user_id: uuid.UUID
-    package_id: str | None
-    flow: str
-    amount_cents: int
-    currency: str
-    credits: int
-    # What settling changes, from here on:
-    status: str
-    succeeded_at: datetime | None
-    failure_reason: str | None
-    refunded_cents: int
-    credits_refunded: int
-    dispute_status: str | None
-    stripe_checkout_session_id: str | None
-    stripe_payment_intent_id: str | None
-    stripe_charge_id: str | None
-    dirty: bool = False
-
-
-# The event pipeline's hot path reads and writes payments as plain rows, with statements
-# built once: an ORM load and flush cost several times the CPU of the SQL they send.
-_payments = cast(Table, Payment.__table__)
-_READ = tuple(f.name for f in fields(LockedPayment) if f.name != "dirty")
-_MUTABLE = _READ[_READ.index("status") :]
-_SELECT = select(*(_payments.c[name] for name in _READ))
-_BY_ID = _SELECT.where(_payments.c.id == bindparam("payment_id")).with_for_update()
-_WRITE = (
-    update(_payments)
-    .where(_payments.c.id == bindparam("payment_id"))
-    .values({name: bindparam(f"new_{name}") for name in _MUTABLE})
-)
-
 
 def find_payment(
     session: Session,
@@ -81,7 +38,7 @@ def find_payment(
     payment_intent_id: str | None = None,
     charge_id: str | None = None,
     invoice_id: str | None = None,
-) -> LockedPayment | None:
+) -> Payment | None:
     """The payment an event is about, locked for update; None when it is not ours.
 
     Our metadata (``payment_id``) wins; Stripe ids are the fallback. A payment id in the
@@ -89,32 +46,34 @@ def find_payment(
     have committed when the event arrived).
     """
     if payment_id is not None:
-        row = session.execute(_BY_ID, {"payment_id": payment_id}).one_or_none()
-        if row is None:
+        payment = _locked(session, Payment.id == payment_id)
+        if payment is None:
             raise NotReady(f"payment {payment_id} named in the metadata does not exist (yet)")
-        return LockedPayment(*row)
+        return payment
     conditions = []
     if checkout_session_id:
-        conditions.append(_payments.c.stripe_checkout_session_id == checkout_session_id)
+        conditions.append(Payment.stripe_checkout_session_id == checkout_session_id)
     if payment_intent_id:
-        conditions.append(_payments.c.stripe_payment_intent_id == payment_intent_id)
+        conditions.append(Payment.stripe_payment_intent_id == payment_intent_id)
     if charge_id:
-        conditions.append(_payments.c.stripe_charge_id == charge_id)
+        conditions.append(Payment.stripe_charge_id == charge_id)
     if invoice_id:
-        conditions.append(_payments.c.stripe_invoice_id == invoice_id)
+        conditions.append(Payment.stripe_invoice_id == invoice_id)
     if not conditions:
         return None
-    row = session.execute(
-        _SELECT.where(or_(*conditions))
-        .order_by(_payments.c.created_at)
-        .limit(1)
-        .with_for_update()
-    ).one_or_none()
-    return LockedPayment(*row) if row is not None else None
+    return _locked(session, or_(*conditions))
+
+
+def _locked(session: Session, condition: Any) -> Payment | None:
+    # populate_existing: the locked row's current values, even over a copy loaded earlier.
+    return session.scalars(
+        select(Payment).where(condition).order_by(Payment.created_at).limit(1)
+        .with_for_update().execution_options(populate_existing=True)
+    ).first()
 
 
 def link(
-    payment: LockedPayment,
+    payment: Payment,
     *,
     checkout_session_id: str | None = None,
     payment_intent_id: str | None = None,
@@ -124,22 +83,21 @@ def link(
 
     An event whose Checkout Session or PaymentIntent is not the one the payment already
     has is about another payment (metadata naming someone else's): ``Rejected``. Charges
-    may differ (a declined attempt's, then the successful one's). Written with the payment
-    by the settlement call that follows.
+    may differ (a declined attempt's, then the successful one's).
     """
     for known, told in ((payment.stripe_checkout_session_id, checkout_session_id),
                         (payment.stripe_payment_intent_id, payment_intent_id)):
         if known is not None and told is not None and known != told:
             raise Rejected(f"payment {payment.id} is linked to {known}, the event names {told}")
     if checkout_session_id and payment.stripe_checkout_session_id is None:
-        _set(payment, stripe_checkout_session_id=checkout_session_id)
+        payment.stripe_checkout_session_id = checkout_session_id
     if payment_intent_id and payment.stripe_payment_intent_id is None:
-        _set(payment, stripe_payment_intent_id=payment_intent_id)
+        payment.stripe_payment_intent_id = payment_intent_id
     if charge_id and payment.stripe_charge_id is None:
-        _set(payment, stripe_charge_id=charge_id)
+        payment.stripe_charge_id = charge_id
 
 
-def check_customer(session: Session, payment: LockedPayment, *, customer: str | None) -> None:
+def check_customer(session: Session, payment: Payment, *, customer: str | None) -> None:
     """``Rejected`` when the event's Stripe customer is not the payment's user's."""
     if customer is None:
         return
@@ -148,22 +106,9 @@ def check_customer(session: Session, payment: LockedPayment, *, customer: str | 
         raise Rejected(f"payment {payment.id} belongs to {own}, the event to {customer}")
 
 
-def _save(session: Session, payment: LockedPayment) -> None:
-    """Write ``payment`` back if it changed, and drop any stale ORM copy of it."""
-    if not payment.dirty:
-        return
-    params = {f"new_{name}": getattr(payment, name) for name in _MUTABLE}
-    params["payment_id"] = payment.id
-    session.execute(_WRITE, params)
-    payment.dirty = False
-    loaded = session.identity_map.get(session.identity_key(Payment, payment.id))
-    if loaded is not None:
-        session.expire(loaded)
-
-
 def settle(
     session: Session,
-    payment: LockedPayment,
+    payment: Payment,
     *,
     amount_cents: int | None,
     currency: str | None,
@@ -186,9 +131,10 @@ def settle(
             f"payment {payment.id} expects {payment.currency} but Stripe reports {currency}"
         )
     if payment.status in GRANTED:
-        _save(session, payment)
         return None
-    _set(payment, status="succeeded", succeeded_at=utc_now(), failure_reason=None)
+    payment.status = "succeeded"
+    payment.succeeded_at = utc_now()
+    payment.failure_reason = None
     entry = ledger.post(
         session,
         user_id=payment.user_id,
@@ -197,35 +143,33 @@ def settle(
         reference_type="payment",
         reference_id=str(payment.id),
         dedupe_key=f"payment:{payment.id}",
-        serialized=True,  # the payment's row is locked: see LockedPayment
+        serialized=True,  # the payment's row is locked: no twin can be in flight
         description=f"{payment.credits} credits ({payment.package_id or 'purchase'})",
     )
     _apply_refunds(session, payment)
-    _save(session, payment)
     return entry
 
 
-def fail(session: Session, payment: LockedPayment, *, reason: str | None) -> bool:
+def fail(session: Session, payment: Payment, *, reason: str | None) -> bool:
     """Mark an unpaid payment failed (a success is never undone); True when it changed."""
     changed = not (
         payment.status in GRANTED or payment.status in FINAL_UNPAID or payment.status == "expired"
     )
     if changed:
-        _set(payment, status="failed", failure_reason=(reason or "payment failed")[:500])
-    _save(session, payment)
+        payment.status = "failed"
+        payment.failure_reason = (reason or "payment failed")[:500]
     return changed
 
 
-def expire(session: Session, payment: LockedPayment) -> bool:
+def expire(session: Session, payment: Payment) -> bool:
     """Mark a still-pending payment expired (its Checkout Session lapsed); True when it changed."""
     changed = payment.status == "pending"
     if changed:
-        _set(payment, status="expired")
-    _save(session, payment)
+        payment.status = "expired"
     return changed
 
 
-def record_refund(session: Session, payment: LockedPayment, *, refunded_cents: int) -> None:
+def record_refund(session: Session, payment: Payment, *, refunded_cents: int) -> None:
     """Record that ``refunded_cents`` of ``payment`` are refunded in total and take back credits.
 
     ``refunded_cents`` is Stripe's cumulative figure (``charge.amount_refunded``), so the
@@ -233,13 +177,12 @@ def record_refund(session: Session, payment: LockedPayment, *, refunded_cents: i
     """
     total = max(0, min(refunded_cents, payment.amount_cents))
     if total > payment.refunded_cents:
-        _set(payment, refunded_cents=total)
+        payment.refunded_cents = total
     _apply_refunds(session, payment)
-    _save(session, payment)
 
 
 def open_dispute(
-    session: Session, payment: LockedPayment, *, dispute_id: str, amount_cents: int
+    session: Session, payment: Payment, *, dispute_id: str, amount_cents: int
 ) -> None:
     """A chargeback: claw back the disputed share of the payment's credits (once per dispute).
 
@@ -249,32 +192,29 @@ def open_dispute(
     if payment.dispute_status != "won":  # won: the dispute already closed, this one is stale
         _claw_back(session, payment, dispute_id=dispute_id, amount_cents=amount_cents)
         if payment.dispute_status is None:
-            _set(payment, dispute_status="open")
-    _save(session, payment)
+            payment.dispute_status = "open"
 
 
 def close_dispute(
-    session: Session, payment: LockedPayment, *, dispute_id: str, amount_cents: int, won: bool
+    session: Session, payment: Payment, *, dispute_id: str, amount_cents: int, won: bool
 ) -> None:
     """A won dispute gives the clawed-back credits back; a lost one keeps them taken."""
     if won:
         _release(session, payment, dispute_id=dispute_id)
-        _set(payment, dispute_status="won")
+        payment.dispute_status = "won"
     else:
         _claw_back(session, payment, dispute_id=dispute_id, amount_cents=amount_cents)
-        _set(payment, dispute_status="lost")
-    _save(session, payment)
+        payment.dispute_status = "lost"
 
 
-def drop_dispute(session: Session, payment: LockedPayment, *, dispute_id: str) -> None:
+def drop_dispute(session: Session, payment: Payment, *, dispute_id: str) -> None:
     """A dispute ended with no chargeback (an inquiry closed, or prevented): give back
     whatever it took. Unlike a won dispute, it leaves no mark on the payment, so a later
     chargeback of the same payment is still taken back."""
     _release(session, payment, dispute_id=dispute_id)
-    _save(session, payment)
 
 
-def _release(session: Session, payment: LockedPayment, *, dispute_id: str) -> None:
+def _release(session: Session, payment: Payment, *, dispute_id: str) -> None:
     """Give back what dispute ``dispute_id`` took (once), then the refunds it held down."""
     clawed = session.scalar(
         select(CreditTransaction.amount).where(
@@ -297,13 +237,6 @@ def _release(session: Session, payment: LockedPayment, *, dispute_id: str) -> No
     _apply_refunds(session, payment)
 
 
-def _set(payment: LockedPayment, **values: object) -> None:
-    for name, value in values.items():
-        if getattr(payment, name) != value:
-            setattr(payment, name, value)
-            payment.dirty = True
-
-
 def _share(credits: int, part_cents: int, whole_cents: int) -> int:
     """The credits that ``part_cents`` of ``whole_cents`` paid for (all of them for the whole)."""
     if whole_cents <= 0 or part_cents >= whole_cents:
@@ -318,12 +251,12 @@ _DISPUTED = select(func.coalesce(-func.sum(CreditTransaction.amount), 0)).where(
 )
 
 
-def _disputed(session: Session, payment: LockedPayment) -> int:
+def _disputed(session: Session, payment: Payment) -> int:
     """The payment's credits that disputes hold taken back now (claw-backs less reversals)."""
     return int(session.scalar(_DISPUTED, {"payment_id": str(payment.id)}) or 0)
 
 
-def _apply_refunds(session: Session, payment: LockedPayment) -> None:
+def _apply_refunds(session: Session, payment: Payment) -> None:
     """Take back the refunded share of the credits, less what disputes already took.
 
     Refunds and disputes together never take back more than the payment granted, in
@@ -352,13 +285,13 @@ def _apply_refunds(session: Session, payment: LockedPayment) -> None:
             description=f"refund of {payment.refunded_cents} {payment.currency} minor units",
             may_overdraw=True,
         )
-        _set(payment, credits_refunded=target)
+        payment.credits_refunded = target
     full = payment.refunded_cents >= payment.amount_cents
-    _set(payment, status="refunded" if full else "partially_refunded")
+    payment.status = "refunded" if full else "partially_refunded"
 
 
 def _claw_back(
-    session: Session, payment: LockedPayment, *, dispute_id: str, amount_cents: int
+    session: Session, payment: Payment, *, dispute_id: str, amount_cents: int
 ) -> None:
     if payment.status not in GRANTED:
         raise NotReady(f"payment {payment.id} is disputed but not settled yet")

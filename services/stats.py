@@ -275,14 +275,11 @@ class AdminRead:
     document: str | None
 
 
-def latest_for(session: Session, user_id: uuid.UUID) -> AdminRead | None:
-    """The newest snapshot for ``user_id`` if an active admin; ``None`` if no such user."""
-    row = session.execute(_LATEST_FOR, {"user_id": user_id}).one_or_none()
-    return None if row is None else AdminRead(row.is_active, row.role, row.document)
+async def latest_for(db: AsyncDatabase, user_id: uuid.UUID) -> AdminRead | None:
+    """The newest snapshot for ``user_id`` if an active admin; ``None`` if no such user.
 
-
-async def latest_for_async(db: AsyncDatabase, user_id: uuid.UUID) -> AdminRead | None:
-    """``latest_for`` from the event loop (one round trip, in the admin scope)."""
+    One statement from the event loop (the admin scope, one round trip).
+    """
     row = await db.fetchone(_LATEST_FOR, {"user_id": user_id}, scope="admin", user_id=user_id)
     return None if row is None else AdminRead(row.is_active, row.role, row.document)
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +38,25 @@ def scratch_session(database_url: str) -> Iterator[Session]:
     finally:
         session.rollback()
         session.close()
+
+
+def on_event_loop(database_url: str, work: Callable[[Any], Awaitable[T]], *,
+                  connections: int = 1) -> T:
+    """``await work(db)`` with ``db`` a fresh async pool (``db.aio``), as the event-loop
+    routes run their statements; the pool is closed after."""
+    import asyncio
+
+    from db.aio import AsyncDatabase
+
+    async def run() -> T:
+        db = AsyncDatabase(database_url, min_size=1, max_size=connections)
+        await db.open()
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
 
 
 def wait_for(predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.05,

@@ -1,7 +1,8 @@
-"""The cursor pagination helper: complete, stable pages over (created_at, id)."""
+"""The cursor pagination helper: complete, stable pages over a key such as (created_at, id)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,7 +17,7 @@ from tests.factories import make_user
 def _walk(db, stmt, **kw) -> list[list]:
     pages, cursor = [], None
     while True:
-        page = paginate(db, stmt, created_col=User.created_at, id_col=User.id, cursor=cursor, **kw)
+        page = paginate(db, stmt, key=(User.created_at, User.id), cursor=cursor, **kw)
         pages.append(page.items)
         if page.next_cursor is None:
             return pages
@@ -47,13 +48,35 @@ def test_pagination_of_rows_and_filters(db):
 
 
 @pytest.mark.parametrize("cursor", ["", "!!!", "bm90IGpzb24", encode_cursor(
-    datetime(2026, 1, 1, tzinfo=UTC), "not-a-uuid")])
+    datetime(2026, 1, 1, tzinfo=UTC), "not-a-uuid"), encode_cursor(7), encode_cursor(
+    "2026-01-01T00:00:00", uuid.uuid4())])
 def test_a_cursor_that_is_not_ours_is_invalid_input(db, cursor):
     with pytest.raises(InvalidInput) as err:
-        paginate(db, select(User), created_col=User.created_at, id_col=User.id, cursor=cursor)
+        paginate(db, select(User), key=(User.created_at, User.id), cursor=cursor)
     assert err.value.code == "invalid_cursor"
 
 
 def test_cursor_round_trip():
     at = datetime(2026, 3, 1, 1, 2, 3, 456789, tzinfo=UTC)
-    assert decode_cursor(encode_cursor(at, 42), int) == (at, 42)
+    assert decode_cursor(encode_cursor(at, 42), (datetime, int)) == (at, 42)
+    assert decode_cursor(encode_cursor(42), (int,)) == (42,)
+
+
+def test_a_single_column_key_pages_the_ledger_by_id(db):
+    from db.models import CreditTransaction
+    from services import ledger
+
+    user = make_user(db)
+    for _ in range(5):
+        ledger.post(db, user_id=user.id, amount=1, kind="bonus")
+    db.commit()
+    pages, cursor = [], None
+    while True:
+        page = paginate(db, select(CreditTransaction), key=(CreditTransaction.id,), limit=2,
+                        cursor=cursor)
+        pages.append([t.id for t in page.items])
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    ids = [i for p in pages for i in p]
+    assert [len(p) for p in pages] == [2, 2, 1] and ids == sorted(ids, reverse=True)

@@ -94,26 +94,44 @@ def test_a_refused_request_stores_no_key_so_a_retry_runs_again(client, db):
     assert retry.json()["balance"] == 3
 
 
+ADJUST = f"{API}/admin/users/{{user_id}}/credits"
+
+
+def _adjust(client, admin, user, key: str):
+    return client.post(ADJUST.format(user_id=user.id), json={"amount": 1, "reason": "goodwill"},
+                       headers=_keyed(admin, key))
+
+
 def test_expired_key_is_reclaimed_and_runs_again(client, db):
-    user = make_user(db, credits=10)
-    headers = _keyed(user, "old")
-    client.post(USE, json={"credits": 1}, headers=headers)
+    admin, user = make_user(db, role="admin"), make_user(db)
+    assert _adjust(client, admin, user, "old").status_code == 200
     db.execute(update(IdempotencyKey).values(expires_at=utc_now() - timedelta(seconds=1)))
     db.commit()
-    again = client.post(USE, json={"credits": 1}, headers=headers)
+    again = _adjust(client, admin, user, "old")
     assert again.status_code == 200 and "Idempotent-Replayed" not in again.headers
-    assert again.json()["balance"] == 8
+    assert again.json()["balance_after"] == 2
     (row,) = db.scalars(select(IdempotencyKey)).all()
     db.refresh(row)
     assert row.expires_at > utc_now() + timedelta(hours=23)
 
 
 def test_keys_are_kept_for_at_least_a_day(client, db):
-    user = make_user(db, credits=10)
-    client.post(USE, json={"credits": 1}, headers=_keyed(user, "kept"))
+    admin, user = make_user(db, role="admin"), make_user(db)
+    _adjust(client, admin, user, "kept")
     row = db.scalars(select(IdempotencyKey)).one()
     assert row.expires_at - row.created_at >= timedelta(hours=24) - timedelta(seconds=5)
     assert row.state == "completed" and row.response_status == 200
+
+
+def test_a_spends_key_is_kept_with_its_ledger_entry(client, db):
+    """The spend and its key are one ledger row: no key row to expire, the replay lasts."""
+    user = make_user(db, credits=10)
+    first = client.post(USE, json={"credits": 3}, headers=_keyed(user, "with-the-entry"))
+    assert db.scalar(select(func.count()).select_from(IdempotencyKey)) == 0
+    entry = db.get(CreditTransaction, first.json()["transaction_id"])
+    assert entry.dedupe_key is not None and "with-the-entry" not in entry.dedupe_key
+    again = client.post(USE, json={"credits": 3}, headers=_keyed(user, "with-the-entry"))
+    assert again.headers["Idempotent-Replayed"] == "true" and again.json() == first.json()
 
 
 @pytest.mark.parametrize("key", ["x" * 256, "has space", "ключ"])

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 
 import pytest
 import redis
+import redis.asyncio
 from sqlalchemy import func, select, text
 
-from db.engine import get_sessionmaker
+from db import rls
 from db.models import ApiUsageLog, LoginHistory, UsageDaily
+from db.transaction import transaction
 from services import logstream, outbox
 from tests.factories import auth_headers, make_user
 from tests.support import wait_for
@@ -40,16 +43,31 @@ def _hand_off_quietly(rds, **fields) -> None:
 
 
 def _drain_in_process(settings, rds, kind: str = "usage", **kw) -> logstream.DrainResult:
-    return logstream.drain(get_sessionmaker(settings.database_url), rds, kind, **kw)
+    return logstream.drain(settings.database_url, rds, kind, **kw)
 
 
-def test_burst_of_usage_records_is_written_once_each(db, rds, sender, celery_worker):
+def _hand_off(settings, records: list[dict]) -> None:
+    """Hand usage records off as the spend route does (``record_usage``, on an event loop)."""
+
+    async def run() -> None:
+        client = redis.asyncio.Redis.from_url(settings.redis_url)
+        try:
+            for fields in records:
+                await logstream.record_usage(client, **fields)
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+    assert outbox.flush(timeout=10)  # the drain kick, sent from the background
+
+
+def test_burst_of_usage_records_is_written_once_each(db, rds, sender, settings, celery_worker):
     user = make_user(db)
-    for i in range(600):
-        logstream.record_usage(db, rds, user_id=user.id, endpoint="/v1/generate", method="POST",
-                               credits=1 + i % 3, status_code=200, response_time_ms=1.5,
-                               request_id=f"req-{i}")
-    db.commit()  # the records are handed off only now
+    _hand_off(settings, [
+        {"user_id": user.id, "endpoint": "/v1/generate", "method": "POST", "credits": 1 + i % 3,
+         "status_code": 200, "response_time_ms": 1.5, "request_id": f"req-{i}"}
+        for i in range(600)
+    ])
 
     # No beat runs here: the first record's kick alone must get everything written.
     wait_for(lambda: _count(db, ApiUsageLog) == 600, timeout=30, message="600 usage rows")
@@ -60,12 +78,15 @@ def test_burst_of_usage_records_is_written_once_each(db, rds, sender, celery_wor
     assert tuple(rollup) == (600, sum(1 + i % 3 for i in range(600)))
 
 
-def test_usage_record_of_a_rolled_back_request_is_never_written(db, rds, sender, celery_worker):
-    user = make_user(db)
-    logstream.record_usage(db, rds, user_id=user.id, endpoint="/v1/lost", status_code=200)
-    db.rollback()
-    logstream.record_usage(db, rds, user_id=user.id, endpoint="/v1/kept", status_code=200)
-    db.commit()
+def test_a_refused_spend_hands_off_no_usage_record(db, client, celery_worker):
+    user = make_user(db, credits=1)
+    use = "/api/user-management/credits/use"
+    refused = client.post(use, json={"credits": 5, "endpoint": "/v1/lost"},
+                          headers=auth_headers(user))
+    assert refused.status_code == 402
+    kept = client.post(use, json={"credits": 1, "endpoint": "/v1/kept"},
+                       headers=auth_headers(user))
+    assert kept.status_code == 200
     wait_for(lambda: _count(db, ApiUsageLog) >= 1, timeout=20, message="the kept record")
     time.sleep(0.5)
     assert db.scalars(select(ApiUsageLog.endpoint)).all() == ["/v1/kept"]
@@ -122,7 +143,7 @@ def test_entries_of_a_consumer_that_died_before_acknowledging_are_written_once(
     delivered = rds.xreadgroup(logstream.GROUP, "dead-consumer", {logstream.USAGE_STREAM: ">"},
                                count=100)[0][1]
     records, _ = logstream._parse(logstream._KINDS["usage"], delivered)
-    with get_sessionmaker(settings.database_url).begin() as session:
+    with transaction(settings.database_url, acting_as=rls.OWNER) as session:
         logstream.write_usage(session, records[:30])
     assert logstream.pending(rds, "usage") == 50
 
@@ -157,10 +178,11 @@ def test_worker_killed_mid_batch_loses_no_record_and_writes_none_twice(
     # The whole backlog first, with no worker consuming (the shared one is paused): a
     # worker started earlier could drain as fast as records arrive and be done before it
     # could be killed mid-batch.
-    for i in range(total):
-        logstream.record_usage(db, rds, user_id=user.id, endpoint=f"/v1/e{i % 4}",
-                               method="POST", credits=1, status_code=200, request_id=f"k{i}")
-    db.commit()
+    _hand_off(settings, [
+        {"user_id": user.id, "endpoint": f"/v1/e{i % 4}", "method": "POST", "credits": 1,
+         "status_code": 200, "request_id": f"k{i}"}
+        for i in range(total)
+    ])
     own_worker.start()
 
     # Kill the worker while it is draining: rows written, entries still pending.

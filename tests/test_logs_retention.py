@@ -8,7 +8,6 @@ from datetime import timedelta
 from sqlalchemy import func, select
 
 from db.base import utc_now
-from db.engine import get_sessionmaker
 from db.models import ApiUsageLog, LoginHistory, UsageDaily
 from services import logstream, retention
 from tests.factories import make_user
@@ -28,7 +27,7 @@ def test_logs_older_than_retention_are_deleted_in_batches_and_the_rollup_kept(db
         for d in ages])
     db.commit()
 
-    deleted = retention.purge(get_sessionmaker(settings.database_url), retention_days=90,
+    deleted = retention.purge(settings.database_url, retention_days=90,
                               batch_size=2, now=now)
 
     assert deleted == {"api_usage_log": 3, "login_history": 3}
@@ -36,5 +35,5 @@ def test_logs_older_than_retention_are_deleted_in_batches_and_the_rollup_kept(db
     assert db.scalar(select(func.count()).select_from(ApiUsageLog)) == 3
     assert db.scalar(select(func.count()).select_from(LoginHistory)) == 3
     assert db.scalar(select(func.sum(UsageDaily.calls))) == 6  # statistics outlive raw rows
-    again = retention.purge(get_sessionmaker(settings.database_url), retention_days=90, now=now)
+    again = retention.purge(settings.database_url, retention_days=90, now=now)
     assert again == {"api_usage_log": 0, "login_history": 0}

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from sqlalchemy import func, select
 
+from db import rls
 from db.models import IntegrityCheck, User
+from db.transaction import transaction
 from services import outbox
 from tests.support import wait_for
 
@@ -16,12 +19,18 @@ def _checks(db) -> int:
     return db.scalar(select(func.count()).select_from(IntegrityCheck)) or 0
 
 
-def test_task_enqueued_in_a_transaction_runs_after_commit(db, celery_worker, app, client):
-    db.add(User(email="a@example.com", credit_balance=0))
-    outbox.enqueue(db, "maintenance.check_ledger")
-    db.flush()
-    assert _checks(db) == 0
-    db.commit()
+class _RolledBack(Exception):
+    pass
+
+
+def test_task_enqueued_in_a_transaction_runs_after_commit(db, settings, celery_worker, app,
+                                                          client):
+    with transaction(settings.database_url, acting_as=rls.OWNER) as session:
+        session.add(User(email="a@example.com", credit_balance=0))
+        outbox.enqueue(session, "maintenance.check_ledger")
+        session.flush()
+        time.sleep(0.5)  # a task sent before the commit would have run by now
+        assert _checks(db) == 0
 
     wait_for(lambda: _checks(db) == 1, timeout=15, message="the worker's integrity check row")
     row = db.scalars(select(IntegrityCheck)).one()
@@ -29,21 +38,37 @@ def test_task_enqueued_in_a_transaction_runs_after_commit(db, celery_worker, app
     assert row.mismatches == 0
 
 
-def test_task_enqueued_in_a_rolled_back_transaction_is_never_sent(db, celery_worker, app, client):
-    outbox.enqueue(db, "maintenance.check_ledger")
-    db.rollback()
+def test_task_enqueued_in_a_rolled_back_transaction_is_never_sent(db, settings, celery_worker,
+                                                                   app, client):
+    with pytest.raises(_RolledBack), transaction(settings.database_url,
+                                                 acting_as=rls.OWNER) as session:
+        outbox.enqueue(session, "maintenance.check_ledger")
+        raise _RolledBack
     # A marker task sent afterwards proves the queue was drained past where the first would be.
-    outbox.enqueue(db, "maintenance.check_ledger")
-    db.commit()
+    with transaction(settings.database_url, acting_as=rls.OWNER) as session:
+        outbox.enqueue(session, "maintenance.check_ledger")
     wait_for(lambda: _checks(db) >= 1, timeout=15, message="the marker task")
     time.sleep(1)  # a wrongly sent first task would land right behind the marker
     assert _checks(db) == 1
 
 
-def test_integrity_check_counts_a_balance_that_disagrees_with_the_ledger(db, celery_worker, client):
-    db.add(User(email="drift@example.com", credit_balance=7))
-    outbox.enqueue(db, "maintenance.check_ledger")
-    db.commit()
+def test_work_after_an_early_rollback_never_runs_as_someone_else(settings):
+    """A block whose transaction ended early (a service rolled back to release its locks)
+    cannot run more SQL in a transaction it did not open: it fails loudly instead."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError), transaction(settings.database_url,
+                                                         acting_as=rls.NOBODY) as session:
+        session.rollback()
+        session.execute(text("SELECT 1"))
+
+
+def test_integrity_check_counts_a_balance_that_disagrees_with_the_ledger(db, settings,
+                                                                         celery_worker, client):
+    with transaction(settings.database_url, acting_as=rls.OWNER) as session:
+        session.add(User(email="drift@example.com", credit_balance=7))
+        outbox.enqueue(session, "maintenance.check_ledger")
     wait_for(lambda: _checks(db) == 1, timeout=15, message="the integrity check")
     row = db.scalars(select(IntegrityCheck)).one()
     assert row.mismatches == 1

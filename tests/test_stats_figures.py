@@ -86,7 +86,7 @@ def build_data_set(db) -> dict[str, object]:
     subscription(db, u5, basic, "canceled", canceled="2026-10-01T00:00:00")  # > 30 days ago
 
     ledger.post(db, user_id=u1.id, amount=100, kind="purchase", reference_type="test")
-    ledger.spend(db, user_id=u1.id, credits=30, description="t", endpoint="/v1/a")
+    ledger.post(db, user_id=u1.id, amount=-30, kind="usage", description="t", endpoint="/v1/a")
     ledger.post(db, user_id=u1.id, amount=-10, kind="refund", reference_type="test")
     db.commit()
     return {"u1": u1, "u2": u2, "u3": u3, "u4": u4, "u5": u5}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -176,6 +179,58 @@ def test_a_second_subscription_checkout_expires_the_first(client, db, stripe_stu
     third = client.post(f"{API}/subscription", json={"plan_id": plan.slug}, headers=headers)
     assert third.status_code == 409, third.text
     assert third.json()["error"]["code"] == "subscription_exists"
+
+
+def _stripe_customers_of(stripe_client, user) -> list[str]:
+    listed = stripe_client.v1.customers.list(params={"limit": 100}).auto_paging_iter()
+    return [c.id for c in listed if c.to_dict().get("metadata", {}).get("user_id") == str(user.id)]
+
+
+def _race(live_api: str, n: int, send) -> list:
+    barrier = threading.Barrier(n)
+
+    def one(_: int):
+        with httpx.Client(base_url=live_api, timeout=60) as http:
+            http.get("/healthz")  # connected before the race starts
+            barrier.wait()
+            return send(http)
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_concurrent_first_subscriptions_of_a_user_make_one_stripe_customer(
+    live_api, db, stripe_client, stripe_stub
+):
+    """Two tabs starting a first subscription at once: one Stripe customer, and the newest
+    checkout the only payable one."""
+    plan = make_plan(db)
+    user = make_user(db)
+    headers = auth_headers(user)
+    responses = _race(live_api, 4, lambda http: http.post(
+        f"{API}/subscription", json={"plan_id": plan.slug}, headers=headers))
+    assert [r.status_code for r in responses] == [201] * 4, [r.text for r in responses]
+    customers = _stripe_customers_of(stripe_client, user)
+    assert len(customers) == 1, customers
+    assert _user(db, user).stripe_customer_id == customers[0]
+    opened = [stripe_stub.sessions[r.json()["session_id"]] for r in responses]
+    assert {s["customer"] for s in opened} == {customers[0]}
+    assert sorted(s["status"] for s in opened) == ["expired"] * 3 + ["open"]
+
+
+def test_concurrent_first_purchases_of_a_user_make_one_stripe_customer(
+    live_api, db, stripe_client
+):
+    """No lock orders two purchases: the customer's idempotency key does."""
+    user = make_user(db)
+    headers = auth_headers(user)
+    responses = _race(live_api, 4, lambda http: http.post(
+        f"{API}/credits/purchase", json={"package_id": "starter", "flow": "payment_intent"},
+        headers=headers))
+    assert [r.status_code for r in responses] == [201] * 4, [r.text for r in responses]
+    customers = _stripe_customers_of(stripe_client, user)
+    assert len(customers) == 1, customers
+    assert _user(db, user).stripe_customer_id == customers[0]
 
 
 def test_bad_subscription_requests_change_nothing(client, db):

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import structlog
 from celery import Celery, Task, signals
 from celery.app import trace
-from sqlalchemy.orm import Session
 
-from db.engine import get_engine, get_sessionmaker, session_scope
+from db.engine import get_engine, get_sessionmaker
 from logconfig import configure_logging
 from services import outbox
 from settings import Settings, get_settings
@@ -20,7 +17,7 @@ from workers.schedule import beat_schedule
 
 TASK_MODULES = [
     "workers.tasks.maintenance", "workers.tasks.logs", "workers.tasks.stripe",
-    "workers.tasks.stats", "workers.tasks.auth",
+    "workers.tasks.stats", "workers.tasks.reports", "workers.tasks.auth",
 ]
 
 
@@ -52,19 +49,14 @@ app = create_celery(settings)
 outbox.install_sender(outbox.celery_sender(app))
 
 
-@contextmanager
-def transaction() -> Iterator[Session]:
-    """One database transaction for a task body; its enqueued work is sent on commit."""
-    assert settings.database_url is not None
-    # As the owner role, not Row Level Security's billing_app (db/rls.py): tasks work across
-    # users (event handlers, sweeps, stats, log batches) on ids from our own queue, never on
-    # a caller's say-so, so there is no request whose rows they should be limited to.
-    with session_scope(settings.database_url) as session:
-        yield session
-
-
 class DbTask(Task):
-    """Base for tasks that touch the database: acknowledged late, re-run if a worker dies."""
+    """Base for tasks that touch the database: acknowledged late, re-run if a worker dies.
+
+    Their transactions run as the owner role (``rls.OWNER``), not Row Level Security's
+    ``billing_app``: tasks work across users (event handlers, sweeps, stats, log batches) on
+    ids from our own queue, never on a caller's say-so, so there is no request whose rows
+    they should be limited to.
+    """
 
     abstract = True
     acks_late = True

@@ -30,6 +30,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
                                 minute=int(settings.report_time_utc[3:])),
         },
         "log-retention": {"task": "logs.purge", "schedule": crontab(hour=3, minute=30)},
+        # Idempotency-Keys live 24 h; a key is reclaimed on its next use, the rest go here.
+        "idempotency-keys-purge": {
+            "task": "maintenance.purge_idempotency_keys", "schedule": crontab(minute=17),
+        },
         "ledger-integrity-check": {
             "task": "maintenance.check_ledger",
             "schedule": float(settings.integrity_check_interval_s),

@@ -6,8 +6,6 @@ import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
-from fastapi.security import HTTPAuthorizationCredentials
 
 from api.deps import (
     AdminUser,
@@ -18,8 +16,7 @@ from api.deps import (
     SettingsDep,
     inactive_account,
     not_admin,
-    own_token_claims,
-    signed_in_transaction,
+    signed_in_user_id,
 )
 from api.schemas.admin import (
     ActivationIn,
@@ -43,18 +40,15 @@ from api.schemas.admin import (
     UsagePageOut,
     UsageRecordOut,
 )
-from api.schemas.params import IsoDate, IsoDatetime
+from api.schemas.credits import TransactionOut, TransactionPageOut
+from api.schemas.params import Cursor, IsoDate, Limit, Since, Until
 from db.models.billing import PAYMENT_STATUSES
 from db.models.users import ROLES, SUBSCRIPTION_STATUSES
-from services import admin_users, outbox, reports, stats, usage
+from services import admin_users, credits, outbox, payments, reports, stats, usage
 from services.errors import NotFound
 
 router = APIRouter(prefix="/api/user-management/admin", tags=["admin"])
 
-Limit = Annotated[int, Query(ge=1, le=200, description="Items per page")]
-Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of the last page")]
-Since = Annotated[IsoDatetime | None, Query(description="Inclusive")]
-Until = Annotated[IsoDatetime | None, Query(description="Exclusive")]
 
 
 @router.get("/users", response_model=AdminUserPageOut, summary="Search users")
@@ -91,6 +85,18 @@ def get_user(user_id: uuid.UUID, admin: AdminUser, session: SessionDep) -> Admin
         if detail.subscription else None,
         recent_usage=[UsageRecordOut.model_validate(u) for u in detail.recent_usage],
         recent_logins=[LoginOut.model_validate(x) for x in detail.recent_logins],
+    )
+
+
+@router.get("/users/{user_id}/transactions", response_model=TransactionPageOut,
+            summary="A user's ledger, newest first")
+def user_transactions(user_id: uuid.UUID, admin: AdminUser, session: SessionDep,
+                      limit: Limit = 50, cursor: Cursor = None) -> TransactionPageOut:
+    """Ledger entries of any user, for the dashboard's user page."""
+    admin_users.get_user(session, user_id)  # 404 for a user who does not exist
+    page = credits.transactions(session, user_id=user_id, limit=limit, cursor=cursor)
+    return TransactionPageOut(
+        items=[TransactionOut.model_validate(t) for t in page.items], next_cursor=page.next_cursor
     )
 
 
@@ -138,8 +144,8 @@ def list_payments(
     cursor: Cursor = None,
 ) -> AdminPaymentPageOut:
     """Payments of every user, newest first, filtered by status, user and time range."""
-    page = admin_users.list_payments(session, status=status, user_id=user_id, since=since,
-                                     until=until, limit=limit, cursor=cursor)
+    page = payments.list_payments(session, status=status, user_id=user_id, since=since,
+                                  until=until, limit=limit, cursor=cursor)
     return AdminPaymentPageOut(items=[AdminPaymentOut.model_validate(p) for p in page.items],
                                next_cursor=page.next_cursor)
 
@@ -198,33 +204,18 @@ async def get_stats(request: Request, credentials: BearerDep) -> Response:
     """The newest stored snapshot with its ``computed_at``; never computed on request.
 
     On the event loop: the token checked, then one statement that reads the snapshot only
-    if the account is an active admin's (an outside provider's token takes the general
-    path in a worker thread).
+    if the account is an active admin's.
     """
-    claims = await own_token_claims(request, request.app.state.settings, credentials)
-    if claims is None:
-        return await run_in_threadpool(_stats_via_session, request, credentials)
-    read = await stats.latest_for_async(request.state.db, claims.user_id)
+    user_id = await signed_in_user_id(request, credentials)
+    read = await stats.latest_for(request.state.db, user_id)
     if read is None or not read.is_active:
         raise inactive_account()
     if read.role != "admin":
         raise not_admin()
-    request.state.user_id = claims.user_id  # for the usage middleware
-    return _snapshot(read.document)
-
-
-def _stats_via_session(request: Request, credentials: HTTPAuthorizationCredentials | None
-                       ) -> Response:
-    with signed_in_transaction(request, credentials, admin=True) as (session, admin):
-        read = stats.latest_for(session, admin.id)
-        return _snapshot(read.document if read else None)
-
-
-def _snapshot(document: str | None) -> Response:
-    if document is None:
+    if read.document is None:
         raise NotFound("no statistics computed yet; POST /stats/refresh", code="no_snapshot")
     # Served as stored: no JSON parse and re-serialisation of the snapshot on each request.
-    return Response(document, media_type="application/json")
+    return Response(read.document, media_type="application/json")
 
 
 @router.post("/stats/refresh", response_model=RefreshOut, status_code=202,

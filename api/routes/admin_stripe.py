@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.deps import AdminUser, RequestIdDep, SessionDep, SettingsDep
+from api.schemas.params import Cursor, Limit
 from api.schemas.stripe import (
     AdminPlanOut,
     EventDetailOut,
@@ -17,12 +18,9 @@ from api.schemas.stripe import (
     PlanUpdateIn,
 )
 from services import subscriptions
-from services.stripe_events import process as inbox
+from services.stripe_events import process as events
 
 router = APIRouter(prefix="/api/user-management/admin", tags=["admin"])
-
-Limit = Annotated[int, Query(ge=1, le=200, description="Items per page")]
-Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of the last page")]
 
 
 @router.get("/webhook-events", response_model=EventPageOut, summary="Stored Stripe events")
@@ -35,7 +33,7 @@ def list_webhook_events(
     cursor: Cursor = None,
 ) -> EventPageOut:
     """Events newest first; ``status=failed`` lists the ones parked for an operator."""
-    page = inbox.list_events(
+    page = events.list_events(
         session, status=status, event_type=type, limit=limit, cursor=cursor
     )
     return EventPageOut(
@@ -48,7 +46,7 @@ def list_webhook_events(
 )
 def get_webhook_event(event_id: str, admin: AdminUser, session: SessionDep) -> EventDetailOut:
     """The event with its payload as Stripe sent it."""
-    return EventDetailOut.model_validate(inbox.get(session, event_id))
+    return EventDetailOut.model_validate(events.get(session, event_id))
 
 
 @router.post(
@@ -62,7 +60,7 @@ def retry_webhook_event(
     event_id: str, admin: AdminUser, session: SessionDep, request_id: RequestIdDep
 ) -> EventOut:
     """Put a failed (or stuck) event back in the queue; audited."""
-    row = inbox.retry(session, event_id=event_id, admin_id=admin.id, request_id=request_id)
+    row = events.retry(session, event_id=event_id, admin_id=admin.id, request_id=request_id)
     return EventOut.model_validate(row)
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Request
 
 from api.deps import (
     BearerDep,
@@ -13,11 +12,10 @@ from api.deps import (
     SessionDep,
     SettingsDep,
     inactive_account,
-    own_token_claims,
     request_id_of,
-    signed_in_transaction,
+    signed_in_user_id,
 )
-from api.idempotency import IdempotencyDep
+from api.idempotency import IdempotencyDep, replay
 from api.schemas.credits import (
     BalanceOut,
     LedgerKind,
@@ -31,15 +29,12 @@ from api.schemas.credits import (
     TransactionOut,
     TransactionPageOut,
 )
-from api.schemas.params import IsoDatetime
+from api.schemas.params import Cursor, Limit, Since, Until
 from services import credits, packages, payments
 from services.errors import NotFound
-from settings import Settings
 
 router = APIRouter(prefix="/api/user-management", tags=["credits"])
 
-Limit = Annotated[int, Query(ge=1, le=200, description="Items per page")]
-Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of the last page")]
 _IDEMPOTENT = {409: {"description": "Idempotency-Key reused with another body, or in progress"}}
 
 
@@ -116,51 +111,28 @@ async def use_credits(
 ) -> Any:
     """Take ``credits`` from the balance; 402 ``insufficient_credits`` changes nothing.
 
-    The hot path runs on the event loop: the token checked (its verification cached),
-    then one transaction whose single statement debits an active account and appends the
-    ledger row, then the usage hand-off. A request with an ``Idempotency-Key``, or with an
-    outside provider's token, takes the general path in a worker thread instead. (The
-    app's settings and clients are read off the request: every dependency costs time.)
+    On the event loop: the token checked (its verification cached), then one transaction
+    whose single statement debits an active account and appends the ledger row, then the
+    usage hand-off. With an ``Idempotency-Key`` the key is that ledger row's dedupe key, so
+    a retry replays the first spend from the ledger. (The app's clients are read off the
+    request: every dependency costs time.)
     """
-    state = request.app.state
-    settings: Settings = state.settings
-    request_id = request_id_of(request)
-    claims = None if idem.key is not None else await own_token_claims(
-        request, settings, credentials)
-    if claims is not None:
-        request.state.user_id = claims.user_id  # for the usage middleware
-        try:
-            entry = await credits.use_async(
-                request.state.db,
-                request.state.aredis,
-                user_id=claims.user_id,
-                credits=body.credits,
-                description=body.description,
-                endpoint=body.endpoint,
-                request_id=request_id,
-            )
-        except NotFound:
-            raise inactive_account() from None
-        return SpendOut(balance=entry.balance_after, transaction_id=entry.id)
-
-    def run() -> Any:
-        with signed_in_transaction(request, credentials) as (session, user):
-
-            def work() -> SpendOut:
-                entry = credits.use(
-                    session,
-                    state.redis,
-                    user_id=user.id,
-                    credits=body.credits,
-                    description=body.description,
-                    endpoint=body.endpoint,
-                    request_id=request_id,
-                )
-                return SpendOut(balance=entry.balance_after, transaction_id=entry.id)
-
-            return idem.run(session, user_id=user.id, body=body, work=work)
-
-    return await run_in_threadpool(run)
+    user_id = await signed_in_user_id(request, credentials)
+    try:
+        entry = await credits.use(
+            request.state.db,
+            request.state.aredis,
+            user_id=user_id,
+            credits=body.credits,
+            description=body.description,
+            endpoint=body.endpoint,
+            request_id=request_id_of(request),
+            dedupe_key=idem.ledger_key(user_id),
+        )
+    except NotFound:
+        raise inactive_account() from None
+    answer = SpendOut(balance=entry.balance_after, transaction_id=entry.id)
+    return replay(answer) if entry.replayed else answer
 
 
 @router.get(
@@ -172,8 +144,8 @@ def list_transactions(
     limit: Limit = 50,
     cursor: Cursor = None,
     kind: LedgerKind | None = None,
-    since: Annotated[IsoDatetime | None, Query(description="Inclusive")] = None,
-    until: Annotated[IsoDatetime | None, Query(description="Exclusive")] = None,
+    since: Since = None,
+    until: Until = None,
 ) -> TransactionPageOut:
     """The user's ledger entries, filtered by kind and time range, in cursor pages."""
     page = credits.transactions(

@@ -1,4 +1,4 @@
-"""The admin dashboard: static pages at ``/admin``, plus the one read the admin API lacks.
+"""The admin dashboard: static pages at ``/admin`` (its data comes from the admin API).
 
 The page is plain HTML, CSS and ES modules shipped in the package (``api/dashboard/``); it
 signs in with ``/api/auth/login`` and calls the admin API with a bearer token kept in the
@@ -7,17 +7,12 @@ browser's session storage. Only a fixed list of files is served, never a path fr
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
-from api.deps import AdminUser, SessionDep, SettingsDep
-from api.schemas.credits import TransactionOut, TransactionPageOut
-from db.models import User
-from services import credits
+from api.deps import SettingsDep
 from services.errors import NotFound
 
 ASSETS = Path(__file__).resolve().parent.parent / "dashboard"
@@ -63,21 +58,3 @@ def dashboard_asset(name: str) -> FileResponse:
         raise NotFound("no such dashboard file", code="not_found")
     return FileResponse(ASSETS / name, media_type=media_type, headers=_HEADERS)
 
-
-@router.get("/api/user-management/admin/users/{user_id}/transactions",
-            response_model=TransactionPageOut, tags=["admin"],
-            summary="A user's ledger, newest first", include_in_schema=True)
-def user_transactions(
-    user_id: uuid.UUID,
-    admin: AdminUser,
-    session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> TransactionPageOut:
-    """Ledger entries of any user, for the dashboard's user page."""
-    if session.get(User, user_id) is None:
-        raise NotFound("no such user", code="user_not_found")
-    page = credits.transactions(session, user_id=user_id, limit=limit, cursor=cursor)
-    return TransactionPageOut(
-        items=[TransactionOut.model_validate(t) for t in page.items], next_cursor=page.next_cursor
-    )

@@ -43,5 +43,5 @@ async def stripe_webhook(
     scope of Row Level Security): Stripe's delivery rate is the API's, not ours.
     """
     secrets = request.app.state.settings.stripe_webhook_secret
-    stored = await inbox.receive_async(request.state.db, body, signature, secrets)
+    stored = await inbox.receive(request.state.db, body, signature, secrets)
     return WebhookOut(duplicate=not stored.new)

@@ -1,4 +1,4 @@
-"""Query parameter types shared by routes: times as ISO 8601 text only."""
+"""Query parameter types shared by routes: pages, and times as ISO 8601 text only."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import re
 from datetime import date
 from typing import Annotated
 
+from fastapi import Query
 from pydantic import AwareDatetime, BeforeValidator
 
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
@@ -21,3 +22,9 @@ def _not_a_number(value: object) -> object:
 
 IsoDatetime = Annotated[AwareDatetime, BeforeValidator(_not_a_number)]
 IsoDate = Annotated[date, BeforeValidator(_not_a_number)]
+
+# Every list pages the same way (``services.pagination``).
+Limit = Annotated[int, Query(ge=1, le=200, description="Items per page")]
+Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of the last page")]
+Since = Annotated[IsoDatetime | None, Query(description="Inclusive")]
+Until = Annotated[IsoDatetime | None, Query(description="Exclusive")]

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
-from sqlalchemy import Connection, Engine
-from sqlalchemy.orm import Session
 
-from db import rls
 from services import logstream
 from settings import Settings
 
@@ -54,16 +49,3 @@ class AuthContext:
         except redis.RedisError as exc:  # history is best effort; the sign-in itself must not fail
             log.error("login history hand-off failed", extra={"error": type(exc).__name__})
 
-
-@contextmanager
-def separate_transaction(session: Session) -> Iterator[Connection]:
-    """A transaction of its own, committed even when the request's transaction rolls back.
-
-    For the few writes a refusal must keep: a spent OTP attempt, a revoked token family.
-    It runs with the same Row Level Security role and context as ``session``.
-    """
-    bind = session.get_bind()
-    engine = bind if isinstance(bind, Engine) else bind.engine
-    with engine.connect() as conn, conn.begin():
-        rls.apply_to(conn, session)
-        yield conn

@@ -16,9 +16,10 @@ from sqlalchemy.orm import Session
 from db import rls
 from db.base import utc_now
 from db.models import OtpCode, User
+from db.transaction import transaction
 from services.auth import outgoing, ratelimit
 from services.auth.accounts import check_can_sign_in, flush_unique
-from services.auth.context import AuthContext, separate_transaction
+from services.auth.context import AuthContext
 from services.auth.refresh import TokenPair, sign_in
 from services.errors import Conflict, DomainError, InvalidInput, Unauthorized
 from settings import Settings
@@ -74,11 +75,15 @@ def _text_code(
     outgoing.queue_sms(session, ctx.redis, ctx.settings, to=phone, body=body, ttl_s=ttl)
 
 
-def _spend_attempt(session: Session, code_id: object, max_attempts: int) -> int | None:
-    # Counted before the code is compared, in a transaction of its own, so neither a
-    # refusal's rollback nor concurrent guesses get more than ``max_attempts`` tries.
-    with separate_transaction(session) as conn:
-        return conn.execute(
+def _spend_attempt(
+    session: Session, ctx: AuthContext, code_id: object, max_attempts: int
+) -> int | None:
+    # Counted before the code is compared, in a transaction of its own (as the request's
+    # role and context), so neither a refusal's rollback nor concurrent guesses get more
+    # than ``max_attempts`` tries.
+    assert ctx.settings.database_url is not None
+    with transaction(ctx.settings.database_url, acting_as=rls.context_of(session)) as own:
+        return own.execute(
             update(OtpCode)
             .where(OtpCode.id == code_id, OtpCode.used_at.is_(None),
                    OtpCode.attempts < max_attempts)
@@ -100,7 +105,7 @@ def _check_code(
         return error("the code has expired; request a new one", code="code_expired"), \
             "code_expired"
     max_attempts = ctx.settings.otp_max_attempts
-    attempts = _spend_attempt(session, row.id, max_attempts)
+    attempts = _spend_attempt(session, ctx, row.id, max_attempts)
     if attempts is None:
         return error("too many wrong codes; request a new one", code="too_many_attempts"), \
             "too_many_attempts"

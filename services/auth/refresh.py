@@ -18,9 +18,11 @@ import redis
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from db import rls
 from db.base import utc_now
 from db.models import RefreshToken, User
-from services.auth.context import AuthContext, separate_transaction
+from db.transaction import transaction
+from services.auth.context import AuthContext
 from services.auth.tokens import create_access_token, revoke_session
 from services.errors import Unauthorized
 from settings import Settings
@@ -84,8 +86,9 @@ def _revoke_family_now(session: Session, ctx: AuthContext, family_id: uuid.UUID)
     # wait on it forever (a wait across two of our own connections that PostgreSQL
     # cannot see as a deadlock).
     session.rollback()
-    with separate_transaction(session) as conn:
-        conn.execute(
+    assert ctx.settings.database_url is not None
+    with transaction(ctx.settings.database_url, acting_as=rls.context_of(session)) as own:
+        own.execute(
             update(RefreshToken)
             .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
             .values(revoked_at=utc_now())

@@ -130,11 +130,7 @@ def _revocation_keys(claims: AccessClaims) -> list[str]:
     return keys
 
 
-def is_revoked(client: redis.Redis, claims: AccessClaims) -> bool:
-    """True if this access token, or the sign-in that issued it, was signed out."""
-    return bool(client.exists(*_revocation_keys(claims)))
-
-
-async def is_revoked_async(client: redis.asyncio.Redis, claims: AccessClaims) -> bool:
-    """``is_revoked`` from the event loop (one round trip, as there)."""
+async def is_revoked(client: redis.asyncio.Redis, claims: AccessClaims) -> bool:
+    """True if this access token, or the sign-in that issued it, was signed out (one round trip,
+    on the event loop: every request's token is checked before its route runs)."""
     return bool(await client.exists(*_revocation_keys(claims)))

@@ -162,23 +162,16 @@ def store_many(session: Session, events: Sequence[dict[str, Any]]) -> list[str]:
     return [e["id"] for e in events if e["id"] not in known and store(session, e).new]
 
 
-def receive(
-    session: Session, payload: bytes, signature: str | None, secrets: Sequence[SecretStr]
-) -> Stored:
-    """Verify a webhook delivery and store it."""
-    return store(session, verify(payload, signature, secrets))
-
-
-async def receive_async(
+async def receive(
     db: AsyncDatabase, payload: bytes, signature: str | None, secrets: Sequence[SecretStr]
 ) -> Stored:
-    """``receive`` from the event loop (the webhook endpoint's one call).
+    """Verify a webhook delivery and store it once (the webhook endpoint's one call).
 
-    The insert is a transaction of its own (one round trip); once it has committed, the
-    event is handed to the background sender (``outbox.send_soon``): the answer does not
-    wait for the broker, and an event whose task is lost (a crash, a broker outage) is
-    still stored and pending, so the sweep enqueues it. The body is stored as sent: it was
-    just parsed and checked.
+    On the event loop: the insert is a transaction of its own (one round trip, in the
+    ``service`` scope); once it has committed, the event is handed to the background sender
+    (``outbox.send_soon``): the answer does not wait for the broker, and an event whose task
+    is lost (a crash, a broker outage) is still stored and pending, so the sweep enqueues
+    it. The body is stored as sent: it was just parsed and checked.
     """
     event = verify(payload, signature, secrets)
     row = await db.fetchone(_INSERT, _row(event, payload.decode()), scope="service")

@@ -1,8 +1,8 @@
 """The worker's side of the inbox: process one stored event exactly once.
 
 The row is taken with ``SELECT ... FOR UPDATE SKIP LOCKED`` (in the statement that marks
-it): a second worker holding the same id (a duplicate message, a sweep, a redelivery
-after a crash) returns at once instead of waiting. The handler's money moves and the
+it): a second worker holding the same id (a duplicate message, a sweep, a redelivery after
+a crash) returns at once instead of waiting. The handler's money moves and the
 ``processed`` mark commit in one transaction, so a crash before commit leaves the event
 pending and moves nothing, and a crash after commit leaves it processed: it is never
 applied twice.
@@ -10,23 +10,19 @@ applied twice.
 
 from __future__ import annotations
 
-import base64
 import logging
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import cast
 
 import stripe
-from sqlalchemy import Table, bindparam, select, tuple_, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from db.base import utc_now
 from db.models import StripeEvent
 from services import audit, outbox
-from services.errors import Conflict, InvalidInput, NotFound
+from services.errors import Conflict, NotFound
+from services.pagination import Page, paginate
 from services.stripe_events.context import Event
 from services.stripe_events.handlers import HANDLERS
 from services.stripe_events.inbox import PROCESS_TASK
@@ -38,33 +34,23 @@ log = logging.getLogger(__name__)
 DONE = frozenset({"processed", "ignored"})
 _ERROR_MAX = 500
 
-# The hot path's statements, built once. The claim locks a pending event FOR UPDATE SKIP
-# LOCKED (held by another transaction: no row, at once), counts the try and marks it
-# processed, in one round trip; it commits or rolls back with the handler's writes. An
-# event the handler skips is marked again, as ignored.
-_events = cast(Table, StripeEvent.__table__)
+# The claim, one round trip: lock the event if it is pending and free (SKIP LOCKED: held by
+# another transaction gives no row, at once), count the try and mark it processed; it
+# commits or rolls back with the handler's writes. ORM-enabled (``synchronize_session``), so
+# a copy of the event loaded in the session is kept in step.
 _CLAIM = (
-    update(_events)
+    update(StripeEvent)
     .where(
-        _events.c.id
-        == select(_events.c.id)
-        .where(_events.c.id == bindparam("event_id"), _events.c.status == "pending")
+        StripeEvent.id
+        == select(StripeEvent.id)
+        .where(StripeEvent.id == bindparam("event_id"), StripeEvent.status == "pending")
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
-    .values(
-        status="processed",
-        attempts=_events.c.attempts + 1,
-        last_error=None,
-        processed_at=bindparam("now"),
-    )
-    .returning(_events.c.type, _events.c.stripe_created, _events.c.payload)
-)
-_STATUS = select(_events.c.status).where(_events.c.id == bindparam("event_id"))
-_IGNORE = (
-    update(_events)
-    .where(_events.c.id == bindparam("event_id"))
-    .values(status="ignored", last_error=bindparam("note"))
+    .values(status="processed", attempts=StripeEvent.attempts + 1, last_error=None,
+            processed_at=bindparam("now"))
+    .returning(StripeEvent.type, StripeEvent.stripe_created, StripeEvent.payload)
+    .execution_options(synchronize_session="fetch")
 )
 
 
@@ -79,9 +65,8 @@ def process(session: Session, *, event_id: str, settings: Settings) -> str:
     if row is None:
         # Not pending (processed or ignored: done; failed: only an admin retry revives
         # it), held by another worker, or unknown.
-        status = session.scalar(_STATUS, {"event_id": event_id})
+        status = session.scalar(select(StripeEvent.status).where(StripeEvent.id == event_id))
         return "missing" if status is None else "busy" if status == "pending" else str(status)
-    _expire_loaded(session, event_id)
     event_type, created, payload = row
     handler = HANDLERS.get(event_type)
     if handler is None:
@@ -101,15 +86,11 @@ def process(session: Session, *, event_id: str, settings: Settings) -> str:
 
 
 def _ignore(session: Session, event_id: str, note: str) -> str:
-    session.execute(_IGNORE, {"event_id": event_id, "note": note[:_ERROR_MAX]})
+    session.execute(
+        update(StripeEvent).where(StripeEvent.id == event_id)
+        .values(status="ignored", last_error=note[:_ERROR_MAX])
+    )
     return "ignored"
-
-
-def _expire_loaded(session: Session, event_id: str) -> None:
-    """Drop a stale ORM copy of the event (the statements above bypass the identity map)."""
-    loaded = session.identity_map.get(session.identity_key(StripeEvent, event_id))
-    if loaded is not None:
-        session.expire(loaded)
 
 
 def record_failure(
@@ -182,12 +163,6 @@ def get(session: Session, event_id: str) -> StripeEvent:
     return row
 
 
-@dataclass(frozen=True)
-class EventPage:
-    items: Sequence[StripeEvent]
-    next_cursor: str | None
-
-
 def list_events(
     session: Session,
     *,
@@ -195,41 +170,12 @@ def list_events(
     event_type: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
-) -> EventPage:
+) -> Page[StripeEvent]:
     """Stored events, newest first, optionally of one status and type."""
-    query = (
-        select(StripeEvent)
-        .order_by(StripeEvent.received_at.desc(), StripeEvent.id.desc())
-        .limit(limit + 1)
-    )
+    stmt = select(StripeEvent)
     if status is not None:
-        query = query.where(StripeEvent.status == status)
+        stmt = stmt.where(StripeEvent.status == status)
     if event_type is not None:
-        query = query.where(StripeEvent.type == event_type)
-    if cursor:
-        moment, last_id = _decode_cursor(cursor)
-        query = query.where(
-            tuple_(StripeEvent.received_at, StripeEvent.id) < tuple_(moment, last_id)
-        )
-    rows = list(session.scalars(query))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = _encode_cursor(rows[-1].received_at, rows[-1].id) if more and rows else None
-    return EventPage(items=rows, next_cursor=next_cursor)
-
-
-def _encode_cursor(moment: datetime, event_id: str) -> str:
-    raw = f"{moment.isoformat()}|{event_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, event_id = raw.split("|", 1)
-        moment = datetime.fromisoformat(stamp)
-        if moment.tzinfo is None or not event_id:
-            raise ValueError("incomplete cursor")
-        return moment, event_id
-    except ValueError:
-        raise InvalidInput("cursor is not valid", code="invalid_cursor") from None
+        stmt = stmt.where(StripeEvent.type == event_type)
+    return paginate(session, stmt, key=(StripeEvent.received_at, StripeEvent.id), limit=limit,
+                    cursor=cursor)

@@ -1,4 +1,4 @@
-"""Log writers: drain the usage and sign-in streams into PostgreSQL in batches."""
+"""Usage and sign-in logs: drain their streams into PostgreSQL in batches, purge old rows."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 
-from db.engine import get_sessionmaker
-from services import logstream
-from workers.app import app, settings
+from services import logstream, retention
+from workers.app import DbTask, app, settings
 
 
 @lru_cache(maxsize=1)
@@ -31,6 +30,15 @@ def drain(kind: str) -> int:
         raise ValueError(f"unknown log stream {kind!r}")
     assert settings.database_url is not None
     budget = max(1.0, min(10.0, settings.task_time_limit_s / 2))
-    result = logstream.drain(get_sessionmaker(settings.database_url), _redis(), kind,
+    result = logstream.drain(settings.database_url, _redis(), kind,
                              batch_size=settings.log_batch_size, budget_s=budget)
     return result.read
+
+
+@app.task(name="logs.purge", base=DbTask, autoretry_for=(OperationalError,),
+          retry_backoff=True, max_retries=3)
+def purge_logs() -> int:
+    """Delete usage and sign-in logs older than the retention setting."""
+    assert settings.database_url is not None
+    deleted = retention.purge(settings.database_url, retention_days=settings.log_retention_days)
+    return sum(deleted.values())

@@ -1,13 +1,25 @@
-"""Housekeeping tasks run by beat."""
+"""Housekeeping tasks run by beat: the ledger's integrity, expired idempotency keys."""
 
 from __future__ import annotations
 
-from services import integrity
-from workers.app import DbTask, app, transaction
+from sqlalchemy.exc import OperationalError
+
+from db import rls
+from db.transaction import transaction
+from services import idempotency, integrity
+from workers.app import DbTask, app, settings
 
 
 @app.task(name="maintenance.check_ledger", base=DbTask)
 def check_ledger() -> int:
     """Record a ledger integrity check; returns the number of mismatches."""
-    with transaction() as session:
+    with transaction(settings.database_url, acting_as=rls.OWNER) as session:
         return len(integrity.check_ledger(session).mismatches)
+
+
+@app.task(name="maintenance.purge_idempotency_keys", base=DbTask,
+          autoretry_for=(OperationalError,), retry_backoff=True, max_retries=3)
+def purge_idempotency_keys() -> int:
+    """Delete the Idempotency-Keys past their lifetime; returns how many."""
+    with transaction(settings.database_url, acting_as=rls.OWNER) as session:
+        return idempotency.purge_expired(session)

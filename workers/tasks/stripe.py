@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import stripe
 from celery import Task
 from sqlalchemy.exc import OperationalError
 
-from services import reconcile
-from services.stripe_events import process as inbox
+from db import rls
+from db.transaction import transaction
+from services import reconcile, stripe_gateway
+from services.stripe_events import process as events
 from services.stripe_objects import NotReady
-from workers.app import DbTask, app, settings, transaction
+from workers.app import DbTask, app, settings
 
 # Worth another try later: the database or Stripe hiccupped, or the event came too early.
-TRANSIENT = (
-    OperationalError,
-    stripe.APIConnectionError,
-    stripe.APIError,
-    stripe.RateLimitError,
-    NotReady,
-)
+RETRY_LATER = (OperationalError, *stripe_gateway.TRANSIENT, NotReady)
 BACKOFF_MAX_S = 300
 
 
@@ -26,9 +21,9 @@ BACKOFF_MAX_S = 300
 def process_event(self: Task, event_id: str) -> None:
     """Process one stored event; transient errors retry with backoff, then the event is parked."""
     try:
-        with transaction() as session:
-            inbox.process(session, event_id=event_id, settings=settings)
-    except TRANSIENT as exc:
+        with transaction(settings.database_url, acting_as=rls.OWNER) as session:
+            events.process(session, event_id=event_id, settings=settings)
+    except RETRY_LATER as exc:
         if not _count_failure(event_id, exc, final=False):
             countdown = min(BACKOFF_MAX_S, 2 ** self.request.retries)
             raise self.retry(exc=exc, countdown=countdown) from None
@@ -41,8 +36,8 @@ def process_event(self: Task, event_id: str) -> None:
 def _count_failure(event_id: str, exc: BaseException, *, final: bool) -> bool:
     """Record the failed try; True when no retry is needed (parked or no longer pending)."""
     try:
-        with transaction() as session:
-            return inbox.record_failure(
+        with transaction(settings.database_url, acting_as=rls.OWNER) as session:
+            return events.record_failure(
                 session,
                 event_id=event_id,
                 error=exc,
@@ -60,17 +55,17 @@ def _count_failure(event_id: str, exc: BaseException, *, final: bool) -> bool:
 def sweep(older_than_s: float | None = None) -> int:
     """Re-enqueue events left pending; returns how many."""
     delay = settings.stripe_event_sweep_delay_s if older_than_s is None else older_than_s
-    with transaction() as session:
+    with transaction(settings.database_url, acting_as=rls.OWNER) as session:
         return reconcile.sweep(session, older_than_s=delay)
 
 
 @app.task(
     name="stripe.reconcile", base=DbTask,
-    autoretry_for=(OperationalError, stripe.APIConnectionError), retry_backoff=True,
+    autoretry_for=(OperationalError, *stripe_gateway.TRANSIENT), retry_backoff=True,
     max_retries=3,
 )
 def reconcile_events(window_s: int | None = None) -> int:
     """Store the events Stripe lists that the webhook never delivered; returns how many."""
     window = settings.stripe_reconcile_window_s if window_s is None else window_s
-    with transaction() as session:
+    with transaction(settings.database_url, acting_as=rls.OWNER) as session:
         return reconcile.reconcile(session, settings, window_s=window)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from db.models import Payment
 from services import settlement
-from services.settlement import LockedPayment
 from services.stripe_events.context import Event, Handler
 from services.stripe_objects import Rejected, Skip, StripeObject, as_int, ref
 
 
-def _payment(session: Session, dispute: StripeObject) -> LockedPayment:
+def _payment(session: Session, dispute: StripeObject) -> Payment:
     payment = settlement.find_payment(
         session,
         payment_intent_id=ref(dispute.get("payment_intent")),

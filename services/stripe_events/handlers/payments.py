@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from db.models import Payment
 from services import settlement
-from services.settlement import LockedPayment
 from services.stripe_events.context import Event, Handler
 from services.stripe_objects import Skip, StripeObject, as_int, as_uuid, currency, metadata, ref
 
 
-def _not_subscription(payment: LockedPayment) -> None:
+def _not_subscription(payment: Payment) -> None:
     # Checked before anything is written: a skipped event must leave no change behind.
     if payment.flow == "subscription":
         raise Skip("subscription payments are granted by their invoice events")
 
 
-def _session_payment(session: Session, obj: StripeObject) -> LockedPayment:
+def _session_payment(session: Session, obj: StripeObject) -> Payment:
     if obj.get("mode") not in (None, "payment"):
         raise Skip("subscription checkouts are settled by subscription and invoice events")
     meta = metadata(obj)
@@ -38,7 +38,7 @@ def _session_payment(session: Session, obj: StripeObject) -> LockedPayment:
     return payment
 
 
-def _intent_payment(session: Session, obj: StripeObject) -> LockedPayment:
+def _intent_payment(session: Session, obj: StripeObject) -> Payment:
     payment = settlement.find_payment(
         session,
         payment_id=as_uuid(metadata(obj).get("payment_id")),

@@ -6,28 +6,34 @@ from sqlalchemy.orm import Session
 
 from services import subscriptions
 from services.stripe_events.context import Event, Handler
+from services.stripe_objects import StripeInvoice, StripeSubscription
 
 
 def subscription_changed(session: Session, event: Event) -> None:
     """A subscription was created or updated: apply its state unless a newer one is known."""
-    subscriptions.apply_event_state(session, event.object, event_created=event.created)
+    subscriptions.apply_event_state(
+        session, StripeSubscription.parse(event.object), event_created=event.created
+    )
 
 
 def subscription_deleted(session: Session, event: Event) -> None:
     """A subscription ended."""
     subscriptions.apply_event_state(
-        session, event.object, event_created=event.created, deleted=True
+        session, StripeSubscription.parse(event.object), event_created=event.created,
+        deleted=True,
     )
 
 
 def invoice_paid(session: Session, event: Event) -> None:
     """A subscription invoice was paid: grant the plan's monthly credits (once per invoice)."""
-    subscriptions.grant_invoice(session, event.object)
+    subscriptions.grant_invoice(session, StripeInvoice.parse(event.object))
 
 
 def invoice_failed(session: Session, event: Event) -> None:
     """A renewal failed: the subscription is past due."""
-    subscriptions.invoice_failed(session, event.object, event_created=event.created)
+    subscriptions.invoice_failed(
+        session, StripeInvoice.parse(event.object), event_created=event.created
+    )
 
 
 HANDLERS: dict[str, Handler] = {
