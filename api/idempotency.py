@@ -14,6 +14,10 @@ repeated key with the same body it returns the first answer as a
 ``JSONResponse`` (header ``Idempotent-Replayed: true``) without calling
 ``work``; a different body is refused with 409. ``work`` must return the
 response model: what it returns is what a retry receives.
+
+The spend (on the event loop, without a session) hands ``ledger_key`` to the
+ledger instead: its first answer is its ledger entry, and ``replay`` sends it
+again.
 """
 
 from __future__ import annotations

@@ -357,13 +357,6 @@ def ensure_group(client: redis.Redis, stream: str) -> None:
 StreamEntry = tuple[bytes, dict[bytes, bytes]]  # (id, fields), as XREADGROUP returns it
 
 
-def _parse(
-    kind: _Kind, entries: list[StreamEntry],
-) -> tuple[list[Any], list[tuple[StreamEntry, str]]]:
-    pairs, bad = _parse_entries(kind, entries)
-    return [record for _, record in pairs], bad
-
-
 def _parse_entries(
     kind: _Kind, entries: list[StreamEntry],
 ) -> tuple[list[tuple[StreamEntry, Any]], list[tuple[StreamEntry, str]]]:
@@ -616,4 +609,3 @@ def pending(client: redis.Redis, kind_name: str) -> int:
 def backlog(client: redis.Redis, kind_name: str) -> int:
     """Entries still in the stream (not yet written and acknowledged)."""
     return int(client.xlen(STREAMS[kind_name]))
-

@@ -14,6 +14,7 @@ from sqlalchemy import func, select, update
 from db.base import utc_now
 from db.models import CreditTransaction, IdempotencyKey, User
 from tests.factories import auth_headers, make_user
+from tests.support import wait_for
 
 API = "/api/user-management"
 USE = f"{API}/credits/use"
@@ -194,3 +195,32 @@ def test_concurrent_retries_of_a_purchase_make_one_payment(live_api, db):
     assert {r.status_code for r in responses} == {201}, [r.text for r in responses]
     assert len({r.json()["payment_id"] for r in responses}) == 1
     assert db.scalar(select(func.count()).select_from(Payment)) == 1
+
+
+def test_expired_keys_are_purged_by_the_scheduled_task_and_live_ones_kept(
+    db, settings, celery_worker
+):
+    from workers.app import app
+    from workers.schedule import beat_schedule
+
+    task = "maintenance.purge_idempotency_keys"
+    assert [e["task"] for e in beat_schedule(settings).values()].count(task) == 1
+    user, other = make_user(db), make_user(db)
+    now = utc_now()
+
+    def key(owner, name: str, expires_in: timedelta) -> IdempotencyKey:
+        return IdempotencyKey(user_id=owner.id, scope="POST /x", key=name, request_hash=b"h" * 32,
+                              state="completed", response_status=200, response_body={},
+                              expires_at=now + expires_in)
+
+    db.add_all([key(user, "old-1", timedelta(minutes=-1)), key(other, "old-2", timedelta(days=-3)),
+                key(user, "live", timedelta(minutes=5)), key(other, "fresh", timedelta(hours=24))])
+    db.commit()
+
+    app.send_task(task)  # what beat sends, through the real broker to the real worker
+
+    def remaining() -> set[str]:
+        db.expire_all()
+        return set(db.scalars(select(IdempotencyKey.key)))
+
+    wait_for(lambda: remaining() == {"live", "fresh"}, timeout=20, message="the expired keys gone")

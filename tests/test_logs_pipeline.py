@@ -142,7 +142,8 @@ def test_entries_of_a_consumer_that_died_before_acknowledging_are_written_once(
     # A consumer reads the batch, writes it, commits, and dies before XACK.
     delivered = rds.xreadgroup(logstream.GROUP, "dead-consumer", {logstream.USAGE_STREAM: ">"},
                                count=100)[0][1]
-    records, _ = logstream._parse(logstream._KINDS["usage"], delivered)
+    pairs, _ = logstream._parse_entries(logstream._KINDS["usage"], delivered)
+    records = [record for _, record in pairs]
     with transaction(settings.database_url, acting_as=rls.OWNER) as session:
         logstream.write_usage(session, records[:30])
     assert logstream.pending(rds, "usage") == 50
