@@ -12,6 +12,11 @@ One command: ``.venv/bin/python -m bench.spend`` (``--help`` for knobs). It
    as ``services/ledger.py`` (conditional debit + ledger insert), the physical ceiling;
 6. prints everything with the ratio and rewrites its section of ``bench/README.md``.
 
+With ``--baseline CHECKOUT`` (another checkout of the project, say of ``main``, with its
+own ``.venv``), both APIs first serve the same database at once and their peak runs
+alternate for ``--rounds`` rounds: a before/after of the route in one run, on the same
+data and under the same (shared, changing) load; the section then shows both.
+
 Environment: ``BILLING_BENCH_DATABASE_URL`` (default
 ``postgresql://postgres@127.0.0.1/billing_bench``), ``BILLING_BENCH_REDIS_URL`` (default
 ``redis://127.0.0.1:6379/3``). Not a test: nothing here asserts a time.
@@ -25,6 +30,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -159,10 +165,10 @@ def api_env(database_url: str, redis_url: str, jwt_secret: str, log_level: str) 
 
 
 def serve(argv: list[str], env: dict[str, str], port: int,
-          ready: str = "/readyz") -> subprocess.Popen[bytes]:
-    """Start ``argv`` (a server on ``port``) and wait until ``ready`` answers 200."""
+          ready: str = "/readyz", cwd: Path = ROOT) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (a server on ``port``, in ``cwd``) and wait until ``ready`` answers 200."""
     proc = subprocess.Popen(  # noqa: S603
-        argv, cwd=ROOT, env=env,
+        argv, cwd=cwd, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     deadline = time.monotonic() + 60
@@ -178,14 +184,19 @@ def serve(argv: list[str], env: dict[str, str], port: int,
     raise RuntimeError(f"{argv[2]} did not become ready")
 
 
-def start_api(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[bytes]:
-    """The API as ``billing api --workers N`` serves it."""
+def start_api(env: dict[str, str], port: int, workers: int,
+              checkout: Path = ROOT) -> subprocess.Popen[bytes]:
+    """The API as ``billing api --workers N`` serves it, from ``checkout`` (this one, or
+    another checkout of the project with its own ``.venv``: the baseline of a comparison)."""
     from cli.commands import api_argv
     from settings import Settings
 
     settings = Settings(database_url=env["BILLING_DATABASE_URL"],
                         redis_url=env["BILLING_REDIS_URL"], log_level=env["BILLING_LOG_LEVEL"])
-    return serve(api_argv(settings, host="127.0.0.1", port=port, workers=workers), env, port)
+    argv = api_argv(settings, host="127.0.0.1", port=port, workers=workers)
+    if checkout != ROOT:
+        argv[0] = str(checkout / ".venv" / "bin" / "python")
+    return serve(argv, env, port, cwd=checkout)
 
 
 def start_floor(env: dict[str, str], users: int, port: int,
@@ -313,6 +324,55 @@ def flat_out(server: subprocess.Popen[bytes], url: str, tokens: Path,
         url, tokens, connections=args.connections, seconds=args.seconds))
 
 
+@dataclass
+class Comparison:
+    """Peak runs of this checkout's API and a baseline's, alternated under the same load."""
+
+    ours: list[WrkResult]
+    theirs: list[WrkResult]
+    ours_cpu_ms: list[float]
+    theirs_cpu_ms: list[float]
+
+    @staticmethod
+    def _median(values: list[float]) -> float:
+        return statistics.median(values)
+
+    def median_rps(self) -> tuple[float, float]:
+        return (self._median([r.rps for r in self.ours]),
+                self._median([r.rps for r in self.theirs]))
+
+    def median_cpu_ms(self) -> tuple[float, float]:
+        return self._median(self.ours_cpu_ms), self._median(self.theirs_cpu_ms)
+
+
+def compare(env: dict[str, str], tokens: Path, baseline: Path,
+            args: argparse.Namespace) -> Comparison:
+    """Both APIs serve the same database at once; their peak runs alternate (ours, the
+    baseline's, ours, ...), so a change in the machine's load falls on both alike."""
+    ours_port, theirs_port = free_port(), free_port()
+    ours = start_api(env, ours_port, args.workers)
+    theirs = start_api(env, theirs_port, args.workers, checkout=baseline)
+    result = Comparison([], [], [], [])
+    try:
+        meters = {ours_port: CpuMeter(ours), theirs_port: CpuMeter(theirs)}
+        for port in (ours_port, theirs_port):  # warm-up
+            wrk(f"http://127.0.0.1:{port}", tokens, connections=args.connections, seconds=3)
+        for _ in range(args.rounds):
+            for port, runs, cpu in ((ours_port, result.ours, result.ours_cpu_ms),
+                                    (theirs_port, result.theirs, result.theirs_cpu_ms)):
+                run, api_ms, _ = measured(meters[port], lambda port=port: wrk(
+                    f"http://127.0.0.1:{port}", tokens, connections=args.connections,
+                    seconds=args.seconds))
+                runs.append(run)
+                cpu.append(api_ms)
+                print(f"  {'ours' if port == ours_port else 'baseline'}: {run.rps:.0f} req/s, "
+                      f"API CPU {api_ms:.3f} ms/request", flush=True)
+    finally:
+        stop(ours)
+        stop(theirs)
+    return result
+
+
 def check_ledger(database_url: str) -> tuple[int, int]:
     """(users whose balance differs from their ledger sum, negative balance_after rows)."""
     url = libpq_url(database_url)
@@ -335,6 +395,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers")
     parser.add_argument("--log-level", default="INFO", help="the API's BILLING_LOG_LEVEL")
     parser.add_argument("--no-readme", action="store_true", help="print only")
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                        help="another checkout of the project (with its own .venv) whose API "
+                             "is measured against this one, alternating peak runs")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternating peak runs of each API with --baseline")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
@@ -359,6 +424,10 @@ def main() -> None:
     ) + "\n")
 
     load_before = os.getloadavg()
+    comparison = None
+    if args.baseline is not None:
+        print(f"this checkout vs {args.baseline}, {args.rounds} alternating rounds:", flush=True)
+        comparison = compare(env, tokens, args.baseline.resolve(), args)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     api = start_api(env, port, args.workers)
@@ -470,9 +539,35 @@ and PostgreSQL {floor_pg_ms:.2f} ms per request and reaches {floor_ratio:.0%} of
 a spend costs as a FastAPI route on psycopg before any of the product's own work, so the
 ratio no change to that work can lift the route above.
 """
+    if comparison is not None:
+        section += comparison_section(comparison, args)
     print(section)
     if not args.no_readme:
         write_section("spend", section)
+
+
+def comparison_section(c: Comparison, args: argparse.Namespace) -> str:
+    """The README's lines for a ``--baseline`` comparison."""
+    ours, theirs = c.median_rps()
+    ours_cpu, theirs_cpu = c.median_cpu_ms()
+    rows = "\n".join(
+        f"| {i + 1} | {a.rps:.0f} | {b.rps:.0f} | {a.rps / b.rps:.0%} |"
+        for i, (a, b) in enumerate(zip(c.ours, c.theirs, strict=True))
+    )
+    return f"""
+### Against a baseline checkout, same run
+
+`--baseline {args.baseline}`: both APIs served the same database at once, and their peak
+runs ({args.seconds} s, wrk {args.connections} connections) alternated, this checkout first,
+so that the machine's load (shared with other work) fell on both alike.
+
+| round | this checkout (req/s) | baseline (req/s) | ratio |
+|---:|---:|---:|---:|
+{rows}
+
+Medians: **{ours:.0f}** against **{theirs:.0f}** requests/s (**{ours / theirs:.0%}**); API CPU
+per request {ours_cpu:.2f} ms against {theirs_cpu:.2f} ms.
+"""
 
 
 if __name__ == "__main__":

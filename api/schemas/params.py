@@ -9,6 +9,8 @@ from typing import Annotated
 from fastapi import Query
 from pydantic import AwareDatetime, BeforeValidator
 
+from services.pagination import MAX_LIMIT
+
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 
 
@@ -24,7 +26,7 @@ IsoDatetime = Annotated[AwareDatetime, BeforeValidator(_not_a_number)]
 IsoDate = Annotated[date, BeforeValidator(_not_a_number)]
 
 # Every list pages the same way (``services.pagination``).
-Limit = Annotated[int, Query(ge=1, le=200, description="Items per page")]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page")]
 Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of the last page")]
 Since = Annotated[IsoDatetime | None, Query(description="Inclusive")]
 Until = Annotated[IsoDatetime | None, Query(description="Exclusive")]

@@ -3,7 +3,9 @@
 A delivery is stored with ``INSERT ... ON CONFLICT (id) DO NOTHING``; only a new row
 enqueues ``stripe.process_event``, and only once the insert has committed. If the broker
 is down the row is still stored (the sweep enqueues it later); if the database is down
-the caller answers 503 and Stripe delivers again.
+the caller answers 503 and Stripe delivers again. One statement, two doors: ``receive`` for
+the webhook (on the event loop) and ``store_many`` for reconciliation (in a worker's
+session).
 """
 
 from __future__ import annotations
