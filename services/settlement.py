@@ -46,7 +46,7 @@ def find_payment(
     have committed when the event arrived).
     """
     if payment_id is not None:
-        payment = _locked(session, Payment.id == payment_id)
+        payment = session.scalars(_BY_ID, {"payment_id": payment_id}).first()
         if payment is None:
             raise NotReady(f"payment {payment_id} named in the metadata does not exist (yet)")
         return payment
@@ -65,11 +65,15 @@ def find_payment(
 
 
 def _locked(session: Session, condition: Any) -> Payment | None:
-    # populate_existing: the locked row's current values, even over a copy loaded earlier.
     return session.scalars(
-        select(Payment).where(condition).order_by(Payment.created_at).limit(1)
-        .with_for_update().execution_options(populate_existing=True)
+        _LOCKED.where(condition).order_by(Payment.created_at).limit(1)
     ).first()
+
+
+# populate_existing: the locked row's current values, even over a copy loaded earlier. Built
+# once: the event pipeline's common case (our payment id in the metadata) reuses it as is.
+_LOCKED = select(Payment).with_for_update().execution_options(populate_existing=True)
+_BY_ID = _LOCKED.where(Payment.id == bindparam("payment_id"))
 
 
 def link(

@@ -36,8 +36,8 @@ _ERROR_MAX = 500
 
 # The claim, one round trip: lock the event if it is pending and free (SKIP LOCKED: held by
 # another transaction gives no row, at once), count the try and mark it processed; it
-# commits or rolls back with the handler's writes. ORM-enabled (``synchronize_session``), so
-# a copy of the event loaded in the session is kept in step.
+# commits or rolls back with the handler's writes. It is the first statement of the task's
+# own transaction, so no copy of the event is loaded that it would have to keep in step.
 _CLAIM = (
     update(StripeEvent)
     .where(
@@ -50,7 +50,7 @@ _CLAIM = (
     .values(status="processed", attempts=StripeEvent.attempts + 1, last_error=None,
             processed_at=bindparam("now"))
     .returning(StripeEvent.type, StripeEvent.stripe_created, StripeEvent.payload)
-    .execution_options(synchronize_session="fetch")
+    .execution_options(synchronize_session=False)
 )
 
 
