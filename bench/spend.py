@@ -301,18 +301,21 @@ class CpuMeter:
             total += times.user + times.system
         return total
 
-    def read(self) -> tuple[float, float]:
+    def read(self) -> tuple[float, dict[int, float]]:
+        """The API's CPU seconds, and PostgreSQL's by process (they come and go)."""
         postgres = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
-        return self._seconds(self.api), self._seconds(postgres)
+        return self._seconds(self.api), {p.pid: self._seconds([p]) for p in postgres}
 
 
 def measured(meter: CpuMeter, run: Callable[[], WrkResult]) -> tuple[WrkResult, float, float]:
-    """``run()`` with the API's and PostgreSQL's CPU milliseconds per request it made."""
+    """``run()`` with the API's and PostgreSQL's CPU milliseconds per request it made
+    (PostgreSQL's: of its processes alive before and after, whoever they served)."""
     api0, pg0 = meter.read()
     result = run()
     api1, pg1 = meter.read()
     n = max(result.requests, 1)
-    return result, (api1 - api0) * 1000 / n, (pg1 - pg0) * 1000 / n
+    pg = sum(pg1[pid] - pg0[pid] for pid in pg0.keys() & pg1.keys())
+    return result, (api1 - api0) * 1000 / n, pg * 1000 / n
 
 
 def flat_out(server: subprocess.Popen[bytes], url: str, tokens: Path,

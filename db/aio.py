@@ -1,15 +1,16 @@
 """The API's asynchronous database access, for the routes on the hot path.
 
-Most routes run in a worker thread with a SQLAlchemy session (``db.rls.app_transaction``).
-The few that are called at high rates (spending credits, storing Stripe webhooks, reading
-the admin statistics) run their one or two statements on the event loop instead, with
+Most routes run in a worker thread with a SQLAlchemy session (``db.transaction``). The few
+that are called at high rates (spending credits, storing Stripe webhooks, reading the admin
+statistics) run their one statement on the event loop instead, with
 psycopg's async connections from a pool: no thread hand-off, no ORM, and the transaction's
 Row Level Security context sent in the same round trip as its statement (pipeline mode).
 They keep the sessions' rules: the application role, ``set_config(..., true)`` so nothing
 outlives the transaction, the same connection options.
 
-The SQL is written once, as SQLAlchemy ``text()`` in the services, and rendered here for
-psycopg (``render``), so the sync and async paths run the same statements.
+The SQL is a named ``text()`` statement of its domain module, rendered here for psycopg
+(``render``); the ledger's also serves its session side (``ledger.post``), the inbox's its
+reconciliation.
 """
 
 from __future__ import annotations

@@ -50,7 +50,6 @@ from services.errors import NotFound
 router = APIRouter(prefix="/api/user-management/admin", tags=["admin"])
 
 
-
 @router.get("/users", response_model=AdminUserPageOut, summary="Search users")
 def list_users(
     admin: AdminUser,
