@@ -16,12 +16,26 @@ from db.engine import get_engine, get_sessionmaker, session_scope
 from logconfig import configure_logging
 from services import outbox
 from settings import Settings, get_settings
+from workers.broker import transport_for
+from workers.liveness import ConsumerHeartbeat, WorkerWatchdog
 from workers.schedule import beat_schedule
 
 TASK_MODULES = [
     "workers.tasks.maintenance", "workers.tasks.logs", "workers.tasks.stripe",
     "workers.tasks.stats", "workers.tasks.auth",
 ]
+
+
+class RetryCap:
+    """Caps every task's retry backoff at BILLING_TASK_RETRY_MAX_S (see the settings check)."""
+
+    def __init__(self, cap_s: int) -> None:
+        self.cap_s = cap_s
+
+    def annotate(self, task: type[Task]) -> dict[str, Any] | None:
+        """Celery's annotation hook: the attributes to set on ``task`` (None: leave it)."""
+        current = getattr(task, "retry_backoff_max", None)  # Celery's own tasks lack it
+        return None if current is None else {"retry_backoff_max": min(current, self.cap_s)}
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -35,6 +49,7 @@ def create_celery(settings: Settings) -> Celery:
     app.config_from_object("celeryconfig")
     app.conf.update(
         broker_url=settings.redis_url,
+        broker_transport=transport_for(settings.redis_url),
         task_time_limit=settings.task_time_limit_s,
         task_soft_time_limit=max(1, settings.task_time_limit_s - 5),
         broker_transport_options={
@@ -42,8 +57,12 @@ def create_celery(settings: Settings) -> Celery:
             "visibility_timeout": settings.broker_visibility_timeout_s,
         },
         beat_schedule=beat_schedule(settings),
+        beat_scheduler="workers.beat:LeaderScheduler",
+        task_annotations=[RetryCap(settings.task_retry_max_s)],
         include=TASK_MODULES,
     )
+    app.steps["worker"].add(WorkerWatchdog)
+    app.steps["consumer"].add(ConsumerHeartbeat)
     return app
 
 
