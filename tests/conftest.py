@@ -131,8 +131,11 @@ def pytest_configure(config: pytest.Config) -> None:
             "BILLING_STRIPE_SECRET_KEY": TEST_STRIPE_KEY,
             "BILLING_STRIPE_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET,
             "BILLING_STRIPE_API_BASE": SERVERS.stripe_stub.url,
-            # Short enough that a task of a killed worker comes back within a test.
+            # Short enough that a task of a killed worker comes back within a test. The
+            # settings check holds as in production: the visibility timeout exceeds the
+            # time limit and every retry countdown (capped at 5 s here, 300 s by default).
             "BILLING_TASK_TIME_LIMIT_S": "8",
+            "BILLING_TASK_RETRY_MAX_S": "5",
             "BILLING_BROKER_VISIBILITY_TIMEOUT_S": "10",
             "BILLING_LOG_LEVEL": "INFO",
             "BILLING_MAIL_BACKEND": "smtp",

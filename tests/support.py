@@ -74,6 +74,29 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+def answers_ping(broker_url: str) -> bool:
+    """Whether some worker consuming ``broker_url`` answers a ping."""
+    from services.outbox import producer_app
+
+    app = producer_app(broker_url)
+    try:
+        return any(app.control.ping(timeout=0.5))
+    finally:
+        app.close()
+
+
+def restart_redis(server) -> None:
+    """An operator's restart of an embedded Redis: SHUTDOWN (it saves), then a fresh server."""
+    import redis
+
+    try:
+        redis.Redis(port=server.port).shutdown()
+    except redis.ConnectionError:
+        pass  # the server closes the connection as it goes
+    server.stop()  # reaps it and clears its pid file
+    server.start()
+
+
 class WorkerProcess:
     """A real Celery worker process consuming the test broker."""
 
@@ -103,10 +126,7 @@ class WorkerProcess:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"celery worker exited with {self.proc.returncode}")
-        from workers.app import app
-
-        replies = app.control.ping(timeout=0.5)
-        return any(replies)
+        return answers_ping(self.extra_env.get("BILLING_REDIS_URL") or os.environ["BILLING_REDIS_URL"])
 
     def kill(self) -> None:
         """SIGKILL the whole worker (main process and its children), as a crash would."""

@@ -26,16 +26,18 @@ TASK_MODULES = [
 ]
 
 
-class RetryCap:
-    """Caps every task's retry backoff at BILLING_TASK_RETRY_MAX_S (see the settings check)."""
+class BillingTask(Task):
+    """Every task of the app: a retry never counts down longer than BILLING_TASK_RETRY_MAX_S.
 
-    def __init__(self, cap_s: int) -> None:
-        self.cap_s = cap_s
+    A worker holds a retry, unacknowledged, until its countdown ends; the settings check
+    keeps the broker's visibility timeout above this cap so it is not delivered twice.
+    """
 
-    def annotate(self, task: type[Task]) -> dict[str, Any] | None:
-        """Celery's annotation hook: the attributes to set on ``task`` (None: leave it)."""
-        current = getattr(task, "retry_backoff_max", None)  # Celery's own tasks lack it
-        return None if current is None else {"retry_backoff_max": min(current, self.cap_s)}
+    def retry(self, *args: Any, countdown: float | None = None, **kwargs: Any) -> Any:
+        """Celery's retry, with the countdown capped."""
+        if countdown is not None:
+            countdown = min(countdown, get_settings().task_retry_max_s)
+        return super().retry(*args, countdown=countdown, **kwargs)
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -45,7 +47,7 @@ def create_celery(settings: Settings) -> Celery:
             "BILLING_DATABASE_URL and BILLING_REDIS_URL must be set for a worker "
             "(`billing dev` sets them for the embedded default)"
         )
-    app = Celery("billing")
+    app = Celery("billing", task_cls=BillingTask)
     app.config_from_object("celeryconfig")
     app.conf.update(
         broker_url=settings.redis_url,
@@ -58,7 +60,6 @@ def create_celery(settings: Settings) -> Celery:
         },
         beat_schedule=beat_schedule(settings),
         beat_scheduler="workers.beat:LeaderScheduler",
-        task_annotations=[RetryCap(settings.task_retry_max_s)],
         include=TASK_MODULES,
     )
     app.steps["worker"].add(WorkerWatchdog)
@@ -82,7 +83,7 @@ def transaction() -> Iterator[Session]:
         yield session
 
 
-class DbTask(Task):
+class DbTask(BillingTask):
     """Base for tasks that touch the database: acknowledged late, re-run if a worker dies."""
 
     abstract = True

@@ -93,11 +93,17 @@ class WorkerWatchdog(bootsteps.StartStopStep):
             _exit_now(w.exitcode, "the worker's consumer failed")
 
     def _watch(self) -> None:
-        stale_s = self.settings.heartbeat_stale_s
+        # Counted in our own wake-ups, not by the clock: a whole process paused (SIGSTOP, a
+        # suspended VM) resumes with an old heartbeat that its consumer renews at once.
+        limit = self.settings.heartbeat_stale_s
+        seen, stalled = self.last, 0.0
         while not self._stop.wait(HEARTBEAT_INTERVAL_S):
-            # Armed by the first heartbeat: a worker started during an outage just waits.
-            if self.last and time.monotonic() - self.last > stale_s and self._broker_answers():
-                _exit_now(EXIT_WEDGED, f"the task consumer has not run for over {stale_s}s "
+            if self.last != seen or not self.last:  # a new beat, or none yet (not armed)
+                seen, stalled = self.last, 0.0
+                continue
+            stalled += HEARTBEAT_INTERVAL_S
+            if stalled > limit and self._broker_answers():
+                _exit_now(EXIT_WEDGED, f"the task consumer has not run for over {limit}s "
                                        "while the broker answers")
 
     def _broker_answers(self) -> bool:
