@@ -38,6 +38,7 @@ import sqlalchemy.exc
 from cli._process import LockHeld, exclusive_lock, terminate
 from cli.commands import api_argv, beat_argv, python_module, worker_argv
 from cli.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
+from cli.waiting import ServerDown, wait_for_database
 from db.migrate import upgrade
 from settings import Settings
 from workers import heartbeat
@@ -268,6 +269,10 @@ class DevStack:
         # Create the dev JWT secret now: the API and the worker would otherwise
         # race to create the same file on their first token.
         settings.jwt_signing_key()
+        try:
+            wait_for_database(os.environ["BILLING_DATABASE_URL"], who="billing dev")
+        except ServerDown as exc:
+            raise DevError(str(exc)) from None
         click.echo("billing dev: running migrations")
         try:
             upgrade(os.environ["BILLING_DATABASE_URL"])

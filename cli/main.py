@@ -12,6 +12,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from cli.commands import api_argv, beat_argv, beat_schedule_file, worker_argv
+from cli.waiting import ServerDown, wait_for_database
 from db.migrate import upgrade
 from settings import Settings, SettingsError, load_settings
 from workers import heartbeat
@@ -207,6 +208,11 @@ def migrate(settings: Settings) -> None:
     from cli.embedded import database_url  # see `dev`: keeps other commands' start-up fast
 
     with database_url(settings.database_url, settings.data_dir) as url:
+        try:
+            wait_for_database(url, who="billing migrate")
+        except ServerDown as exc:
+            click.echo(f"billing migrate: {exc}", err=True)
+            raise SystemExit(1) from None
         upgrade(url)
     click.echo("billing migrate: database schema is up to date")
 

@@ -305,3 +305,42 @@ def test_billing_dev_killed_leaves_nothing_running_and_starts_again(dev: DevHarn
     wait_ready(run, dev.base_url)
     assert "process(es) a previous run left" in run.output()
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in left)
+
+
+def test_processes_started_while_the_servers_are_down_wait_with_a_clear_line(
+    tmp_path: Path,
+) -> None:
+    """No traceback loop: each says what it waits for; /readyz names what is down."""
+    port = free_tcp_port()
+    env = clean_env(
+        BILLING_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_tcp_port()}/billing",
+        BILLING_REDIS_URL=f"redis://127.0.0.1:{free_tcp_port()}/0",
+        BILLING_DATA_DIR=str(tmp_path), BILLING_API_PORT=str(port), BILLING_LOG_JSON="false",
+        BILLING_HEARTBEAT_FILE=str(tmp_path / "heartbeat"),
+    )
+    expected = {
+        "migrate": "billing migrate: waiting for the database (connection failed",
+        "worker": "Cannot connect to",
+        "beat": "beat: broker unreachable, the schedule waits",
+        "api": "Uvicorn running on",
+    }
+    procs = {name: subprocess.Popen(
+        [*BILLING, name], cwd=ROOT, env=env, stdout=(tmp_path / f"{name}.log").open("wb"),
+        stderr=subprocess.STDOUT, start_new_session=True) for name in expected}
+    logs = {name: tmp_path / f"{name}.log" for name in expected}
+    try:
+        wait_for(lambda: all(expected[n] in logs[n].read_text(errors="replace")
+                             for n in expected), timeout=60, interval=0.5,
+                 message="every process to say what it waits for")
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+        assert ready.status_code == 503
+        assert ready.json()["error"]["checks"] == {"database": "unavailable",
+                                                   "broker": "unavailable"}
+        time.sleep(3)  # a few retries more
+        assert all(proc.poll() is None for proc in procs.values())
+    finally:
+        for proc in procs.values():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for name, log in logs.items():
+        assert "Traceback" not in log.read_text(errors="replace"), f"{name}: {log.read_text()}"
