@@ -16,6 +16,7 @@ The lock is redis-py's (a token checked by a Lua script on renewal and release).
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 import redis
@@ -45,6 +46,9 @@ class LeaderScheduler(PersistentScheduler):
             settings.redis_url, socket_timeout=2, socket_connect_timeout=2
         )
         self.lock = self.redis.lock(LOCK_KEY, timeout=LOCK_TTL_S, thread_local=False)
+        # Who holds the lock: one beat per host and schedule file (two beats sharing a
+        # schedule file would corrupt it anyway), the same across a restart of that beat.
+        self.identity = f"{socket.gethostname()}:{kwargs.get('schedule_filename') or ''}"
         self.leading = False
         self.stood_by = False  # saw another beat lead
         self.reachable = True
@@ -69,7 +73,7 @@ class LeaderScheduler(PersistentScheduler):
     def _lead(self) -> bool:
         """Renew the lock we hold, or take a free one; False when another beat leads."""
         try:
-            held = self._renew() if self.leading else self.lock.acquire(blocking=False)
+            held = self._renew() if self.leading else self._take()
         except redis.RedisError as exc:
             # Nothing can be sent now anyway. Our lock may well outlive the outage (Redis
             # keeps it on disk): whether we still lead is settled once it answers again.
@@ -88,13 +92,25 @@ class LeaderScheduler(PersistentScheduler):
         self.leading = held
         return held
 
+    def _take(self) -> bool:
+        """Take the lock if it is free, or if it is this beat's from before a restart."""
+        if self.lock.acquire(blocking=False, token=self.identity):
+            return True
+        # A beat killed before it could release its lock, started again by its supervisor,
+        # goes on at once instead of waiting out the expiry: the lock holds its identity.
+        self.lock.local.token = self.identity.encode()
+        try:
+            return bool(self.lock.owned() and self.lock.reacquire())
+        except LockError:
+            return False
+
     def _renew(self) -> bool:
         try:
             return bool(self.lock.reacquire())
         except LockError:
             # Expired (a pause longer than its TTL, or a Redis that came back empty):
             # ours again only if no other beat took it meanwhile.
-            return bool(self.lock.acquire(blocking=False))
+            return self._take()
 
     def _restart_schedule(self) -> None:
         """Count every entry's period from now, as a fresh beat does.
