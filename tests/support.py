@@ -97,6 +97,19 @@ def restart_redis(server) -> None:
     server.start()
 
 
+def start_localstripe(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A localstripe of its own (fresh state) on a free port; its process and URL."""
+    port = free_port()
+    log = open(workdir / "localstripe.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localstripe", "--port", str(port), "--from-scratch"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir,
+        preexec_fn=_die_with_parent,
+    )
+    wait_for(lambda: port_open(port), timeout=20, message="localstripe")
+    return proc, f"http://127.0.0.1:{port}"
+
+
 class WorkerProcess:
     """A real Celery worker process consuming the test broker."""
 
