@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from celery import Celery
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -113,6 +114,9 @@ def _send_pending(session: Session) -> None:
     for action in session.info.pop(_PENDING, []):
         try:
             action()
+        except redis.RedisError as exc:
+            # Redis down: one line per lost hand-off, not a traceback per request.
+            log.warning("after-commit action failed, Redis unreachable: %s", exc)
         except Exception:  # committed already: one failed hand-off must not stop the rest
             log.exception("after-commit action failed")
 

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import psycopg
 import pytest
@@ -105,3 +106,35 @@ def test_health_check_fails_while_the_workers_consumer_is_frozen(tmp_path):
                  message="healthy again once it runs")
     finally:
         worker.kill()
+
+
+WATCHED_LOOP = """
+import sys, time
+from pathlib import Path
+from workers.liveness import Watchdog
+beats, may_exit = sys.argv[1] == "beats", sys.argv[2] == "may-exit"
+dog = Watchdog(Path(sys.argv[3]), limit_s=0.5, loop="the test loop", interval_s=0.1,
+               may_exit=lambda: may_exit)
+dog.record()
+dog.start()
+for _ in range(30):
+    time.sleep(0.1)
+    if beats:
+        dog.record()
+"""
+
+
+@pytest.mark.parametrize(("beats", "may_exit", "status"), [
+    ("stops", "may-exit", 70),  # wedged: exits at once, non-zero, saying why
+    ("beats", "may-exit", 0),   # a loop that keeps beating is left alone
+    ("stops", "spare", 0),      # a worker's broker down: it waits for the reconnect instead
+])
+def test_watchdog_exits_the_process_whose_loop_stopped_beating(tmp_path, beats, may_exit, status):
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-c", WATCHED_LOOP, beats, may_exit,
+                          str(tmp_path / "hb")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=30)
+    assert run.returncode == status, run.stderr
+    if status:
+        assert time.monotonic() - started < 3  # not after the loop's three seconds
+        assert "the test loop has not run for over 0s" in run.stdout + run.stderr

@@ -24,7 +24,8 @@ from celery.beat import PersistentScheduler
 from redis.exceptions import LockError
 
 from settings import get_settings
-from workers.heartbeat import heartbeat_path, touch
+from workers.heartbeat import heartbeat_path
+from workers.liveness import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ class LeaderScheduler(PersistentScheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         settings = get_settings()
         assert settings.redis_url is not None
-        self.heartbeat = heartbeat_path(settings, "beat")
+        self.watchdog = Watchdog(heartbeat_path(settings, "beat"),
+                                 limit_s=settings.heartbeat_stale_s, loop="beat's scheduler loop")
         self.redis = redis.Redis.from_url(
             settings.redis_url, socket_timeout=2, socket_connect_timeout=2
         )
@@ -53,16 +55,18 @@ class LeaderScheduler(PersistentScheduler):
         self.stood_by = False  # saw another beat lead
         self.reachable = True
         super().__init__(*args, **kwargs)
+        self.watchdog.start()
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Send what is due if we lead; the delay until the next tick."""
-        touch(self.heartbeat)
+        self.watchdog.record()
         if not self._lead():
             return TICK_MAX_S
         return min(float(super().tick(*args, **kwargs)), TICK_MAX_S)
 
     def close(self) -> None:
         """Save the schedule and hand the lead over at once."""
+        self.watchdog.stop()
         super().close()
         if self.leading:
             try:
