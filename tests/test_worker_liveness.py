@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psycopg
 import pytest
@@ -117,7 +116,7 @@ dog = Watchdog(Path(sys.argv[3]), limit_s=0.5, loop="the test loop", interval_s=
                may_exit=lambda: may_exit)
 dog.record()
 dog.start()
-for _ in range(30):
+for _ in range(15):
     time.sleep(0.1)
     if beats:
         dog.record()
@@ -130,11 +129,9 @@ for _ in range(30):
     ("stops", "spare", 0),      # a worker's broker down: it waits for the reconnect instead
 ])
 def test_watchdog_exits_the_process_whose_loop_stopped_beating(tmp_path, beats, may_exit, status):
-    started = time.monotonic()
     run = subprocess.run([sys.executable, "-c", WATCHED_LOOP, beats, may_exit,
                           str(tmp_path / "hb")], cwd=ROOT, capture_output=True, text=True,
                          timeout=30)
-    assert run.returncode == status, run.stderr
+    assert run.returncode == status, run.stderr  # 70: it exited before its loop ended
     if status:
-        assert time.monotonic() - started < 3  # not after the loop's three seconds
         assert "the test loop has not run for over 0s" in run.stdout + run.stderr
