@@ -105,7 +105,7 @@ class Stack:
         return re.sub(r"\x1b\[[0-9;]*m", "", self.log.read_text(errors="replace"))
 
     def child(self, role: str) -> psutil.Process:
-        marker = {"api": "uvicorn", "worker": "worker", "beat": "beat"}[role]
+        marker = {"api": "api.server", "worker": "worker", "beat": "beat"}[role]
         return next(p for p in psutil.Process(self.dev.pid).children()
                     if marker in p.cmdline() and p.status() != psutil.STATUS_ZOMBIE)
 

@@ -237,7 +237,7 @@ def dev(tmp_path: Path) -> Iterator[DevHarness]:
 
 def _child(run: DevRun, role: str) -> psutil.Process:
     """The running ``api``, ``worker`` or ``beat`` child of ``run``."""
-    marker = {"api": "uvicorn", "worker": "worker", "beat": "beat"}[role]
+    marker = {"api": "api.server", "worker": "worker", "beat": "beat"}[role]
     return next(p for p in psutil.Process(run.proc.pid).children() if marker in p.cmdline())
 
 
