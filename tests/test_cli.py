@@ -299,12 +299,17 @@ def test_billing_dev_killed_leaves_nothing_running_and_starts_again(dev: DevHarn
     watchdog.kill()
     run.proc.kill()
     run.wait()
-    assert all(p.is_running() for p in left)
+    try:
+        assert all(p.is_running() for p in left)
 
-    run = dev.start()
-    wait_ready(run, dev.base_url)
-    assert "process(es) a previous run left" in run.output()
-    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in left)
+        run = dev.start()
+        wait_ready(run, dev.base_url)
+        assert "process(es) a previous run left" in run.output()
+        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in left)
+    finally:
+        for proc in left:  # whatever this test fails on, they must not outlive it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_processes_started_while_the_servers_are_down_wait_with_a_clear_line(
