@@ -136,8 +136,15 @@ class Settings(BaseSettings):
 
     worker_concurrency: int = Field(2, ge=1, le=64)
     task_time_limit_s: int = Field(300, ge=1)
-    # Redis redelivers an unacknowledged task after this long: longer than any task.
+    # The longest countdown of any task's retry (Stripe events back off up to it).
+    task_retry_max_s: int = Field(300, ge=1)
+    # Redis redelivers an unacknowledged task after this long: longer than any task, and
+    # than any retry countdown (a worker holds a retry, unacknowledged, until it is due).
     broker_visibility_timeout_s: int = Field(3600, ge=2)
+    # Where a worker or beat touches its heartbeat (default: billing-worker|beat.heartbeat
+    # in the temp dir), and how old it may get before the process counts as wedged.
+    heartbeat_file: Path | None = None
+    heartbeat_stale_s: int = Field(60, ge=15)
     integrity_check_interval_s: int = Field(3600, ge=10)
     stats_interval_s: int = Field(60, ge=5)
     # Daily report time (UTC, "HH:MM"); the report covers the previous UTC day.
@@ -217,11 +224,16 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _visibility_exceeds_time_limit(self) -> Settings:
+    def _visibility_exceeds_time_limit_and_retries(self) -> Settings:
         if self.broker_visibility_timeout_s <= self.task_time_limit_s:
             raise ValueError(
                 "BILLING_BROKER_VISIBILITY_TIMEOUT_S must exceed BILLING_TASK_TIME_LIMIT_S, "
                 "or a running task would be delivered twice"
+            )
+        if self.broker_visibility_timeout_s <= self.task_retry_max_s:
+            raise ValueError(
+                "BILLING_BROKER_VISIBILITY_TIMEOUT_S must exceed BILLING_TASK_RETRY_MAX_S, "
+                "or a retry waiting for its countdown would be delivered twice"
             )
         return self
 

@@ -6,6 +6,7 @@ so each child costs one interpreter start, not two.
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
@@ -43,8 +44,12 @@ def worker_argv(settings: Settings, *, concurrency: int | None = None) -> list[s
 
 
 def beat_schedule_file(settings: Settings) -> Path:
-    """Where beat keeps its schedule state (last run of each entry)."""
-    return settings.data_dir.resolve() / "celerybeat-schedule"
+    """Where beat keeps its schedule state (last run of each entry).
+
+    One file per host: two beats (a standby in another container) may share the data
+    directory, and a schedule file shared by two processes would be corrupted.
+    """
+    return settings.data_dir.resolve() / f"celerybeat-schedule.{socket.gethostname()}"
 
 
 def beat_argv(settings: Settings) -> list[str]:

@@ -1,15 +1,22 @@
-"""``billing dev``: the whole stack in one command, stopped as one.
+"""``billing dev``: the whole stack in one command, supervised, and stopped as one.
 
 It starts the embedded PostgreSQL and Redis when no URLs are configured, runs
 the migrations, then supervises the API, a Celery worker and Celery beat as
 child processes. Each child gets its own session (so a terminal Ctrl-C reaches
 only us, and we stop things in order) and therefore its own process group,
 which is what we SIGKILL if a child does not stop in time.
+
+A child that exits, or a worker or beat whose heartbeat goes stale (up but wedged),
+is restarted with a backoff, and we say so. Nothing outlives us: a watchdog process
+(``cli/watchdog.py``) stops the children and the embedded servers when we die, even
+by SIGKILL, and a run file in the data directory lets the next ``billing dev`` stop
+what was left if the watchdog died with us.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
@@ -21,20 +28,27 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import IO, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import click
+import psutil
 import sqlalchemy.exc
 
-from cli._process import LockHeld, exclusive_lock
-from cli.commands import api_argv, beat_argv, worker_argv
+from cli._process import LockHeld, exclusive_lock, terminate
+from cli.commands import api_argv, beat_argv, python_module, worker_argv
 from cli.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
+from cli.waiting import ServerDown, wait_for_database
 from db.migrate import upgrade
 from settings import Settings
+from workers import heartbeat
 
 CHILD_STOP_TIMEOUT_S = 10.0
 READY_WARNING_AFTER_S = 60.0
+# Restart backoff: 1, 2, 4... seconds up to the maximum; a child that ran this long is
+# counted as healthy again and its next failure restarts it after one second.
+RESTART_MAX_DELAY_S = 30.0
+STABLE_AFTER_S = 60.0
 _POLL_S = 0.2
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # Our own API is local: an http_proxy from the environment must not be asked.
@@ -55,6 +69,9 @@ class Child:
 
     name: str
     proc: subprocess.Popen[bytes]
+    started: float  # monotonic
+    failures: int = 0  # consecutive short-lived runs
+    restart_at: float | None = None  # when a dead one is due to start again
 
     def status(self) -> int | None:
         """Its exit status (negative: killed by that signal), or None while it runs.
@@ -71,6 +88,8 @@ class Child:
 
     def kill_group(self) -> None:
         """SIGKILL every process left in its group, then reap the leader."""
+        if self.proc.returncode is not None:
+            return  # reaped already: its group id may belong to someone else by now
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -79,7 +98,7 @@ class Child:
 
 
 def run_dev(settings: Settings) -> int:
-    """Run the stack until Ctrl-C/SIGTERM (status 0) or until a part of it fails (status 1)."""
+    """Run the stack until Ctrl-C/SIGTERM (status 0) or until it cannot start (status 1)."""
     data_dir = settings.data_dir.resolve()
     try:
         # Held for our whole life; the kernel drops it however we die.
@@ -102,7 +121,11 @@ class DevStack:
         self.settings = settings
         self.data_dir = data_dir
         self.servers: list[EmbeddedPostgres | EmbeddedRedis] = []
-        self.children: list[Child] = []
+        self.children: dict[str, Child] = {}
+        self.commands: dict[str, list[str]] = {}
+        self.run_file = data_dir / "dev.run"
+        self.watchdog: subprocess.Popen[bytes] | None = None
+        self._watchdog_pipe: IO[str] | None = None
         self._stop_requested = False
         self._deferring = False
 
@@ -115,6 +138,9 @@ class DevStack:
                 continue
             signal.signal(sig, self._on_signal)
         try:
+            self._stop_leftovers()
+            self._start_watchdog()
+            self._record_children()
             _check_port_free(self.settings.api_host, self.settings.api_port)
             settings = self._start_servers()
             self._prepare(settings)
@@ -130,6 +156,7 @@ class DevStack:
             self._stop_requested = True
             self._stop_children()
             self._stop_servers()
+            self._release_watchdog()
             click.echo("billing dev: stopped")
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -151,6 +178,66 @@ class DevStack:
         if self._stop_requested:
             raise _StopRequested
 
+    # -- nothing outlives us ------------------------------------------------------
+
+    def _start_watchdog(self) -> None:
+        read_end, write_end = os.pipe()
+        try:
+            self.watchdog = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+                python_module("cli.watchdog", str(self.data_dir)),
+                stdin=read_end, start_new_session=True,
+            )
+        finally:
+            os.close(read_end)
+        self._watchdog_pipe = os.fdopen(write_end, "w", buffering=1)
+
+    def _tell_watchdog(self, line: str) -> None:
+        if self._watchdog_pipe is not None:
+            self._watchdog_pipe.write(line + "\n")
+
+    def _release_watchdog(self) -> None:
+        """Tell the watchdog we stopped everything ourselves, so it exits without a cleanup."""
+        if self._watchdog_pipe is not None:
+            self._tell_watchdog("done")
+            self._watchdog_pipe.close()
+            self._watchdog_pipe = None
+        if self.watchdog is not None:
+            self.watchdog.wait()
+        self.run_file.unlink(missing_ok=True)
+
+    def _record_children(self) -> None:
+        """Write who runs now to the run file, for the next run if we die with our watchdog."""
+        procs = [c.proc for c in self.children.values()]
+        record = {
+            "watchdog": _identity(self.watchdog.pid) if self.watchdog else None,
+            "children": [i for i in (_identity(p.pid) for p in procs) if i is not None],
+        }
+        self.run_file.write_text(json.dumps(record))
+
+    def _stop_leftovers(self) -> None:
+        """Stop what a dead ``billing dev`` left on this data dir (pid and start time match)."""
+        try:
+            recorded = json.loads(self.run_file.read_text())
+        except (OSError, ValueError):
+            return
+        watchdog = _process(recorded.get("watchdog"))
+        if watchdog is not None:
+            click.echo("billing dev: waiting for the previous run's watchdog to stop it", err=True)
+            psutil.wait_procs([watchdog], timeout=CHILD_STOP_TIMEOUT_S * 6)
+        left = []
+        for identity in recorded.get("children", []):
+            proc = _process(identity)
+            if proc is not None:
+                left += [proc, *proc.children(recursive=True)]
+        if left:
+            click.echo(
+                f"billing dev: stopping {len(left)} process(es) a previous run left on "
+                f"{self.data_dir}",
+                err=True,
+            )
+            terminate(left, timeout=CHILD_STOP_TIMEOUT_S)
+        self.run_file.unlink(missing_ok=True)
+
     # -- start -----------------------------------------------------------------
 
     def _start_servers(self) -> Settings:
@@ -159,11 +246,13 @@ class DevStack:
             postgres = EmbeddedPostgres(self.data_dir)
             # Registered before start() so that a half-done start is cleaned up too.
             self.servers.append(postgres)
+            self._tell_watchdog("server postgres")
             click.echo(f"billing dev: starting embedded PostgreSQL in {postgres.root}")
             database_url = postgres.start()
         if redis_url is None:
             redis = EmbeddedRedis(self.data_dir)
             self.servers.append(redis)
+            self._tell_watchdog("server redis")
             click.echo(f"billing dev: starting embedded Redis in {redis.dir}")
             redis_url = redis.start()
         # The children read their settings from the environment, as in production.
@@ -180,6 +269,10 @@ class DevStack:
         # Create the dev JWT secret now: the API and the worker would otherwise
         # race to create the same file on their first token.
         settings.jwt_signing_key()
+        try:
+            wait_for_database(os.environ["BILLING_DATABASE_URL"], who="billing dev")
+        except ServerDown as exc:
+            raise DevError(str(exc)) from None
         click.echo("billing dev: running migrations")
         try:
             upgrade(os.environ["BILLING_DATABASE_URL"])
@@ -187,19 +280,35 @@ class DevStack:
             raise DevError(f"cannot migrate the database: {exc.orig}") from None
 
     def _spawn_children(self, settings: Settings) -> None:
-        commands = {
+        self.commands = {
             "api": api_argv(settings),
             "worker": worker_argv(settings),
             "beat": beat_argv(settings),
         }
-        for name, argv in commands.items():
-            # A stop arriving between the fork and the bookkeeping would leave
-            # a child nobody stops.
-            with self._stop_deferred():
-                proc = subprocess.Popen(  # noqa: S603 (our own interpreter and modules)
-                    argv, stdin=subprocess.DEVNULL, start_new_session=True
-                )
-                self.children.append(Child(name, proc))
+        for name in self.commands:
+            self._spawn(name)
+
+    def _heartbeat_file(self, name: str) -> Path:
+        return self.data_dir / "run" / f"{name}.heartbeat"
+
+    def _spawn(self, name: str) -> None:
+        env = dict(os.environ)
+        if name in heartbeat.ROLES:
+            path = self._heartbeat_file(name)
+            path.unlink(missing_ok=True)  # a fresh process has not beaten yet
+            env["BILLING_HEARTBEAT_FILE"] = str(path)
+        previous = self.children.get(name)
+        # A stop arriving between the fork and the bookkeeping would leave
+        # a child nobody stops.
+        with self._stop_deferred():
+            proc = subprocess.Popen(  # noqa: S603 (our own interpreter and modules)
+                self.commands[name], stdin=subprocess.DEVNULL, start_new_session=True, env=env
+            )
+            self.children[name] = Child(
+                name, proc, time.monotonic(), failures=previous.failures if previous else 0
+            )
+            self._tell_watchdog(f"child {proc.pid}")
+        self._record_children()
 
     # -- run -------------------------------------------------------------------
 
@@ -208,13 +317,8 @@ class DevStack:
         started = time.monotonic()
         announced = warned = False
         while True:
-            for child in self.children:
-                status = child.status()
-                if status is not None:
-                    raise DevError(
-                        f"the {child.name} process exited unexpectedly ({_describe(status)}); "
-                        "stopping everything"
-                    )
+            for child in list(self.children.values()):
+                self._watch(child)
             if not announced and _answers(f"{base}/healthz"):
                 self._announce(settings, base)
                 announced = True
@@ -224,6 +328,46 @@ class DevStack:
                 click.echo(f"billing dev: the API has not answered {base}/healthz yet", err=True)
                 warned = True
             time.sleep(_POLL_S)
+
+    def _watch(self, child: Child) -> None:
+        """Restart ``child`` when it died (after its backoff) or is wedged."""
+        now = time.monotonic()
+        if child.restart_at is not None:
+            if now >= child.restart_at:
+                click.echo(f"billing dev: restarting the {child.name} process", err=True)
+                self._spawn(child.name)
+            return
+        status = child.status()
+        if status is None:
+            reason = self._wedged(child)
+            if reason is None:
+                return
+            child.kill_group()
+        else:
+            reason = f"exited unexpectedly ({_describe(status)})"
+            child.kill_group()  # reaps it, and whatever it left in its group
+        self._tell_watchdog(f"gone {child.proc.pid}")
+        child.failures = 1 if now - child.started >= STABLE_AFTER_S else child.failures + 1
+        delay = min(RESTART_MAX_DELAY_S, 2.0 ** (child.failures - 1))
+        child.restart_at = now + delay
+        click.echo(
+            f"billing dev: the {child.name} process {reason}; restarting it in {delay:.0f}s "
+            f"(restart {child.failures} in a row)",
+            err=True,
+        )
+
+    def _wedged(self, child: Child) -> str | None:
+        """Why a running worker or beat counts as wedged (its heartbeat is stale), else None."""
+        if child.name not in heartbeat.ROLES:
+            return None
+        limit = self.settings.heartbeat_stale_s
+        age = heartbeat.age(self._heartbeat_file(child.name))
+        if age is None:
+            # Not beaten yet: starting, or waiting for a server; wedged only if that lasts.
+            age = time.monotonic() - child.started - READY_WARNING_AFTER_S
+        if age <= limit:
+            return None
+        return f"has not beaten for {age:.0f}s (wedged)"
 
     def _announce(self, settings: Settings, base: str) -> None:
         embedded = {type(server) for server in self.servers}
@@ -242,7 +386,8 @@ class DevStack:
     # -- stop ------------------------------------------------------------------
 
     def _stop_children(self) -> None:
-        running = [child for child in self.children if child.status() is None]
+        children = list(self.children.values())
+        running = [child for child in children if child.status() is None]
         # Only the leader gets SIGTERM: uvicorn and Celery stop their own
         # workers gracefully; signalling the whole group would cut them short.
         for child in running:
@@ -250,7 +395,7 @@ class DevStack:
         deadline = time.monotonic() + CHILD_STOP_TIMEOUT_S
         while time.monotonic() < deadline and any(c.status() is None for c in running):
             time.sleep(0.05)
-        for child in self.children:
+        for child in children:
             if child.status() is None:
                 click.echo(
                     f"billing dev: {child.name} did not stop within "
@@ -265,6 +410,26 @@ class DevStack:
                 server.stop()
             except (EmbeddedServerError, OSError) as exc:
                 click.echo(f"billing dev: could not stop {type(server).__name__}: {exc}", err=True)
+
+
+def _identity(pid: int) -> list[float] | None:
+    """A process's pid and start time: together they name it even after pid reuse."""
+    try:
+        return [pid, psutil.Process(pid).create_time()]
+    except psutil.Error:
+        return None
+
+
+def _process(identity: list[float] | None) -> psutil.Process | None:
+    """The live process ``identity`` names, or None."""
+    if not identity:
+        return None
+    try:
+        proc = psutil.Process(int(identity[0]))
+        alive = proc.status() != psutil.STATUS_ZOMBIE
+        return proc if alive and abs(proc.create_time() - identity[1]) < 0.01 else None
+    except psutil.Error:
+        return None
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -12,8 +12,11 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from cli.commands import api_argv, beat_argv, beat_schedule_file, worker_argv
+from cli.waiting import ServerDown, wait_for_database
 from db.migrate import upgrade
 from settings import Settings, SettingsError, load_settings
+from workers import heartbeat
+from workers.heartbeat import ROLES, Role, heartbeat_path
 
 R = TypeVar("R")
 
@@ -168,6 +171,32 @@ def beat(settings: Settings) -> None:
 
 
 @billing.command()
+@click.argument("role", type=click.Choice(ROLES))
+@with_settings
+def health(settings: Settings, role: Role) -> None:
+    """Exit 0 when a worker's consumer (or beat's loop) ran recently, else 1.
+
+    Reads the heartbeat file the process touches from its own loop (BILLING_HEARTBEAT_FILE,
+    default billing-ROLE.heartbeat in the temp dir), so it catches a process that is up but
+    wedged; older than BILLING_HEARTBEAT_STALE_S counts as wedged. For container health
+    checks and supervisors; run it where the process runs.
+    """
+    path = heartbeat_path(settings, role)
+    seconds = heartbeat.age(path)
+    if seconds is None:
+        click.echo(f"billing health {role}: no heartbeat yet at {path}", err=True)
+        raise SystemExit(1)
+    if seconds > settings.heartbeat_stale_s:
+        click.echo(
+            f"billing health {role}: no heartbeat for {seconds:.0f}s at {path} "
+            f"(limit {settings.heartbeat_stale_s}s)",
+            err=True,
+        )
+        raise SystemExit(1)
+    click.echo(f"billing health {role}: ok (last heartbeat {seconds:.0f}s ago)")
+
+
+@billing.command()
 @with_settings
 def migrate(settings: Settings) -> None:
     """Apply pending database migrations.
@@ -179,6 +208,11 @@ def migrate(settings: Settings) -> None:
     from cli.embedded import database_url  # see `dev`: keeps other commands' start-up fast
 
     with database_url(settings.database_url, settings.data_dir) as url:
+        try:
+            wait_for_database(url, who="billing migrate")
+        except ServerDown as exc:
+            click.echo(f"billing migrate: {exc}", err=True)
+            raise SystemExit(1) from None
         upgrade(url)
     click.echo("billing migrate: database schema is up to date")
 

@@ -99,4 +99,3 @@ def flush(timeout: float = 5.0) -> bool:
     latest = _dispatcher.latest
     # One thread sends in order: when the latest hand-off is done, all are.
     return latest is None or bool(wait([latest], timeout=timeout).done)
-

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,11 +30,9 @@ from tests.stripe_stub import StripeStub
 from tests.support import (
     ROOT,
     WorkerProcess,
-    free_port,
-    port_open,
     scratch_session,
     served,
-    wait_for,
+    start_localstripe,
 )
 
 TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 32
@@ -98,14 +95,8 @@ def _recreate_database(url: str) -> str:
 
 
 def _start_localstripe() -> str:
-    port = free_port()
-    log = open(SERVERS.tmp / "localstripe.log", "wb")  # noqa: SIM115
-    SERVERS.localstripe = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "localstripe", "--port", str(port), "--from-scratch"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=SERVERS.tmp,
-    )
-    wait_for(lambda: port_open(port), timeout=20, message="localstripe")
-    return f"http://127.0.0.1:{port}"
+    SERVERS.localstripe, url = start_localstripe(SERVERS.tmp)
+    return url
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -131,8 +122,11 @@ def pytest_configure(config: pytest.Config) -> None:
             "BILLING_STRIPE_SECRET_KEY": TEST_STRIPE_KEY,
             "BILLING_STRIPE_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET,
             "BILLING_STRIPE_API_BASE": SERVERS.stripe_stub.url,
-            # Short enough that a task of a killed worker comes back within a test.
+            # Short enough that a task of a killed worker comes back within a test. The
+            # settings check holds as in production: the visibility timeout exceeds the
+            # time limit and every retry countdown (capped at 5 s here, 300 s by default).
             "BILLING_TASK_TIME_LIMIT_S": "8",
+            "BILLING_TASK_RETRY_MAX_S": "5",
             "BILLING_BROKER_VISIBILITY_TIMEOUT_S": "10",
             "BILLING_LOG_LEVEL": "INFO",
             "BILLING_MAIL_BACKEND": "smtp",

@@ -93,6 +93,42 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+def answers_ping(broker_url: str) -> bool:
+    """Whether some worker consuming ``broker_url`` answers a ping."""
+    from services.outbox import producer_app
+
+    app = producer_app(broker_url)
+    try:
+        return any(app.control.ping(timeout=0.5))
+    finally:
+        app.close()
+
+
+def restart_redis(server) -> None:
+    """An operator's restart of an embedded Redis: SHUTDOWN (it saves), then a fresh server."""
+    import redis
+
+    try:
+        redis.Redis(port=server.port).shutdown()
+    except redis.ConnectionError:
+        pass  # the server closes the connection as it goes
+    server.stop()  # reaps it and clears its pid file
+    server.start()
+
+
+def start_localstripe(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A localstripe of its own (fresh state) on a free port; its process and URL."""
+    port = free_port()
+    log = open(workdir / "localstripe.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localstripe", "--port", str(port), "--from-scratch"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir,
+        preexec_fn=_die_with_parent,
+    )
+    wait_for(lambda: port_open(port), timeout=20, message="localstripe")
+    return proc, f"http://127.0.0.1:{port}"
+
+
 class WorkerProcess:
     """A real Celery worker process consuming the test broker."""
 
@@ -122,10 +158,7 @@ class WorkerProcess:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"celery worker exited with {self.proc.returncode}")
-        from workers.app import app
-
-        replies = app.control.ping(timeout=0.5)
-        return any(replies)
+        return answers_ping(self.extra_env.get("BILLING_REDIS_URL") or os.environ["BILLING_REDIS_URL"])
 
     def kill(self) -> None:
         """SIGKILL the whole worker (main process and its children), as a crash would."""

@@ -19,6 +19,7 @@ import pytest
 from cli._process import free_tcp_port
 from cli.embedded import EmbeddedPostgres, EmbeddedRedis
 from db.engine import libpq_url
+from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BILLING = [sys.executable, "-m", "cli.main"]
@@ -157,7 +158,9 @@ def wait_ready(run: DevRun, base_url: str) -> None:
     while time.monotonic() < deadline:
         assert run.proc.poll() is None, f"billing dev exited early:\n{run.output()}"
         try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+            # Its own banner too: an API a previous run left behind may answer as well.
+            if (httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200
+                    and "billing dev: ready" in run.output()):
                 return
         except httpx.HTTPError:
             pass
@@ -232,6 +235,12 @@ def dev(tmp_path: Path) -> Iterator[DevHarness]:
     harness.clean_up()
 
 
+def _child(run: DevRun, role: str) -> psutil.Process:
+    """The running ``api``, ``worker`` or ``beat`` child of ``run``."""
+    marker = {"api": "api.server", "worker": "worker", "beat": "beat"}[role]
+    return next(p for p in psutil.Process(run.proc.pid).children() if marker in p.cmdline())
+
+
 def test_billing_dev_runs_the_stack_and_sigterm_leaves_nothing_behind(dev: DevHarness) -> None:
     run = dev.start()
     wait_ready(run, dev.base_url)
@@ -245,8 +254,15 @@ def test_billing_dev_runs_the_stack_and_sigterm_leaves_nothing_behind(dev: DevHa
         conn.execute("CREATE TABLE dev_probe (note text)")
         conn.execute("INSERT INTO dev_probe VALUES ('written in the first run')")
 
+    # A child that dies is restarted, and billing dev says so.
+    beat = _child(run, "beat")
+    os.killpg(beat.pid, signal.SIGKILL)
+    wait_for(lambda: _child(run, "beat").pid != beat.pid, timeout=30, message="a new beat")
+    assert "the beat process exited unexpectedly (killed by SIGKILL); restarting it" in run.output()
+    assert run.proc.poll() is None
+
     tree = run.tree()
-    assert len(tree) >= 4, f"expected billing dev with api, worker and beat: {tree}"
+    assert len(tree) >= 5, f"expected billing dev, its watchdog, api, worker and beat: {tree}"
     run.proc.send_signal(signal.SIGTERM)
 
     assert run.wait() == 0, run.output()
@@ -254,16 +270,82 @@ def test_billing_dev_runs_the_stack_and_sigterm_leaves_nothing_behind(dev: DevHa
     assert not (dev.data_dir / "postgres" / "data" / "postmaster.pid").exists()
     assert not (dev.data_dir / "redis" / "redis.pid").exists()
 
-    # The next start finds the same data; a child that dies takes everything down.
+    # The next start finds the same data.
     run = dev.start()
     wait_ready(run, dev.base_url)
     with psycopg.connect(database) as conn:
         notes = conn.execute("SELECT note FROM dev_probe").fetchall()
     assert notes == [("written in the first run",)]
-    tree = run.tree()
-    beat = next(p for p in tree if "beat" in p.cmdline())
-    os.killpg(beat.pid, signal.SIGKILL)
 
-    assert run.wait() != 0
-    assert "beat process exited unexpectedly" in run.output()
-    assert survivors(tree, dev.data_dir) == [], run.output()
+
+def test_billing_dev_killed_leaves_nothing_running_and_starts_again(dev: DevHarness) -> None:
+    """SIGKILL (an OOM kill, an IDE's stop button): its watchdog stops what it started."""
+    run = dev.start()
+    wait_ready(run, dev.base_url)
+    tree = run.tree()
+    run.proc.kill()
+    run.wait()
+
+    wait_for(lambda: survivors(tree, dev.data_dir) == [], timeout=STOP_TIMEOUT_S,
+             message="everything billing dev started to stop")
+    assert "billing dev is gone; stopping what it started" in run.output()
+
+    # Killed together with its watchdog (a container's cgroup killed in part, say): the
+    # next run stops the children left behind before it starts.
+    run = dev.start()
+    wait_ready(run, dev.base_url)
+    watchdog = next(p for p in run.tree() if "cli.watchdog" in p.cmdline())
+    left = [_child(run, role) for role in ("api", "worker", "beat")]
+    watchdog.kill()
+    run.proc.kill()
+    run.wait()
+    try:
+        assert all(p.is_running() for p in left)
+
+        run = dev.start()
+        wait_ready(run, dev.base_url)
+        assert "process(es) a previous run left" in run.output()
+        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in left)
+    finally:
+        for proc in left:  # whatever this test fails on, they must not outlive it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_processes_started_while_the_servers_are_down_wait_with_a_clear_line(
+    tmp_path: Path,
+) -> None:
+    """No traceback loop: each says what it waits for; /readyz names what is down."""
+    port = free_tcp_port()
+    env = clean_env(
+        BILLING_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_tcp_port()}/billing",
+        BILLING_REDIS_URL=f"redis://127.0.0.1:{free_tcp_port()}/0",
+        BILLING_DATA_DIR=str(tmp_path), BILLING_API_PORT=str(port), BILLING_LOG_JSON="false",
+        BILLING_HEARTBEAT_FILE=str(tmp_path / "heartbeat"),
+    )
+    expected = {
+        "migrate": "billing migrate: waiting for the database (connection failed",
+        "worker": "Cannot connect to",
+        "beat": "beat: broker unreachable, the schedule waits",
+        "api": "Uvicorn running on",
+    }
+    procs = {name: subprocess.Popen(
+        [*BILLING, name], cwd=ROOT, env=env, stdout=(tmp_path / f"{name}.log").open("wb"),
+        stderr=subprocess.STDOUT, start_new_session=True) for name in expected}
+    logs = {name: tmp_path / f"{name}.log" for name in expected}
+    try:
+        wait_for(lambda: all(expected[n] in logs[n].read_text(errors="replace")
+                             for n in expected), timeout=60, interval=0.5,
+                 message="every process to say what it waits for")
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+        assert ready.status_code == 503
+        assert ready.json()["error"]["checks"] == {"database": "unavailable",
+                                                   "broker": "unavailable"}
+        time.sleep(3)  # a few retries more
+        assert all(proc.poll() is None for proc in procs.values())
+    finally:
+        for proc in procs.values():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for name, log in logs.items():
+        assert "Traceback" not in log.read_text(errors="replace"), f"{name}: {log.read_text()}"

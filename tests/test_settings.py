@@ -71,6 +71,35 @@ def test_visibility_timeout_must_exceed_task_time_limit(env):
         load_settings()
 
 
+def test_visibility_timeout_must_exceed_the_longest_retry_countdown(env):
+    env.setenv("BILLING_TASK_TIME_LIMIT_S", "100")
+    env.setenv("BILLING_BROKER_VISIBILITY_TIMEOUT_S", "200")
+    # Stripe events back off up to 300 s by default: a retry held 300 s must not come back.
+    with pytest.raises(SettingsError, match="VISIBILITY_TIMEOUT_S must exceed BILLING_TASK_RETRY"):
+        load_settings()
+    env.setenv("BILLING_TASK_RETRY_MAX_S", "150")
+    assert load_settings().broker_visibility_timeout_s == 200
+
+
+def test_every_task_retry_counts_down_at_most_the_cap(settings):
+    from celery.exceptions import Retry
+
+    from workers.app import BillingTask, app
+
+    app.loader.import_default_modules()  # the task modules, as a worker imports them
+    assert all(isinstance(task, BillingTask) for name, task in app.tasks.items()
+               if not name.startswith("celery."))
+    assert settings.task_retry_max_s == 5  # the test settings
+    task = app.tasks["stripe.sweep"]
+    task.push_request(retries=0, called_directly=False)
+    try:
+        with pytest.raises(Retry) as retry:
+            task.retry(countdown=600, throw=True)
+    finally:
+        task.pop_request()
+    assert retry.value.when == 5
+
+
 def test_postgres_urls_use_psycopg():
     assert Settings(database_url="postgresql://u@h/d").database_url == "postgresql+psycopg://u@h/d"
 

@@ -13,12 +13,28 @@ from db.engine import get_engine, get_sessionmaker
 from logconfig import configure_logging
 from services import outbox
 from settings import Settings, get_settings
+from workers.broker import transport_for
+from workers.liveness import ConsumerHeartbeat, WorkerWatchdog
 from workers.schedule import beat_schedule
 
 TASK_MODULES = [
     "workers.tasks.maintenance", "workers.tasks.logs", "workers.tasks.stripe",
     "workers.tasks.stats", "workers.tasks.reports", "workers.tasks.auth",
 ]
+
+
+class BillingTask(Task):
+    """Every task of the app: a retry never counts down longer than BILLING_TASK_RETRY_MAX_S.
+
+    A worker holds a retry, unacknowledged, until its countdown ends; the settings check
+    keeps the broker's visibility timeout above this cap so it is not delivered twice.
+    """
+
+    def retry(self, *args: Any, countdown: float | None = None, **kwargs: Any) -> Any:
+        """Celery's retry, with the countdown capped."""
+        if countdown is not None:
+            countdown = min(countdown, get_settings().task_retry_max_s)
+        return super().retry(*args, countdown=countdown, **kwargs)
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -28,10 +44,11 @@ def create_celery(settings: Settings) -> Celery:
             "BILLING_DATABASE_URL and BILLING_REDIS_URL must be set for a worker "
             "(`billing dev` sets them for the embedded default)"
         )
-    app = Celery("billing")
+    app = Celery("billing", task_cls=BillingTask)
     app.config_from_object("celeryconfig")
     app.conf.update(
         broker_url=settings.redis_url,
+        broker_transport=transport_for(settings.redis_url),
         task_time_limit=settings.task_time_limit_s,
         task_soft_time_limit=max(1, settings.task_time_limit_s - 5),
         broker_transport_options={
@@ -39,8 +56,11 @@ def create_celery(settings: Settings) -> Celery:
             "visibility_timeout": settings.broker_visibility_timeout_s,
         },
         beat_schedule=beat_schedule(settings),
+        beat_scheduler="workers.beat:LeaderScheduler",
         include=TASK_MODULES,
     )
+    app.steps["worker"].add(WorkerWatchdog)
+    app.steps["consumer"].add(ConsumerHeartbeat)
     return app
 
 
@@ -49,7 +69,7 @@ app = create_celery(settings)
 outbox.install_sender(outbox.celery_sender(app))
 
 
-class DbTask(Task):
+class DbTask(BillingTask):
     """Base for tasks that touch the database: acknowledged late, re-run if a worker dies.
 
     Their transactions run as the owner role (``rls.OWNER``), not Row Level Security's

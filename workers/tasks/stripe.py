@@ -14,7 +14,6 @@ from workers.app import DbTask, app, settings
 
 # Worth another try later: the database or Stripe hiccupped, or the event came too early.
 RETRY_LATER = (OperationalError, *stripe_gateway.TRANSIENT, NotReady)
-BACKOFF_MAX_S = 300
 
 
 @app.task(name="stripe.process_event", base=DbTask, bind=True, max_retries=100)
@@ -25,7 +24,7 @@ def process_event(self: Task, event_id: str) -> None:
             events.process(session, event_id=event_id, settings=settings)
     except RETRY_LATER as exc:
         if not _count_failure(event_id, exc, final=False):
-            countdown = min(BACKOFF_MAX_S, 2 ** self.request.retries)
+            countdown = min(settings.task_retry_max_s, 2 ** self.request.retries)
             raise self.retry(exc=exc, countdown=countdown) from None
     except Exception as exc:
         # A bug or an event that contradicts our records: retrying cannot help, an operator can.
