@@ -37,8 +37,10 @@ def uuid_pk() -> Mapped[uuid.UUID]:
     )
 
 
-def created_at() -> Mapped[datetime]:
-    return mapped_column(server_default=func.now(), nullable=False)
+def created_at(*, primary_key: bool = False) -> Mapped[datetime]:
+    """When the row was made (the database's clock unless given); ``primary_key`` for a table
+    partitioned by it, whose keys must hold it."""
+    return mapped_column(server_default=func.now(), nullable=False, primary_key=primary_key)
 
 
 def updated_at() -> Mapped[datetime]:

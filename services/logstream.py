@@ -2,8 +2,8 @@
 
 A request only appends the record to a Redis stream (one round trip, well under
 a millisecond). Workers read the streams in batches through a consumer group,
-insert each batch with one statement ``ON CONFLICT (id) DO NOTHING``, commit,
-and only then acknowledge and delete the entries: a worker killed mid-batch
+insert each batch with one statement ``ON CONFLICT (id, created_at) DO NOTHING``,
+commit, and only then acknowledge and delete the entries: a worker killed mid-batch
 leaves its entries pending, another drain reclaims them (``XAUTOCLAIM``) and
 the record ids make the re-insert a no-op. Nothing is lost, nothing is written
 twice.
@@ -239,7 +239,9 @@ _INSERT_USAGE = text(
             CAST(:response_time_ms AS float8[]), CAST(:request_id AS text[]),
             CAST(:transaction_id AS bigint[]), CAST(:created_at AS timestamptz[])
         )
-        ON CONFLICT (id) DO NOTHING
+        -- The key of a partitioned log (db/partitions.py); a re-delivered record carries the
+        -- same stamp, so it is the same row.
+        ON CONFLICT (id, created_at) DO NOTHING
         RETURNING user_id, endpoint, credits, status_code, created_at
     ), rolled AS (
         -- Only rows really inserted count, so a re-delivered record is never counted twice.
@@ -266,7 +268,7 @@ _INSERT_LOGIN = text(
         CAST(:method AS text[]), CAST(:success AS boolean[]), CAST(:reason AS text[]),
         CAST(:ip AS inet[]), CAST(:user_agent AS text[]), CAST(:created_at AS timestamptz[])
     )
-    ON CONFLICT (id) DO NOTHING
+    ON CONFLICT (id, created_at) DO NOTHING
     """
 )
 

@@ -223,6 +223,20 @@ def clean_state(engine, _seed_rows, settings) -> Iterator[None]:
 
 
 @pytest.fixture
+def scratch_db(settings) -> Iterator[str]:
+    """The URL of an empty database of the test's own (for migrations and DDL), dropped after."""
+    url = make_url(settings.database_url)
+    name = f"{url.database}_scratch"
+    admin = url.set(drivername="postgresql", database="postgres").render_as_string(False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield url.set(database=name).render_as_string(False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
 def db(settings) -> Iterator[Session]:
     """A session for arranging and checking data; commit to make rows visible to others."""
     with scratch_session(settings.database_url) as session:

@@ -1,27 +1,17 @@
-"""Migrations build the schema from empty and survive a downgrade/upgrade round trip."""
+"""Migrations build the schema from empty, survive a downgrade/upgrade round trip and keep the
+rows a database already holds."""
 
 from __future__ import annotations
 
-import psycopg
+from datetime import timedelta
+
 import pytest
-from sqlalchemy import create_engine, inspect, make_url, text
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError, InternalError
+from sqlalchemy.orm import Session
 
 from db.base import Base
-from db.migrate import downgrade, upgrade
-
-
-@pytest.fixture
-def scratch_db(settings):
-    url = make_url(settings.database_url)
-    name = f"{url.database}_migrations"
-    admin = url.set(drivername="postgresql", database="postgres").render_as_string(False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield url.set(database=name).render_as_string(False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+from db.migrate import downgrade, include_name, upgrade
 
 
 def _tables(url: str) -> set[str]:
@@ -53,7 +43,8 @@ def test_models_and_migrations_agree(scratch_db):
     upgrade(scratch_db)
     engine = create_engine(scratch_db)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        context = MigrationContext.configure(conn, opts={"include_name": include_name})
+        diff = compare_metadata(context, Base.metadata)
     engine.dispose()
     assert diff == []
 
@@ -115,3 +106,67 @@ def test_updated_at_is_maintained_by_the_database(engine):
         after = conn.execute(text("SELECT updated_at FROM users WHERE id = :u"), {"u": uid}).scalar()
     assert after > before
     assert after.tzinfo is not None
+
+
+def _log_rows(conn) -> dict[str, list[tuple]]:
+    return {table: [tuple(r) for r in conn.execute(text(f"SELECT * FROM {table} ORDER BY id"))]
+            for table in ("api_usage_log", "login_history")}
+
+
+def _partitioned_tables(conn) -> set[str]:
+    return set(conn.scalars(text(
+        "SELECT c.relname FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid")))
+
+
+def test_partitioning_the_logs_keeps_every_row_of_the_previous_schema(scratch_db):
+    """0003 on a database holding logs written before it: every row is kept, each in the
+    partition of its month, one far ahead in the default partition; a downgrade keeps them."""
+    from db import partitions
+    from db.base import utc_now
+
+    upgrade(scratch_db, "0002")
+    engine = create_engine(scratch_db)
+    now = utc_now()
+    moments = [now - timedelta(days=d) for d in (400, 95, 35, 0)] + [now + timedelta(days=800)]
+    with engine.begin() as conn:
+        user = conn.execute(text("INSERT INTO users (email) VALUES ('p@example.com') RETURNING id")
+                            ).scalar_one()
+        for i, at in enumerate(moments):
+            conn.execute(text(
+                "INSERT INTO api_usage_log (id, user_id, endpoint, method, credits, status_code, "
+                "response_time_ms, request_id, transaction_id, created_at) VALUES "
+                "(gen_random_uuid(), :u, :e, 'POST', :i, 200, 1.5, :r, :i, :at)"),
+                {"u": user, "e": f"/v1/e{i}", "i": i, "r": f"req-{i}", "at": at})
+            conn.execute(text(
+                "INSERT INTO login_history (id, user_id, identifier, method, success, reason, ip, "
+                "user_agent, created_at) VALUES (gen_random_uuid(), :u, 'p@example.com', "
+                "'password', :ok, :why, '203.0.113.9', 'agent', :at)"),
+                {"u": user if i % 2 else None, "ok": bool(i % 2), "why": None if i % 2 else "bad",
+                 "at": at})
+        before = _log_rows(conn)
+
+    upgrade(scratch_db)
+
+    with engine.connect() as conn:
+        assert _log_rows(conn) == before
+        assert _partitioned_tables(conn) == {"api_usage_log", "login_history"}
+        for table in ("api_usage_log", "login_history"):
+            where = dict(conn.execute(text(
+                f"SELECT created_at, tableoid::regclass::text FROM {table}")).all())
+            assert [where[at] for at in moments] == [
+                *(partitions.partition_name(table, partitions.month_of(at)) for at in moments[:4]),
+                partitions.default_partition(table),
+            ]
+            # One partition for every month from the oldest row's to the next one, no gap.
+            first, this = partitions.month_of(moments[0]), partitions.month_of(now)
+            expected = [first]
+            while expected[-1] < partitions.add_months(this, 1):
+                expected.append(partitions.add_months(expected[-1], 1))
+            with Session(conn) as session:
+                assert partitions.months(session, table) == expected
+
+    downgrade(scratch_db, "0002")
+    with engine.connect() as conn:
+        assert _log_rows(conn) == before
+        assert _partitioned_tables(conn) == set()
+    engine.dispose()

@@ -30,6 +30,8 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
                                 minute=int(settings.report_time_utc[3:])),
         },
         "log-retention": {"task": "logs.purge", "schedule": crontab(hour=3, minute=30)},
+        # Months ahead of need, daily: a missed run or two costs nothing (db/partitions.py).
+        "log-partitions": {"task": "logs.partitions", "schedule": crontab(hour=3, minute=20)},
         # Idempotency-Keys live 24 h; a key is reclaimed on its next use, the rest go here.
         "idempotency-keys-purge": {
             "task": "maintenance.purge_idempotency_keys", "schedule": crontab(minute=17),

@@ -7,6 +7,7 @@ from sqlalchemy import create_engine, pool
 
 import db.models  # noqa: F401  (registers every table on Base.metadata)
 from db.base import Base
+from db.migrate import include_name
 
 config = context.config
 target_metadata = Base.metadata
@@ -32,6 +33,7 @@ def run_migrations_online() -> None:
             target_metadata=target_metadata,
             compare_type=True,
             transaction_per_migration=True,
+            include_name=include_name,
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -1,4 +1,5 @@
-"""Usage and sign-in logs: drain their streams into PostgreSQL in batches, purge old rows."""
+"""Usage and sign-in logs: drain their streams into PostgreSQL in batches; make their monthly
+partitions ahead and drop the old ones."""
 
 from __future__ import annotations
 
@@ -35,10 +36,18 @@ def drain(kind: str) -> int:
     return result.read
 
 
+# OperationalError includes a lock timeout: the DDL gave way to a long read; try again later.
 @app.task(name="logs.purge", base=DbTask, autoretry_for=(OperationalError,),
           retry_backoff=True, max_retries=3)
-def purge_logs() -> int:
-    """Delete usage and sign-in logs older than the retention setting."""
+def purge_logs() -> None:
+    """Drop the usage and sign-in logs' partitions older than the retention setting."""
     assert settings.database_url is not None
-    deleted = retention.purge(settings.database_url, retention_days=settings.log_retention_days)
-    return sum(deleted.values())
+    retention.purge(settings.database_url, retention_days=settings.log_retention_days)
+
+
+@app.task(name="logs.partitions", base=DbTask, autoretry_for=(OperationalError,),
+          retry_backoff=True, max_retries=5)
+def prepare_log_partitions() -> None:
+    """Create the usage and sign-in logs' partitions of this month and the next ones."""
+    assert settings.database_url is not None
+    retention.prepare(settings.database_url)
