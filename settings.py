@@ -23,10 +23,13 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from db.engine import pooled_url
 
 ENV_PREFIX = "BILLING_"
 # Variables with the prefix that belong to tools, not to the application.
@@ -56,6 +59,9 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "test", "production"] = "development"
     data_dir: Path = Path(".billing")
+    # "transaction" when DATABASE_URL points at a pooler in transaction mode (PgBouncer
+    # pool_mode=transaction); declared before the URL, whose validator marks it (db.engine).
+    database_pooler: Literal["none", "transaction"] = "none"
     database_url: str | None = None
     redis_url: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -206,14 +212,16 @@ class Settings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _psycopg_driver(cls, value: str | None) -> str | None:
+    def _psycopg_driver(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
         for prefix in ("postgresql://", "postgres://"):
             if value.startswith(prefix):
-                return "postgresql+psycopg://" + value[len(prefix) :]
+                value = "postgresql+psycopg://" + value[len(prefix) :]
         if not value.startswith("postgresql+psycopg://"):
             raise ValueError("must be a postgresql:// URL")
+        if info.data.get("database_pooler") == "transaction":
+            value = pooled_url(value)
         return value
 
     @field_validator("redis_url")

@@ -6,7 +6,9 @@ statistics) run their one statement on the event loop instead, with
 psycopg's async connections from a pool: no thread hand-off, no ORM, and the transaction's
 Row Level Security context sent in the same round trip as its statement (pipeline mode).
 They keep the sessions' rules: the application role, ``set_config(..., true)`` so nothing
-outlives the transaction, the same connection options.
+outlives the transaction, the same connection options (``db.engine.connect_args``). Nothing
+here needs the server connection to outlive the pipeline's implicit transaction, so it works
+behind a transaction-mode pooler as it does direct.
 
 The SQL is a named ``text()`` statement of its domain module, rendered here for psycopg
 (``render``); the ledger's also serves its session side (``ledger.post``), the inbox's its
@@ -27,7 +29,7 @@ from sqlalchemy import TextClause
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 
 from db import rls
-from db.engine import CONNECT_OPTIONS, libpq_url
+from db.engine import connect_args, libpq_url
 
 _DIALECT = psycopg_dialect.dialect()
 APPLICATION_NAME = "billing-api-async"
@@ -59,8 +61,7 @@ class AsyncDatabase:
             max_lifetime=1800,
             # Autocommit: ``fetchone``'s pipeline is the transaction (implicit, up to its Sync).
             kwargs={
-                **CONNECT_OPTIONS,
-                "application_name": application_name,
+                **connect_args(url, application_name=application_name),
                 "row_factory": namedtuple_row,
                 "autocommit": True,
             },

@@ -23,6 +23,7 @@ import pytest
 
 from db.models import Payment
 from tests.conftest import TEST_WEBHOOK_SECRET
+from tests.factories import auth_headers
 
 FIXTURES: dict[str, dict[str, Any]] = json.loads(
     (Path(__file__).parent / "fixtures" / "stripe_objects.json").read_text()
@@ -218,6 +219,25 @@ def invoice(
 
 
 # --- localstripe as a webhook sender ----------------------------------------------------------
+
+
+def buy_with_intent(client, user) -> tuple[uuid.UUID, str]:
+    """POST /credits/purchase (PaymentIntent flow): the payment id and its PaymentIntent id."""
+    started = client.post(
+        "/api/user-management/credits/purchase",
+        json={"package_id": "starter", "flow": "payment_intent"},
+        headers=auth_headers(user),
+    )
+    assert started.status_code == 201, started.text
+    payment_id = uuid.UUID(started.json()["payment_id"])
+    return payment_id, started.json()["client_secret"].split("_secret_")[0]
+
+
+def pay(stripe_client, intent_id: str, card: str) -> None:
+    """What Stripe.js does in the browser: attach the card, confirm."""
+    stripe_client.v1.payment_intents.update(intent_id, params={"payment_method": card})
+    stripe_client.v1.payment_intents.confirm(intent_id)
+
 
 
 def point_localstripe_webhooks(localstripe_url: str, url: str) -> None:

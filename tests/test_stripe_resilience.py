@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 
 import httpx
 import pytest
@@ -31,33 +30,15 @@ def _payment(db, payment_id) -> Payment:
     return db.get(Payment, payment_id)
 
 
-def _buy_with_intent(client, user) -> tuple[uuid.UUID, str]:
-    """POST /credits/purchase (PaymentIntent flow): the payment id and its PaymentIntent id."""
-    started = client.post(
-        f"{API}/credits/purchase",
-        json={"package_id": "starter", "flow": "payment_intent"},
-        headers=auth_headers(user),
-    )
-    assert started.status_code == 201, started.text
-    payment_id = uuid.UUID(started.json()["payment_id"])
-    return payment_id, started.json()["client_secret"].split("_secret_")[0]
-
-
-def _pay(stripe_client, intent_id: str, card: str) -> None:
-    """What Stripe.js does in the browser: attach the card, confirm."""
-    stripe_client.v1.payment_intents.update(intent_id, params={"payment_method": card})
-    stripe_client.v1.payment_intents.confirm(intent_id)
-
-
 @pytest.mark.usefixtures("localstripe_webhooks")
 def test_visa_purchase_grants_credits_through_the_webhook_and_a_worker(
     client, db, celery_worker, stripe_client
 ):
     user = make_user(db)
-    payment_id, intent_id = _buy_with_intent(client, user)
+    payment_id, intent_id = se.buy_with_intent(client, user)
     assert _balance(db, user) == 0  # starting a purchase grants nothing
 
-    _pay(stripe_client, intent_id, "pm_card_visa")
+    se.pay(stripe_client, intent_id, "pm_card_visa")
 
     wait_for(lambda: _balance(db, user) == 100, timeout=30, message="credits from the webhook")
     payment = _payment(db, payment_id)
@@ -74,11 +55,11 @@ def test_declined_card_fails_the_payment_and_grants_nothing(
     client, db, celery_worker, stripe_client
 ):
     user = make_user(db)
-    payment_id, intent_id = _buy_with_intent(client, user)
+    payment_id, intent_id = se.buy_with_intent(client, user)
     # localstripe 1.15 declines pm_card_visa_chargeDeclined only when it is attached to a
     # customer; the card it declines on charge (as Stripe declines both) is this one.
     with pytest.raises(stripe.CardError):
-        _pay(stripe_client, intent_id, "pm_card_chargeCustomerFail")
+        se.pay(stripe_client, intent_id, "pm_card_chargeCustomerFail")
 
     wait_for(lambda: _payment(db, payment_id).status == "failed", timeout=30,
              message="payment_intent.payment_failed applied")
@@ -92,10 +73,10 @@ def test_reconciliation_finds_an_event_sent_while_the_endpoint_was_down(
 ):
     started_at = int(time.time())
     user = make_user(db)
-    payment_id, intent_id = _buy_with_intent(client, user)
+    payment_id, intent_id = se.buy_with_intent(client, user)
     se.point_localstripe_webhooks(localstripe_url, f"http://127.0.0.1:{free_port()}/down")
     try:
-        _pay(stripe_client, intent_id, "pm_card_visa")
+        se.pay(stripe_client, intent_id, "pm_card_visa")
         wait_for(
             lambda: any(e.data.object.id == intent_id for e in stripe_client.v1.events.list(
                 params={"type": "payment_intent.succeeded", "created": {"gte": started_at}}

@@ -7,6 +7,7 @@ from sqlalchemy import create_engine, pool
 
 import db.models  # noqa: F401  (registers every table on Base.metadata)
 from db.base import Base
+from db.engine import connect_args, plain_url
 from db.migrate import include_name
 
 config = context.config
@@ -26,7 +27,11 @@ def _database_url() -> str:
 
 
 def run_migrations_online() -> None:
-    engine = create_engine(_database_url(), poolclass=pool.NullPool)
+    url = _database_url()
+    # Direct or through a transaction-mode pooler alike: each migration is one transaction
+    # and none needs a session of its own.
+    engine = create_engine(plain_url(url), poolclass=pool.NullPool,
+                           connect_args=connect_args(url, application_name="billing-migrate"))
     with engine.connect() as connection:
         context.configure(
             connection=connection,
