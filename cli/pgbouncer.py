@@ -31,7 +31,7 @@ POOL_SETTINGS = {
     # The guard our direct connections set with a startup option, which a pooler refuses:
     # a client idle inside a transaction for a minute is cut off and its transaction undone.
     "idle_transaction_timeout": "60",
-    "query_wait_timeout": "30",  # a client waiting that long for a server connection fails
+    "query_wait_timeout": "10",  # a client waiting that long for a server connection fails
 }
 _START_TIMEOUT_S = 15
 
@@ -58,6 +58,11 @@ class PgBouncer:
         self.settings = {**POOL_SETTINGS, **settings}
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The PgBouncer process's id while it runs."""
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def url(self) -> str:

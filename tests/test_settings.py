@@ -32,12 +32,28 @@ def test_development_defaults_need_nothing(env, tmp_path):
         ("BILLING_REDIS_URL", "http://x"),
         ("BILLING_ACCESS_TOKEN_TTL_S", "-5"),
         ("BILLING_ENVIRONMENT", "staging"),
+        ("BILLING_DATABASE_POOLER", "pgbouncer"),
     ],
 )
 def test_invalid_value_names_the_setting(env, name, value):
     env.setenv(name, value)
     with pytest.raises(SettingsError, match=name):
         load_settings()
+
+
+def test_a_transaction_pooler_changes_the_connections_and_nothing_else(env):
+    from db.engine import connect_args, libpq_url
+
+    env.setenv("BILLING_DATABASE_URL", "postgresql://app:pw@pgbouncer:6432/billing")
+    direct = load_settings().database_url
+    env.setenv("BILLING_DATABASE_POOLER", "transaction")
+    pooled = load_settings().database_url
+
+    assert libpq_url(pooled) == libpq_url(direct) == "postgresql://app:pw@pgbouncer:6432/billing"
+    assert connect_args(direct)["options"] == "-c idle_in_transaction_session_timeout=60000"
+    assert "prepare_threshold" not in connect_args(direct)  # psycopg's default: prepared
+    assert connect_args(pooled)["prepare_threshold"] is None
+    assert "options" not in connect_args(pooled)  # a startup option PgBouncer refuses
 
 
 def test_unknown_setting_is_refused(env):
