@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -37,7 +38,10 @@ from sqlalchemy import make_url
 
 from bench.readme import write_section
 from bench.spend import api_env, free_port, recreate_database, start_api, stop
+from db import partitions, rls
+from db.base import utc_now
 from db.engine import libpq_url
+from db.transaction import transaction
 
 ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "bench-stats-jwt-secret-" + "x" * 32
@@ -114,6 +118,7 @@ def generate(url: str, *, users: int, usage_rows: int, payments: int) -> dict[st
         timings["users_s"] = time.monotonic() - started
         print()
         started = time.monotonic()
+        make_usage_partitions(url, days=90)
         # Secondary indexes are built once after the load: far faster than row by row.
         for name, _ in USAGE_INDEXES:
             conn.execute(f"DROP INDEX {name}")
@@ -159,6 +164,17 @@ def generate(url: str, *, users: int, usage_rows: int, payments: int) -> dict[st
         rollup_rows = conn.execute("SELECT count(*) FROM usage_daily").fetchone()
         timings["rollup_rows"] = float(rollup_rows[0]) if rollup_rows else 0.0
     return timings
+
+
+def make_usage_partitions(url: str, *, days: int) -> None:
+    """The usage log's monthly partitions over the last ``days`` (the migration and beat make
+    only this month's and the next ones), so the rows land as months of production would."""
+    month, last = partitions.month_of(utc_now() - timedelta(days=days)), partitions.month_of(
+        utc_now())
+    while month <= last:
+        with transaction(url, acting_as=rls.OWNER) as session:
+            partitions.create(session, "api_usage_log", month)
+        month = partitions.add_months(month, 1)
 
 
 def remember(url: str, sizes: dict[str, int], timings: dict[str, float]) -> None:
