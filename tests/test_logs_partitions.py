@@ -2,7 +2,8 @@
 whole by retention, and read through their indexes.
 
 DDL runs on a database of the test's own (``scratch_db``), migrated to the head, so the
-shared test database keeps its partitions.
+shared test database keeps its partitions; only beat's own tasks run there, through the
+session's worker (they add the coming months and drop nothing within the retention window).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from db.engine import get_engine
 from db.migrate import upgrade
 from db.models import ApiUsageLog, UsageDaily
 from db.transaction import transaction
-from services import admin_users, logstream, retention, usage
+from services import admin_users, logstream, outbox, retention, usage
+from tests.factories import make_user
+from tests.support import wait_for
 
 NOW = datetime(2031, 5, 15, 12, 0, tzinfo=UTC)  # months no partition exists for yet
 
@@ -193,3 +196,24 @@ def test_admin_queries_use_the_partitions_indexes_and_skip_months_outside_their_
     ranged = plans[-1]
     assert "api_usage_log_p2031_04" in ranged
     assert not re.search(r"api_usage_log_p2031_0[35]", ranged), ranged  # pruned
+
+
+def test_beats_partition_and_retention_tasks_run_on_a_worker(db, settings, celery_worker):
+    outbox.install_sender(outbox.celery_sender(outbox.producer_app(settings.redis_url)))
+    user = make_user(db)
+    long_ago = utc_now() - timedelta(days=400)  # no partition: in the default one
+    logstream.write_usage(db, [logstream.UsageRecord(
+        id=uuid.uuid4(), created_at=long_ago, user_id=user.id, endpoint="/v1/a",
+        status_code=200)])
+    db.commit()
+    ahead = partitions.add_months(partitions.month_of(utc_now()), retention.MONTHS_AHEAD)
+
+    outbox.send_now("logs.partitions")
+    outbox.send_now("logs.purge")
+
+    def done() -> bool:
+        db.rollback()
+        made = all(ahead in partitions.months(db, table) for table in partitions.TABLES)
+        return made and db.scalar(select(func.count()).select_from(ApiUsageLog)) == 0
+
+    wait_for(done, timeout=30, message="next months' partitions made, the old row purged")
