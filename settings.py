@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.exc import ArgumentError
 
 from db.engine import pooled_url
 
@@ -221,7 +222,10 @@ class Settings(BaseSettings):
         if not value.startswith("postgresql+psycopg://"):
             raise ValueError("must be a postgresql:// URL")
         if info.data.get("database_pooler") == "transaction":
-            value = pooled_url(value)
+            try:
+                value = pooled_url(value)
+            except (ArgumentError, ValueError):  # their messages would quote the password
+                raise ValueError("is not a valid URL") from None
         return value
 
     @field_validator("redis_url")

@@ -56,6 +56,14 @@ def test_a_transaction_pooler_changes_the_connections_and_nothing_else(env):
     assert "options" not in connect_args(pooled)  # a startup option PgBouncer refuses
 
 
+def test_a_bad_url_behind_a_pooler_is_named_without_its_password(env):
+    env.setenv("BILLING_DATABASE_POOLER", "transaction")
+    env.setenv("BILLING_DATABASE_URL", "postgresql://app:hunter2-secret@pgbouncer:port/billing")
+    with pytest.raises(SettingsError, match="BILLING_DATABASE_URL") as err:
+        load_settings()
+    assert "hunter2" not in str(err.value)
+
+
 def test_unknown_setting_is_refused(env):
     env.setenv("BILLING_DATABSE_URL", "postgresql://x/y")
     with pytest.raises(SettingsError, match="BILLING_DATABSE_URL"):
