@@ -224,8 +224,9 @@ process; run {when}, 1-minute load average at the end {load:.1f}.
 | baseline: single-row INSERT transactions, same table, one connection | {baseline:,.0f} rows/s | |
 
 The writer reads up to 1,000 records per batch (`BILLING_LOG_BATCH_SIZE`), inserts them with
-one `INSERT ... SELECT FROM unnest(...) ON CONFLICT (id, created_at) DO NOTHING` that also updates the
-daily rollup, commits, then acknowledges and deletes the stream entries.
+one `INSERT ... SELECT FROM unnest(...) ON CONFLICT (id, created_at) DO NOTHING` into the
+month's partition that also updates the daily rollup, commits, then acknowledges and deletes
+the stream entries.
 """
     if not args.no_readme:
         write_section("logs", section)
