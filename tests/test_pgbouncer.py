@@ -28,7 +28,7 @@ from settings import Settings
 from tests import stripe_events as se
 from tests.conftest import ARTIFACTS
 from tests.factories import auth_headers, make_payment, make_user
-from tests.support import serve, wait_for
+from tests.support import served, wait_for
 
 USE = "/api/user-management/credits/use"
 # Few server connections, each transaction on the next one: the hardest case for a session.
@@ -133,7 +133,7 @@ def test_a_purchase_and_its_webhook_are_processed_by_a_worker_through_pgbouncer(
         buyer, other = make_user(db), make_user(db)
         # Events of other payments too, so that the worker runs its statements many times.
         payments = [make_payment(db, other) for _ in range(8)]
-        with serve(pooled_app) as live:
+        with served(pooled_app) as live:
             se.point_localstripe_webhooks(localstripe_url, live + se.WEBHOOK_PATH)
             payment_id, intent_id = se.buy_with_intent(pooled, buyer)
             for payment in payments:
