@@ -20,8 +20,8 @@ import time
 
 from fastapi import FastAPI
 
+from bench.load import free_port, parse_wrk, serve
 from bench.readme import write_section
-from bench.spend import free_port, parse_wrk, serve
 
 PROTOCOLS = {
     "httptools (uvicorn's default)": "httptools",

@@ -15,7 +15,10 @@ One command: ``.venv/bin/python -m bench.spend`` (``--help`` for knobs). It
 With ``--baseline CHECKOUT`` (another checkout of the project, say of ``main``, with its
 own ``.venv``), both APIs first serve the same database at once and their peak runs
 alternate for ``--rounds`` rounds: a before/after of the route in one run, on the same
-data and under the same (shared, changing) load; the section then shows both.
+data and under the same (shared, changing) load; the section then shows both. With
+``--pgbouncer`` the same is done for this checkout's API direct and through PgBouncer in
+transaction pooling mode (Debian's ``pgbouncer``, started on a free port,
+``BILLING_DATABASE_POOLER=transaction``), with PgBouncer's CPU per request too.
 
 Environment: ``BILLING_BENCH_DATABASE_URL`` (default
 ``postgresql://postgres@127.0.0.1/billing_bench``), ``BILLING_BENCH_REDIS_URL`` (default
@@ -28,29 +31,36 @@ import argparse
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-import psutil
 import psycopg
 import redis
 from sqlalchemy import make_url, text
 
+from bench.load import (
+    ROOT,
+    CpuMeter,
+    Measured,
+    free_port,
+    half_load,
+    measured,
+    serve,
+    stop,
+    wrk,
+)
 from bench.readme import write_section
+from cli.pgbouncer import PgBouncer
 from db.engine import libpq_url
 
-ROOT = Path(__file__).resolve().parent.parent
-LUA = ROOT / "bench" / "spend.lua"
 BALANCE = 10**12  # never runs out during a run
 
 # The ledger's spend, as services/ledger.py issues it, for user number :n.
@@ -83,39 +93,6 @@ END;
 def user_id(n: int) -> uuid.UUID:
     """The deterministic id of bench user ``n`` (pgbench builds the same one in SQL)."""
     return uuid.UUID(f"00000000-0000-4000-8000-{n:012d}")
-
-
-@dataclass
-class WrkResult:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    requests: int
-    errors: int
-
-
-def _ms(value: str, unit: str) -> float:
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
-
-
-def parse_wrk(output: str) -> WrkResult:
-    """Requests/s, p50/p99 and non-2xx count from ``wrk --latency`` output."""
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", output, re.M))
-    p = {k: _ms(*re.match(r"([\d.]+)(\w+)", v).groups()) for k, v in lat.items()}  # type: ignore[union-attr]
-    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
-    errors = 0
-    for pattern in (r"Non-2xx or 3xx responses: (\d+)", r"Socket errors: (.*)"):
-        found = re.search(pattern, output)
-        if found:
-            errors += sum(int(x) for x in re.findall(r"\d+", found.group(1)))
-    return WrkResult(rps=rps, p50_ms=p["50"], p99_ms=p["99"], requests=requests, errors=errors)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def recreate_database(url: str) -> str:
@@ -164,26 +141,6 @@ def api_env(database_url: str, redis_url: str, jwt_secret: str, log_level: str) 
     return env
 
 
-def serve(argv: list[str], env: dict[str, str], port: int,
-          ready: str = "/readyz", cwd: Path = ROOT) -> subprocess.Popen[bytes]:
-    """Start ``argv`` (a server on ``port``, in ``cwd``) and wait until ``ready`` answers 200."""
-    proc = subprocess.Popen(  # noqa: S603
-        argv, cwd=cwd, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}{ready}", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"{argv[2]} exited with {proc.returncode}")
-        time.sleep(0.3)
-    raise RuntimeError(f"{argv[2]} did not become ready")
-
-
 def start_api(env: dict[str, str], port: int, workers: int,
               checkout: Path = ROOT) -> subprocess.Popen[bytes]:
     """The API as ``billing api --workers N`` serves it, from ``checkout`` (this one, or
@@ -213,49 +170,6 @@ def start_floor(env: dict[str, str], users: int, port: int,
     return serve(argv, env, port, ready="/openapi.json")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
-def wrk(url: str, tokens: Path, *, connections: int, seconds: int, delay_ms: int = 0,
-        script: bool = True, lockstep: bool = False) -> WrkResult:
-    """``wrk`` over the spend route; with ``delay_ms`` each connection pauses that long on
-    average (exponentially distributed), or exactly that long with ``lockstep``."""
-    env = {**os.environ, "BENCH_TOKENS": str(tokens), "BENCH_DELAY_MS": str(delay_ms),
-           "BENCH_DELAY_FIXED": "1" if lockstep else "0"}
-    threads = min(2, connections)
-    out = subprocess.run(  # noqa: S603
-        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
-         "--timeout", "10s", *(["-s", str(LUA)] if script else []), url],  # noqa: S607
-        env=env, capture_output=True, text=True, check=True,
-    ).stdout
-    return parse_wrk(out)
-
-
-def half_load(url: str, tokens: Path, *, target: float, seconds: int,
-              p50_ms: float) -> tuple[WrkResult, int]:
-    """Hold about ``target`` requests/s: connections pause between requests (closed loop).
-
-    The pauses are random (exponential), so the 16 connections arrive independently, as
-    separate clients do. Returns the result and the mean pause (ms) that held the rate.
-    """
-    connections = 16
-    delay = max(1, round(connections * 1000 / target - p50_ms))
-    for _ in range(3):  # calibrate the pause on short runs, then measure
-        probe = wrk(url, tokens, connections=connections, seconds=4, delay_ms=delay)
-        if abs(probe.rps - target) / target < 0.07:
-            break
-        per_request = connections * 1000 / probe.rps  # ms between a connection's requests
-        delay = max(1, round(delay + per_request * (probe.rps / target - 1)))
-    return wrk(url, tokens, connections=connections, seconds=seconds, delay_ms=delay), delay
-
-
 @dataclass
 class PgbenchResult:
     tps: float
@@ -283,97 +197,83 @@ def pgbench(database_url: str, users: int, *, clients: int, seconds: int) -> Pgb
     return PgbenchResult(tps=tps, latency_ms=latency, clients=clients)
 
 
-class CpuMeter:
-    """CPU seconds used by the API's processes and by PostgreSQL's, between two readings."""
-
-    def __init__(self, api: subprocess.Popen[bytes]) -> None:
-        root = psutil.Process(api.pid)
-        self.api = [root, *root.children(recursive=True)]
-
-    @staticmethod
-    def _seconds(procs: list[psutil.Process]) -> float:
-        total = 0.0
-        for proc in procs:
-            try:
-                times = proc.cpu_times()
-            except psutil.Error:
-                continue
-            total += times.user + times.system
-        return total
-
-    def read(self) -> tuple[float, dict[int, float]]:
-        """The API's CPU seconds, and PostgreSQL's by process (they come and go)."""
-        postgres = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
-        return self._seconds(self.api), {p.pid: self._seconds([p]) for p in postgres}
-
-
-def measured(meter: CpuMeter, run: Callable[[], WrkResult]) -> tuple[WrkResult, float, float]:
-    """``run()`` with the API's and PostgreSQL's CPU milliseconds per request it made
-    (PostgreSQL's: of its processes alive before and after, whoever they served)."""
-    api0, pg0 = meter.read()
-    result = run()
-    api1, pg1 = meter.read()
-    n = max(result.requests, 1)
-    pg = sum(pg1[pid] - pg0[pid] for pid in pg0.keys() & pg1.keys())
-    return result, (api1 - api0) * 1000 / n, pg * 1000 / n
-
-
 def flat_out(server: subprocess.Popen[bytes], url: str, tokens: Path,
-             args: argparse.Namespace) -> tuple[WrkResult, float, float]:
+             args: argparse.Namespace, database_url: str) -> Measured:
     """Spends as fast as ``args.connections`` connections go, after a warm-up, with the CPU
     milliseconds per request of ``server`` and of PostgreSQL."""
     wrk(url, tokens, connections=args.connections, seconds=3)
-    return measured(CpuMeter(server), lambda: wrk(
+    return measured(CpuMeter(server, database_url), lambda: wrk(
         url, tokens, connections=args.connections, seconds=args.seconds))
 
 
 @dataclass
-class Comparison:
-    """Peak runs of this checkout's API and a baseline's, alternated under the same load."""
+class Side:
+    """One of the two APIs a comparison serves side by side on the bench database."""
 
-    ours: list[WrkResult]
-    theirs: list[WrkResult]
-    ours_cpu_ms: list[float]
-    theirs_cpu_ms: list[float]
+    label: str
+    env: dict[str, str]
+    checkout: Path = ROOT  # another checkout (with its own .venv) for a baseline
+    pooler: int | None = None  # the pid of the pooler between it and PostgreSQL, if any
+
+
+@dataclass
+class Comparison:
+    """Peak runs of two APIs served side by side, alternated under the same load."""
+
+    ours: list[Measured]
+    theirs: list[Measured]
 
     @staticmethod
-    def _median(values: list[float]) -> float:
-        return statistics.median(values)
-
-    def median_rps(self) -> tuple[float, float]:
-        return (self._median([r.rps for r in self.ours]),
-                self._median([r.rps for r in self.theirs]))
-
-    def median_cpu_ms(self) -> tuple[float, float]:
-        return self._median(self.ours_cpu_ms), self._median(self.theirs_cpu_ms)
+    def median(runs: list[Measured], figure: Callable[[Measured], float]) -> float:
+        return statistics.median(figure(run) for run in runs)
 
 
-def compare(env: dict[str, str], tokens: Path, baseline: Path,
-            args: argparse.Namespace) -> Comparison:
-    """Both APIs serve the same database at once; their peak runs alternate (ours, the
-    baseline's, ours, ...), so a change in the machine's load falls on both alike."""
-    ours_port, theirs_port = free_port(), free_port()
-    ours = start_api(env, ours_port, args.workers)
-    theirs = start_api(env, theirs_port, args.workers, checkout=baseline)
-    result = Comparison([], [], [], [])
+@contextmanager
+def serving(side: Side, workers: int) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``side``'s API on a free port for the block: its process and URL."""
+    port = free_port()
+    api = start_api(side.env, port, workers, checkout=side.checkout)
     try:
-        meters = {ours_port: CpuMeter(ours), theirs_port: CpuMeter(theirs)}
-        for port in (ours_port, theirs_port):  # warm-up
-            wrk(f"http://127.0.0.1:{port}", tokens, connections=args.connections, seconds=3)
-        for _ in range(args.rounds):
-            for port, runs, cpu in ((ours_port, result.ours, result.ours_cpu_ms),
-                                    (theirs_port, result.theirs, result.theirs_cpu_ms)):
-                run, api_ms, _ = measured(meters[port], lambda port=port: wrk(
-                    f"http://127.0.0.1:{port}", tokens, connections=args.connections,
-                    seconds=args.seconds))
-                runs.append(run)
-                cpu.append(api_ms)
-                print(f"  {'ours' if port == ours_port else 'baseline'}: {run.rps:.0f} req/s, "
-                      f"API CPU {api_ms:.3f} ms/request", flush=True)
+        yield api, f"http://127.0.0.1:{port}"
     finally:
-        stop(ours)
-        stop(theirs)
+        stop(api)
+
+
+def compare(ours: Side, theirs: Side, tokens: Path, database_url: str,
+            args: argparse.Namespace) -> Comparison:
+    """Both APIs serve the same database at once; their peak runs alternate (ours, theirs,
+    ours, ...), so a change in the machine's load falls on both alike."""
+    result = Comparison([], [])
+    with serving(ours, args.workers) as (ours_api, ours_url), \
+            serving(theirs, args.workers) as (theirs_api, theirs_url):
+        sides = [(ours, ours_url, CpuMeter(ours_api, database_url, ours.pooler), result.ours),
+                 (theirs, theirs_url, CpuMeter(theirs_api, database_url, theirs.pooler),
+                  result.theirs)]
+        for _, url, _, _ in sides:  # warm-up
+            wrk(url, tokens, connections=args.connections, seconds=3)
+        for _ in range(args.rounds):
+            for side, url, meter, runs in sides:
+                run = measured(meter, lambda url=url: wrk(
+                    url, tokens, connections=args.connections, seconds=args.seconds))
+                runs.append(run)
+                print(f"  {side.label}: {run.result.rps:.0f} req/s; CPU per request: API "
+                      f"{run.api_ms:.3f} ms, PostgreSQL {run.pg_ms:.3f} ms, pooler "
+                      f"{run.pooler_ms:.3f} ms", flush=True)
     return result
+
+
+def through_pgbouncer(env: dict[str, str], tokens: Path, database_url: str,
+                      args: argparse.Namespace) -> tuple[Comparison, PgBouncer]:
+    """This checkout's API through PgBouncer (transaction pooling) against it direct."""
+    bouncer = PgBouncer(database_url, Path(tempfile.mkdtemp(prefix="billing-bench-pgbouncer-")))
+    bouncer.start()
+    try:
+        pooled = Side("through PgBouncer", {**env, "BILLING_DATABASE_URL": bouncer.url,
+                                            "BILLING_DATABASE_POOLER": "transaction"},
+                      pooler=bouncer.pid)
+        return compare(pooled, Side("direct", env), tokens, database_url, args), bouncer
+    finally:
+        bouncer.stop()
 
 
 def check_ledger(database_url: str) -> tuple[int, int]:
@@ -401,8 +301,11 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                         help="another checkout of the project (with its own .venv) whose API "
                              "is measured against this one, alternating peak runs")
+    parser.add_argument("--pgbouncer", action="store_true",
+                        help="also measure this API through PgBouncer (transaction pooling) "
+                             "against it direct, alternating peak runs")
     parser.add_argument("--rounds", type=int, default=5,
-                        help="alternating peak runs of each API with --baseline")
+                        help="alternating peak runs of each API with --baseline or --pgbouncer")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
@@ -427,22 +330,29 @@ def main() -> None:
     ) + "\n")
 
     load_before = os.getloadavg()
-    comparison = None
+    comparison = pooling = None
     if args.baseline is not None:
         print(f"this checkout vs {args.baseline}, {args.rounds} alternating rounds:", flush=True)
-        comparison = compare(env, tokens, args.baseline.resolve(), args)
+        comparison = compare(Side("this checkout", env),
+                             Side("baseline", env, checkout=args.baseline.resolve()), tokens,
+                             database_url, args)
+    if args.pgbouncer:
+        print(f"through PgBouncer vs direct, {args.rounds} alternating rounds:", flush=True)
+        pooling = through_pgbouncer(env, tokens, database_url, args)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     api = start_api(env, port, args.workers)
     try:
-        peak, api_ms, pg_ms = flat_out(api, url, tokens, args)
+        top = flat_out(api, url, tokens, args, database_url)
+        peak, api_ms, pg_ms = top.result, top.api_ms, top.pg_ms
         print(f"API peak: {peak.rps:.0f} req/s, p50 {peak.p50_ms:.2f} ms, "
               f"p99 {peak.p99_ms:.2f} ms, errors {peak.errors}; CPU per request: "
               f"API {api_ms:.3f} ms, PostgreSQL {pg_ms:.3f} ms", flush=True)
         # The framework alone: the same server and load on a route that does nothing.
-        bare, bare_ms, _ = measured(CpuMeter(api), lambda: wrk(
+        framework = measured(CpuMeter(api, database_url), lambda: wrk(
             f"{url}/healthz", tokens, connections=args.connections, seconds=args.seconds,
             script=False))
+        bare, bare_ms = framework.result, framework.api_ms
         print(f"GET /healthz: {bare.rps:.0f} req/s; API CPU per request {bare_ms:.3f} ms",
               flush=True)
         half, pause = half_load(url, tokens, target=peak.rps / 2, seconds=args.seconds,
@@ -459,7 +369,8 @@ def main() -> None:
     # The floor: FastAPI and the debit alone, same server settings, load and database.
     floor_proc = start_floor(env, args.users, port, args.workers)
     try:
-        floor, floor_api_ms, floor_pg_ms = flat_out(floor_proc, url, tokens, args)
+        bottom = flat_out(floor_proc, url, tokens, args, database_url)
+        floor, floor_api_ms, floor_pg_ms = bottom.result, bottom.api_ms, bottom.pg_ms
         print(f"floor (FastAPI + debit only): {floor.rps:.0f} req/s, errors {floor.errors}; "
               f"CPU per request: API {floor_api_ms:.3f} ms, PostgreSQL {floor_pg_ms:.3f} ms",
               flush=True)
@@ -483,6 +394,7 @@ def main() -> None:
     ceiling = cores * 1000 / (api_ms + pg_ms)  # requests/s if nothing else used the CPU
     per_tps = cores * 1000 / base.tps
     budget = max(0.0, cores * 1000 / (base.tps / 2) - pg_ms)
+    versus = "less than what" if budget < bare_ms else f"{budget / bare_ms:.1f} times what"
     rows = "\n".join([
         f"| API peak ({args.workers} uvicorn workers, wrk {args.connections} connections) "
         f"| {peak.rps:.0f} | {peak.p50_ms:.2f} ms | {peak.p99_ms:.2f} ms |",
@@ -497,9 +409,10 @@ def main() -> None:
         f"| floor: FastAPI running only the debit (`bench/spend_floor.py`), same load "
         f"| {floor.rps:.0f} | {floor.p50_ms:.2f} ms | {floor.p99_ms:.2f} ms |",
     ])
+    command = " ".join(["python -m bench.spend", *sys.argv[1:]])
     section = f"""## Spend: `POST /credits/use` vs pgbench
 
-`.venv/bin/python -m bench.spend` — measured {time.strftime('%Y-%m-%d', time.gmtime())} on
+`{command}` — measured {time.strftime('%Y-%m-%d', time.gmtime())} on
 {cores} cores (load average before the run {load_before[0]:.1f}; the machine is shared).
 
 | | requests/s | p50 | p99 |
@@ -525,15 +438,16 @@ API and PostgreSQL share the same {cores} cores; API log level {args.log_level};
 worker ran (the usage records stay queued in Redis and are dropped afterwards).
 
 CPU per request at peak (process CPU time over the run / requests): the API {api_ms:.2f} ms,
-PostgreSQL {pg_ms:.2f} ms; `GET /healthz` on the same server {bare_ms:.2f} ms, which every
-request pays (uvicorn, the middleware, the access log). The spend runs on the event loop: the
+PostgreSQL {pg_ms:.2f} ms (its backends serving the bench database); `GET /healthz` on the
+same server {bare_ms:.2f} ms, which every request pays (uvicorn, the middleware, the access
+log). The spend runs on the event loop: the
 token's verification is cached, revocation is one Redis round trip, the debit with its ledger
 row is one statement sent with the security context in one round trip and one implicit
 transaction (`db/aio.py`), and the usage record one more Redis round trip. At
 {api_ms:.2f} + {pg_ms:.2f} ms of CPU per request, {cores} cores shared with the load generator
 cap the API near {ceiling:.0f} requests/s, while pgbench's own client and server need about
 {per_tps:.2f} ms per transaction: 50% of pgbench would leave the whole API path (HTTP, auth,
-Redis, framework) about {budget:.2f} ms of CPU per request, less than `/healthz` alone costs.
+Redis, framework) about {budget:.2f} ms of CPU per request, {versus} `/healthz` alone costs.
 
 The floor row is `bench/spend_floor.py`: FastAPI served the same way under the same load,
 running the same debit through the same pool, and nothing else (no token, no revocation
@@ -543,20 +457,26 @@ a spend costs as a FastAPI route on psycopg before any of the product's own work
 ratio no change to that work can lift the route above.
 """
     if comparison is not None:
-        section += comparison_section(comparison, args)
+        section += baseline_section(comparison, args)
+    if pooling is not None:
+        section += pgbouncer_section(*pooling, args)
     print(section)
     if not args.no_readme:
         write_section("spend", section)
 
 
-def comparison_section(c: Comparison, args: argparse.Namespace) -> str:
-    """The README's lines for a ``--baseline`` comparison."""
-    ours, theirs = c.median_rps()
-    ours_cpu, theirs_cpu = c.median_cpu_ms()
+def rounds_table(c: Comparison, ours: str, theirs: str) -> str:
+    """Each round's two peak rates and their ratio, as a Markdown table."""
     rows = "\n".join(
-        f"| {i + 1} | {a.rps:.0f} | {b.rps:.0f} | {a.rps / b.rps:.0%} |"
-        for i, (a, b) in enumerate(zip(c.ours, c.theirs, strict=True))
-    )
+        f"| {i + 1} | {a.result.rps:.0f} | {b.result.rps:.0f} | {a.result.rps / b.result.rps:.0%} |"
+        for i, (a, b) in enumerate(zip(c.ours, c.theirs, strict=True)))
+    return f"| round | {ours} (req/s) | {theirs} (req/s) | ratio |\n|---:|---:|---:|---:|\n{rows}"
+
+
+def baseline_section(c: Comparison, args: argparse.Namespace) -> str:
+    """The README's lines for a ``--baseline`` comparison."""
+    ours, theirs = (c.median(runs, lambda r: r.result.rps) for runs in (c.ours, c.theirs))
+    ours_cpu, theirs_cpu = (c.median(runs, lambda r: r.api_ms) for runs in (c.ours, c.theirs))
     return f"""
 ### Against a baseline checkout, same run
 
@@ -564,12 +484,40 @@ def comparison_section(c: Comparison, args: argparse.Namespace) -> str:
 runs ({args.seconds} s, wrk {args.connections} connections) alternated, this checkout first,
 so that the machine's load (shared with other work) fell on both alike.
 
-| round | this checkout (req/s) | baseline (req/s) | ratio |
-|---:|---:|---:|---:|
-{rows}
+{rounds_table(c, "this checkout", "baseline")}
 
 Medians: **{ours:.0f}** against **{theirs:.0f}** requests/s (**{ours / theirs:.0%}**); API CPU
 per request {ours_cpu:.2f} ms against {theirs_cpu:.2f} ms.
+"""
+
+
+def pgbouncer_section(c: Comparison, bouncer: PgBouncer, args: argparse.Namespace) -> str:
+    """The README's lines for the ``--pgbouncer`` comparison."""
+    def medians(figure: Callable[[Measured], float]) -> tuple[float, float]:
+        return c.median(c.ours, figure), c.median(c.theirs, figure)
+
+    (pooled, direct), (pooled_api, direct_api), (pooled_pg, direct_pg) = (
+        medians(lambda r: r.result.rps), medians(lambda r: r.api_ms), medians(lambda r: r.pg_ms))
+    (pooled_p99, direct_p99), (pooler, _) = (
+        medians(lambda r: r.result.p99_ms), medians(lambda r: r.pooler_ms))
+    return f"""
+### Through PgBouncer, same run
+
+`--pgbouncer`: this checkout's API twice, serving the same database at once, one direct and
+one through PgBouncer (Debian's 1.18 on the same machine, `pool_mode = transaction` with the
+settings of `cli/pgbouncer.py`, {bouncer.settings["default_pool_size"]} server connections;
+`BILLING_DATABASE_POOLER=transaction`); their peak runs ({args.seconds} s, wrk
+{args.connections} connections) alternated, the pooled one first.
+
+{rounds_table(c, "through PgBouncer", "direct")}
+
+Medians: **{pooled:.0f}** against **{direct:.0f}** requests/s (**{pooled / direct:.0%}**), p99
+{pooled_p99:.0f} against {direct_p99:.0f} ms. CPU per request, steadier than the rates on a
+shared machine: PostgreSQL {pooled_pg:.2f} ms against {direct_pg:.2f} ms (behind the pooler
+psycopg prepares nothing, so the server parses and plans every statement), PgBouncer itself
+{pooler:.2f} ms, the API {pooled_api:.2f} ms against {direct_api:.2f} ms. What the pooler buys is
+not speed on one machine but connections: any number of API processes and workers share its
+server connections (README, production topology).
 """
 
 

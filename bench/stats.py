@@ -36,8 +36,9 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import make_url
 
+from bench.load import free_port, stop
 from bench.readme import write_section
-from bench.spend import api_env, free_port, recreate_database, start_api, stop
+from bench.spend import api_env, recreate_database, start_api
 from db import partitions, rls
 from db.base import utc_now
 from db.engine import libpq_url

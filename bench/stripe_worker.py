@@ -40,7 +40,8 @@ import psycopg
 import redis
 from celery import Celery
 
-from bench.spend import api_env, recreate_database, stop
+from bench.load import stop
+from bench.spend import api_env, recreate_database
 from bench.webhooks import POLLER, Events, poll_credits, seed_payments, start_workers
 from db.engine import libpq_url
 

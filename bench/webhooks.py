@@ -42,8 +42,9 @@ import httpx
 import psycopg
 import redis
 
+from bench.load import free_port, parse_wrk, stop
 from bench.readme import write_section
-from bench.spend import api_env, free_port, parse_wrk, recreate_database, stop
+from bench.spend import api_env, recreate_database
 from db.engine import libpq_url
 
 ROOT = Path(__file__).resolve().parent.parent
