@@ -56,7 +56,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-
 def serve(argv: list[str], env: dict[str, str], port: int,
           ready: str = "/readyz", cwd: Path = ROOT) -> subprocess.Popen[bytes]:
     """Start ``argv`` (a server on ``port``, in ``cwd``) and wait until ``ready`` answers 200."""
@@ -77,7 +76,6 @@ def serve(argv: list[str], env: dict[str, str], port: int,
     raise RuntimeError(f"{argv[2]} did not become ready")
 
 
-
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -86,7 +84,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-
 
 
 def wrk(url: str, tokens: Path, *, connections: int, seconds: int, delay_ms: int = 0,
@@ -122,6 +119,23 @@ def half_load(url: str, tokens: Path, *, target: float, seconds: int,
     return wrk(url, tokens, connections=connections, seconds=seconds, delay_ms=delay), delay
 
 
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The process ``pid`` and its descendants."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> dict[int, float]:
+    """Each process's CPU seconds so far, by pid (those gone meanwhile left out)."""
+    seconds = {}
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        seconds[proc.pid] = times.user + times.system
+    return seconds
+
 
 class CpuMeter:
     """CPU seconds of the API's processes, of the PostgreSQL backends serving the bench
@@ -131,21 +145,9 @@ class CpuMeter:
 
     def __init__(self, api: subprocess.Popen[bytes], database_url: str,
                  pooler: int | None = None) -> None:
-        root = psutil.Process(api.pid)
-        self.api = [root, *root.children(recursive=True)]
+        self.api = process_tree(api.pid)
         self.pooler = [psutil.Process(pooler)] if pooler is not None else []
         self.database_url = libpq_url(database_url)
-
-    @staticmethod
-    def _seconds(procs: list[psutil.Process]) -> dict[int, float]:
-        seconds = {}
-        for proc in procs:
-            try:
-                times = proc.cpu_times()
-            except psutil.Error:
-                continue
-            seconds[proc.pid] = times.user + times.system
-        return seconds
 
     def _backends(self) -> list[psutil.Process]:
         with psycopg.connect(self.database_url) as conn:
@@ -156,8 +158,7 @@ class CpuMeter:
 
     def read(self) -> tuple[dict[int, float], ...]:
         """Each process's CPU seconds so far: the API's, PostgreSQL's, the pooler's."""
-        return (self._seconds(self.api), self._seconds(self._backends()),
-                self._seconds(self.pooler))
+        return cpu_seconds(self.api), cpu_seconds(self._backends()), cpu_seconds(self.pooler)
 
 
 @dataclass

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import psycopg
 import redis
 from sqlalchemy import make_url
 
+from bench.load import stop
 from bench.readme import write_section
 from bench.spend import api_env, recreate_database
 from db.engine import libpq_url
@@ -73,16 +73,6 @@ def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
     time.sleep(1)
     return proc
-
-
-def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 def count(url: str) -> int:
@@ -183,7 +173,7 @@ def main() -> None:
         print(f"\r  written {args.records:,}/{args.records:,}: "
               f"{(args.records - written_at_first) / total_s:,.0f} records/s")
     finally:
-        stop_worker(worker)
+        stop(worker)
 
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         rows, distinct = conn.execute(

@@ -40,7 +40,7 @@ import psycopg
 import redis
 from celery import Celery
 
-from bench.load import stop
+from bench.load import cpu_seconds, process_tree, stop
 from bench.spend import api_env, recreate_database
 from bench.webhooks import POLLER, Events, poll_credits, seed_payments, start_workers
 from db.engine import libpq_url
@@ -80,19 +80,6 @@ def backend_cpu(conn: psycopg.Connection, database: str) -> float:
             continue
         total += times.user + times.system
     return total
-
-
-def tree_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds of a process and each of its descendants, by pid."""
-    root = psutil.Process(pid)
-    found = {}
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            times = proc.cpu_times()
-        except psutil.Error:
-            continue
-        found[proc.pid] = times.user + times.system
-    return found
 
 
 def done_count(conn: psycopg.Connection) -> int:
@@ -158,7 +145,8 @@ def through_celery(
             if rate:
                 poller.start()
             time.sleep(1)
-            cpu_before, pg_before = tree_cpu(worker.pid), backend_cpu(conn, database)
+            cpu_before = cpu_seconds(process_tree(worker.pid))
+            pg_before = backend_cpu(conn, database)
             begin = time.perf_counter()
             with app.producer_or_acquire() as producer:
                 for n, (event_id, payment_id) in enumerate(measured):
@@ -170,7 +158,8 @@ def through_celery(
                     app.send_task(TASK, args=(event_id,), producer=producer)
             _wait(conn, start + warm + len(measured), worker)
             wall = time.perf_counter() - begin
-            cpu_after, pg = tree_cpu(worker.pid), backend_cpu(conn, database) - pg_before
+            cpu_after = cpu_seconds(process_tree(worker.pid))
+            pg = backend_cpu(conn, database) - pg_before
             time.sleep(0.2)  # the poller's last look
     finally:
         done.set()

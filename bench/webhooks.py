@@ -44,7 +44,7 @@ import redis
 
 from bench.load import free_port, parse_wrk, stop
 from bench.readme import write_section
-from bench.spend import api_env, recreate_database
+from bench.spend import api_env, recreate_database, start_api
 from db.engine import libpq_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,27 +108,6 @@ class Events:
         stamp = int(time.time())
         mac = hmac.new(SECRET.encode(), f"{stamp}.".encode() + body, hashlib.sha256)
         return f"t={stamp},v1={mac.hexdigest()}"
-
-
-def start_api(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[bytes]:
-    """The API exactly as ``billing api --workers N`` serves it."""
-    proc = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "cli", "api", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", str(workers)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"the API exited with {proc.returncode}")
-        time.sleep(0.3)
-    raise RuntimeError("the API did not become ready")
 
 
 def start_workers(env: dict[str, str], count: int, concurrency: int) -> list[subprocess.Popen]:
