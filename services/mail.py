@@ -47,13 +47,21 @@ def build_message(mail: Mail, *, sender: str) -> EmailMessage:
 
 @dataclass
 class ConsoleMailSender:
-    """Development: prints each message to standard output (not to the logs)."""
+    """Development: prints each message to standard output (not to the logs).
+
+    As a person reads it: the headers, then the text itself, so a link is one line that can
+    be copied or clicked (the MIME form would wrap it and encode it quoted-printable).
+    """
 
     sender: str
 
     def send(self, mail: Mail) -> None:
-        """Print the whole message."""
-        sys.stdout.write(build_message(mail, sender=self.sender).as_string() + "\n")
+        """Print the message's headers and its text."""
+        rule = "-" * 72
+        sys.stdout.write(
+            f"{rule}\nFrom: {self.sender}\nTo: {mail.to}\nSubject: {mail.subject}\n"
+            f"Date: {formatdate(localtime=False)}\n\n{mail.body.rstrip()}\n{rule}\n"
+        )
         sys.stdout.flush()
 
 
