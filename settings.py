@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     stripe_secret_key: SecretStr = SecretStr("sk_test_placeholder")
     stripe_webhook_secret: Annotated[list[SecretStr], NoDecode] = []
     stripe_api_base: AnyHttpUrl | None = None
+    # STRIPE_API_BASE is a local Stripe peer (localstripe, which `billing dev` starts): it has
+    # no hosted Checkout, so the portal pays with test cards through a development route.
+    stripe_local_peer: bool = False
     checkout_success_url: AnyHttpUrl | None = None
     checkout_cancel_url: AnyHttpUrl | None = None
 
@@ -258,6 +261,16 @@ class Settings(BaseSettings):
                 "BILLING_SMS_BACKEND=twilio needs BILLING_TWILIO_ACCOUNT_SID, "
                 "BILLING_TWILIO_AUTH_TOKEN and BILLING_TWILIO_FROM_NUMBER"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _local_peer_only_in_development(self) -> Settings:
+        if not self.stripe_local_peer:
+            return self
+        if self.environment == "production":
+            raise ValueError("BILLING_STRIPE_LOCAL_PEER is refused in production")
+        if self.stripe_api_base is None:
+            raise ValueError("BILLING_STRIPE_LOCAL_PEER needs BILLING_STRIPE_API_BASE (the peer)")
         return self
 
     @model_validator(mode="after")

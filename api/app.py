@@ -31,7 +31,9 @@ from api.routes import (
     docs,
     health,
     profile,
+    receipts,
     subscriptions,
+    test_cards,
     webhooks,
 )
 from api.usage_middleware import UsageLogMiddleware
@@ -104,12 +106,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(profile.router)
     app.include_router(credits.router)
+    app.include_router(receipts.router)
     app.include_router(admin_credits.router)
     app.include_router(admin.router)
     app.include_router(webhooks.router)
     app.include_router(subscriptions.router)
     app.include_router(admin_stripe.router)
     app.include_router(dashboard.router)
+    if settings.stripe_local_peer:
+        app.include_router(test_cards.router)
     if settings.docs_enabled:
         app.include_router(docs.router)
 

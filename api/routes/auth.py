@@ -9,7 +9,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.client import AuthContextDep
-from api.deps import ServiceSessionDep
+from api.deps import CurrentUser, RedisDep, ServiceSessionDep, SessionDep, SettingsDep
 from api.schemas.auth import (
     ConfirmIn,
     ConfirmOut,
@@ -17,6 +17,7 @@ from api.schemas.auth import (
     LogoutIn,
     MagicLinkIn,
     MagicLinkVerifyIn,
+    MethodsOut,
     OtpIn,
     OtpVerifyIn,
     RefreshIn,
@@ -25,7 +26,16 @@ from api.schemas.auth import (
     SentOut,
     TokenOut,
 )
-from services.auth import accounts, addresses, google, magic_link, otp, refresh, tokens
+from services.auth import (
+    accounts,
+    addresses,
+    google,
+    magic_link,
+    methods,
+    otp,
+    refresh,
+    tokens,
+)
 from services.auth.refresh import TokenPair
 from services.errors import Unauthorized
 
@@ -45,6 +55,17 @@ _SIGN_IN = {
 def _tokens(pair: TokenPair) -> TokenOut:
     return TokenOut(access_token=pair.access_token, refresh_token=pair.refresh_token,
                     expires_in=pair.expires_in)
+
+
+@router.get("/methods", response_model=MethodsOut)
+def sign_in_methods(settings: SettingsDep) -> MethodsOut:
+    """The ways to sign up and sign in that this server offers (public)."""
+    offered = methods.enabled(settings)
+    return MethodsOut(
+        password=offered.password, magic_link=offered.magic_link, phone=offered.phone,
+        google=offered.google, password_min_length=settings.password_min_length,
+        email_confirmation_required=settings.require_email_confirmation,
+    )
 
 
 @router.post("/register", status_code=201, response_model=RegisterOut,
@@ -110,6 +131,16 @@ def logout(
             )
         except Unauthorized:
             pass  # an expired or foreign token needs no revoking
+    return Response(status_code=204)
+
+
+@router.post("/logout-everywhere", status_code=204, response_class=Response)
+def logout_everywhere(
+    user: CurrentUser, session: SessionDep, settings: SettingsDep, redis_client: RedisDep
+) -> Response:
+    """Sign out everywhere: end every sign-in of the account (every device, this one too)."""
+    refresh.sign_out_everywhere(session, redis_client=redis_client, settings=settings,
+                                user_id=user.id)
     return Response(status_code=204)
 
 

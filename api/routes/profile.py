@@ -33,6 +33,7 @@ def _out(session: Session, user: User) -> ProfileOut:
         avatar_url=user.avatar_url,
         bio=user.bio,
         role=user.role,
+        has_password=user.password_hash is not None,
         created_at=user.created_at,
     )
 

@@ -52,6 +52,15 @@ class TokenOut(BaseModel):
     expires_in: int
 
 
+class MethodsOut(BaseModel):
+    password: bool = Field(description="POST /register and /login")
+    magic_link: bool = Field(description="POST /magic-link and /magic-link/verify")
+    phone: bool = Field(description="POST /otp and /otp/verify")
+    google: bool = Field(description="GET /oauth/google/authorize")
+    password_min_length: int
+    email_confirmation_required: bool
+
+
 class RefreshIn(In):
     refresh_token: str = Token
 
@@ -114,4 +123,5 @@ class ProfileOut(BaseModel):
     avatar_url: str | None
     bio: str | None
     role: str
+    has_password: bool = Field(description="An email change asks for it (else a recent sign-in)")
     created_at: datetime

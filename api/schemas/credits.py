@@ -109,6 +109,7 @@ class PaymentOut(BaseModel):
     credits: int
     package_id: str | None
     refunded_cents: int
+    failure_reason: str | None = Field(None, description="Why Stripe refused it, when it failed")
     created_at: datetime
     succeeded_at: datetime | None
 
@@ -116,6 +117,35 @@ class PaymentOut(BaseModel):
 class PaymentPageOut(BaseModel):
     items: list[PaymentOut]
     next_cursor: str | None
+
+
+class CardOut(BaseModel):
+    brand: str
+    last4: str
+
+
+class ReceiptOut(BaseModel):
+    number: str = Field(description="The receipt's number: its date and part of the payment id")
+    payment_id: uuid.UUID
+    status: str
+    paid_at: datetime
+    description: str
+    credits: int
+    credits_refunded: int
+    amount_cents: int
+    refunded_cents: int
+    net_cents: int = Field(description="What was paid less what was refunded")
+    currency: str
+    billed_to: str | None = Field(description="The account's email (or phone)")
+    name: str | None
+    card: CardOut | None = Field(description="How it was paid, when Stripe says")
+    stripe_receipt_url: str | None = Field(description="Stripe's own receipt page, if any")
+
+
+class TestCardIn(_In):
+    card: Literal["visa", "declined"] = Field(
+        "visa", description="visa: Stripe's 4242 test card; declined: a card refused when charged"
+    )
 
 
 # --- admin ------------------------------------------------------------------------------------
