@@ -30,6 +30,7 @@ from api.routes import (
     dashboard,
     docs,
     health,
+    portal,
     profile,
     receipts,
     subscriptions,
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(subscriptions.router)
     app.include_router(admin_stripe.router)
     app.include_router(dashboard.router)
+    app.include_router(portal.router)
     if settings.stripe_local_peer:
         app.include_router(test_cards.router)
     if settings.docs_enabled:

@@ -108,8 +108,9 @@ class BodyLimitMiddleware:
 
 # JSON needs no resources at all; nothing may frame it.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-# The dashboard needs nothing but its own origin: no inline script or style, no outside resource.
-DASHBOARD_CSP = (
+# The pages (dashboard, portal, link pages) need nothing but their own origin: no inline
+# script or style, no outside resource.
+PAGES_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
@@ -121,9 +122,14 @@ DOCS_CSP = (
 HSTS = "max-age=63072000; includeSubDomains"
 
 
+# Where the pages and their files are served (api/routes/dashboard.py and portal.py).
+_PAGE_ROOTS = ("/admin", "/account")
+_PAGE_PREFIXES = ("/admin/", "/account/", "/ui/", "/auth/", "/billing/")
+
+
 def _csp_for(path: str) -> str:
-    if path == "/admin" or path.startswith("/admin/"):
-        return DASHBOARD_CSP
+    if path in _PAGE_ROOTS or path.startswith(_PAGE_PREFIXES):
+        return PAGES_CSP
     if path == "/docs" or path.startswith("/docs/"):
         return DOCS_CSP
     return API_CSP
@@ -132,7 +138,7 @@ def _csp_for(path: str) -> str:
 class SecurityHeadersMiddleware:
     """Security headers on every response, errors and refusals of other middleware included.
 
-    nosniff, no referrer, no framing, a Content-Security-Policy by path (API, dashboard,
+    nosniff, no referrer, no framing, a Content-Security-Policy by path (API, pages,
     docs), HSTS when the public URL is https, and ``Cache-Control: no-store`` on API answers
     that carry a user's data or tokens (a request with credentials, or any /api response
     that set no caching policy of its own).

@@ -39,7 +39,7 @@ TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 32
 TEST_STRIPE_KEY = "sk_test_localstripe_key_for_tests"
 TEST_WEBHOOK_SECRET = "whsec_test_secret_for_tests"
 ARTIFACTS = ROOT / "test-artifacts"
-pytest_plugins = ["tests.conftest_auth", "tests.secrets_scan"]
+pytest_plugins = ["tests.conftest_auth", "tests.secrets_scan", "tests.browser"]
 
 
 class _Servers:

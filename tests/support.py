@@ -177,11 +177,12 @@ class WorkerProcess:
 
 
 @contextmanager
-def served(app: Any) -> Iterator[str]:
-    """``app`` served by a real uvicorn in a thread on a loopback port; yields its base URL."""
+def served(app: Any, port: int | None = None) -> Iterator[str]:
+    """``app`` served by a real uvicorn in a thread on a loopback port (``port``, else a free
+    one); yields its base URL."""
     import uvicorn
 
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

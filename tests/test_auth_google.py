@@ -25,13 +25,15 @@ def _start(client) -> dict[str, str]:
 
 
 def _consent(oidc, query: dict[str, str]) -> str:
-    """What the browser does at the provider: returns the callback path with code and state."""
+    """What the browser does at the provider, then on the /auth/google page it is sent back
+    to: returns the API callback's path with the code and state."""
     import httpx
 
     response = httpx.get(f"{oidc.url}/authorize", params=query, follow_redirects=False)
     assert response.status_code == 302
     location = urlsplit(response.headers["location"])
-    return f"{location.path}?{location.query}"
+    assert location.path == "/auth/google"
+    return f"/api/auth/oauth/google/callback?{location.query}"
 
 
 def test_google_sign_in_creates_then_finds_the_account(google_client, oidc, db, celery_worker,

@@ -1,68 +1,34 @@
 """The admin dashboard at /admin, driven in headless Chromium against the live API.
 
-Debian's ``chromium`` (/usr/bin/chromium) is driven by Playwright for Python; no browser is
-downloaded. Screenshots go to test-artifacts/dashboard-*.png.
+Driven as tests/browser.py says; screenshots go to test-artifacts/dashboard-*.png.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from functools import cache
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 from sqlalchemy import select
 
 from db.base import utc_now
 from db.models import AdminActivityLog, AdminStatsSnapshot, StripeEvent, User
 from services import ledger, reports, stats
 from services.auth.passwords import hash_password
-from tests.conftest import ARTIFACTS
+from tests.browser import (
+    contrast,
+    luminance,
+    open_page,
+    overflow,
+    screenshot,
+    tab_to,
+)
 from tests.factories import make_payment, make_user
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 ADMIN_PASSWORD = "Correct horse battery staple 9"  # noqa: S105 (a test account's password)
 USER_PASSWORD = "Another long passphrase 77"  # noqa: S105
-# Waits are generous: the machine is shared by several test runs.
-WAIT_MS = 20_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-class PageProblems:
-    """Console errors and CSP violations seen by a page (none is expected)."""
-
-    def __init__(self, page: Page) -> None:
-        self.errors: list[str] = []
-        page.on("console", self._console)
-        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
-
-    def _console(self, msg: ConsoleMessage) -> None:
-        # Failed API calls the page handles (401/403 on purpose) are logged by Chromium as
-        # "Failed to load resource"; anything else at error level is a bug in the page.
-        if msg.type == "error" and "Failed to load resource" not in msg.text:
-            self.errors.append(msg.text)
-
-
-def open_page(browser: Browser, *, width: int = 1280, height: int = 900,
-              color_scheme: str = "light") -> tuple[Page, PageProblems]:
-    context = browser.new_context(viewport={"width": width, "height": height},
-                                  color_scheme=color_scheme, accept_downloads=True)
-    context.set_default_timeout(WAIT_MS)
-    page = context.new_page()
-    return page, PageProblems(page)
 
 
 @cache
@@ -72,7 +38,7 @@ def password_hash(password: str) -> str:
 
 
 def shot(page: Page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
+    screenshot(page, f"dashboard-{name}")
 
 
 @pytest.fixture
@@ -198,19 +164,6 @@ def test_non_admin_is_refused(browser, live_api, data):
     assert problems.errors == []
 
 
-def focused_id(page: Page) -> str:
-    return page.evaluate("() => document.activeElement && document.activeElement.id")
-
-
-def tab_to(page: Page, element_id: str) -> None:
-    """Press Tab until the element has focus (as a keyboard user would)."""
-    for _ in range(15):
-        page.keyboard.press("Tab")
-        if focused_id(page) == element_id:
-            return
-    raise AssertionError(f"Tab never reached #{element_id}")
-
-
 def test_sign_in_works_from_the_keyboard_and_says_when_the_password_is_wrong(
     browser, live_api, data
 ):
@@ -242,10 +195,6 @@ def test_sign_in_works_from_the_keyboard_and_says_when_the_password_is_wrong(
     assert problems.errors == []
 
 
-def overflow(page: Page) -> int:
-    return page.evaluate("() => document.scrollingElement.scrollWidth")
-
-
 def test_layout_holds_at_375_px(browser, live_api, data):
     page, problems = open_page(browser, width=375, height=812)
     page.goto(f"{live_api}/admin/")
@@ -272,25 +221,6 @@ def test_layout_holds_at_375_px(browser, live_api, data):
     assert problems.errors == []
 
 
-def luminance(css_color: str) -> float:
-    """WCAG relative luminance of an ``rgb(...)`` colour."""
-    channels = [int(x) / 255 for x in re.findall(r"\d+", css_color)[:3]]
-    r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
-    return 0.2126 * r + 0.7152 * g + 0.0722 * b
-
-
-def contrast(page: Page, selector: str, background_selector: str) -> float:
-    # The overview renders after its data arrives: wait for both elements first.
-    for css in (selector, background_selector):
-        page.locator(css).first.wait_for(state="attached")
-    fg, bg = page.evaluate(
-        "([a, b]) => [getComputedStyle(document.querySelector(a)).color,"
-        " getComputedStyle(document.querySelector(b)).backgroundColor]",
-        [selector, background_selector])
-    high, low = sorted([luminance(fg), luminance(bg)], reverse=True)
-    return (high + 0.05) / (low + 0.05)
-
-
 def test_dark_mode_follows_the_system_and_the_toggle_persists(browser, live_api, data):
     page, problems = open_page(browser, color_scheme="dark")
     sign_in_admin(page, live_api)
@@ -310,7 +240,7 @@ def test_dark_mode_follows_the_system_and_the_toggle_persists(browser, live_api,
     # The toggle overrides the system and is remembered across a reload.
     toggle.click()
     expect(toggle).to_have_attribute("aria-pressed", "false")
-    assert page.evaluate("() => localStorage.getItem('billing-admin-theme')") == "light"
+    assert page.evaluate("() => localStorage.getItem('billing-theme')") == "light"
     page.reload()
     expect(page.locator("#user-balance")).to_be_visible()
     background = page.evaluate("() => getComputedStyle(document.body).backgroundColor")
@@ -318,7 +248,7 @@ def test_dark_mode_follows_the_system_and_the_toggle_persists(browser, live_api,
     assert contrast(page, ".details dt", ".panel") >= 4.5
     # Choosing the system's theme again goes back to following the system.
     page.get_by_role("button", name="Dark mode").click()
-    assert page.evaluate("() => localStorage.getItem('billing-admin-theme')") is None
+    assert page.evaluate("() => localStorage.getItem('billing-theme')") is None
     assert problems.errors == []
 
 

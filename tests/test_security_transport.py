@@ -7,7 +7,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 
 from api.client import client_ip
-from api.middleware import API_CSP, DASHBOARD_CSP, DOCS_CSP
+from api.middleware import API_CSP, DOCS_CSP, PAGES_CSP
 from tests.conftest_auth import login_history
 from tests.factories import auth_headers, make_user
 from tests.support import wait_for
@@ -43,8 +43,8 @@ def test_every_kind_of_response_carries_the_security_headers(client, db, setting
     for response in responses:
         _assert_secured(response)
         assert "strict-transport-security" not in response.headers  # http public URL
-    _assert_secured(client.get("/admin/"), DASHBOARD_CSP)
-    _assert_secured(client.get("/admin/config.json"), DASHBOARD_CSP)
+    _assert_secured(client.get("/admin/"), PAGES_CSP)
+    _assert_secured(client.get("/admin/config.json"), PAGES_CSP)
     docs = make_client(docs=True)
     _assert_secured(docs.get("/docs"), DOCS_CSP)
     _assert_secured(docs.get("/docs/swagger-ui-bundle.js"), DOCS_CSP)

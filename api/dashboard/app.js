@@ -1,46 +1,14 @@
 // The dashboard shell: sign-in, the admin check, the theme toggle and the hash router.
 
 import * as api from "./api.js";
-import { announce, h, replace } from "./dom.js";
+import { h, replace } from "/ui/dom.js";
+import { installThemeToggle } from "/ui/theme-toggle.js";
 import { auditView, paymentsView, reportsView, webhooksView } from "./lists.js";
 import { overviewView } from "./overview.js";
 import { userView, usersView } from "./users.js";
 
-const THEME_KEY = "billing-admin-theme";
-const dark = window.matchMedia("(prefers-color-scheme: dark)");
-
 const $ = (id) => document.getElementById(id);
 const state = { me: null, config: { stats_interval_s: 60 }, cleanups: [] };
-
-// --- theme ------------------------------------------------------------------------------
-
-function effectiveTheme() {
-  return document.documentElement.dataset.theme || (dark.matches ? "dark" : "light");
-}
-
-function showTheme() {
-  const isDark = effectiveTheme() === "dark";
-  const toggle = $("theme-toggle");
-  toggle.setAttribute("aria-pressed", String(isDark));
-  toggle.textContent = "Dark mode";
-  toggle.title = isDark ? "Switch to the light theme" : "Switch to the dark theme";
-}
-
-function toggleTheme() {
-  const next = effectiveTheme() === "dark" ? "light" : "dark";
-  const system = dark.matches ? "dark" : "light";
-  // Choosing what the system already says means "follow the system" again.
-  try {
-    if (next === system) window.localStorage.removeItem(THEME_KEY);
-    else window.localStorage.setItem(THEME_KEY, next);
-  } catch {
-    // Not persisted; it still applies to this page.
-  }
-  if (next === system) delete document.documentElement.dataset.theme;
-  else document.documentElement.dataset.theme = next;
-  showTheme();
-  announce(`${next === "dark" ? "Dark" : "Light"} theme`);
-}
 
 // --- sign-in ----------------------------------------------------------------------------
 
@@ -203,9 +171,7 @@ async function route() {
 // --- start ------------------------------------------------------------------------------
 
 async function start() {
-  showTheme();
-  dark.addEventListener("change", showTheme);
-  $("theme-toggle").addEventListener("click", toggleTheme);
+  installThemeToggle($("theme-toggle"));
   $("signin-form").addEventListener("submit", onSignIn);
   $("sign-out").addEventListener("click", signOut);
   $("skip-link").addEventListener("click", (event) => {

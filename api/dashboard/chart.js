@@ -1,6 +1,6 @@
 // The revenue-by-day chart: an inline SVG bar chart, with the same figures as a table.
 
-import { formatMoney, h, replace, s } from "./dom.js";
+import { formatMoney, h, replace, s } from "/ui/dom.js";
 
 const DAY_MS = 86_400_000;
 

@@ -2,9 +2,9 @@
 
 import * as api from "./api.js";
 import {
-  announce, downloadBlob, formatMoney, formatNumber, h, pager, replace, selectField, shortId,
+  announce, cursorPages, downloadBlob, formatMoney, formatNumber, h, replace, selectField, shortId,
   statusBadge, table, timeEl,
-} from "./dom.js";
+} from "/ui/dom.js";
 
 const PAGE_SIZE = 25;
 
@@ -51,28 +51,19 @@ export function auditTable(items, empty = "No entries.") {
  */
 async function listPage(ctx, { title, path, fields, renderRows, query = {}, intro }) {
   const results = h("div", { "aria-live": "polite" });
-  const cursors = [null];
+  const pages = cursorPages(`${title} pages`, load);
   let filters = { ...query };
 
   async function load(cursor) {
     results.setAttribute("aria-busy", "true");
     try {
       const page = await api.get(path, { ...filters, limit: PAGE_SIZE, cursor });
-      replace(results, renderRows(page.items, reload),
-        cursors.length > 1 || page.next_cursor ? pager({
-          page: cursors.length, hasNext: Boolean(page.next_cursor), label: `${title} pages`,
-          onPrev: () => { cursors.pop(); load(cursors[cursors.length - 1]); },
-          onNext: () => { cursors.push(page.next_cursor); load(page.next_cursor); },
-        }) : null);
+      replace(results, renderRows(page.items, pages.reload), pages.pagerFor(page.next_cursor));
     } catch (err) {
       ctx.handleError(err, results);
     } finally {
       results.removeAttribute("aria-busy");
     }
-  }
-
-  function reload() {
-    return load(cursors[cursors.length - 1]);
   }
 
   let form = null;
@@ -85,7 +76,7 @@ async function listPage(ctx, { title, path, fields, renderRows, query = {}, intr
       filters = {};
       for (const f of fields) filters[f.name] = f.value().trim();
       ctx.setQuery(filters);
-      cursors.splice(1);
+      pages.reset();
       load(null);
     });
   }

@@ -4,7 +4,7 @@ import * as api from "./api.js";
 import { dailySeries, revenueChart } from "./chart.js";
 import {
   announce, formatMoney, formatNumber, formatRate, h, relativeTime, replace, table, timeEl,
-} from "./dom.js";
+} from "/ui/dom.js";
 
 const POLL_MS = 1500;
 const REFRESH_WAIT_MS = 30_000;

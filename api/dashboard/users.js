@@ -3,9 +3,9 @@
 import * as api from "./api.js";
 import { auditTable } from "./lists.js";
 import {
-  announce, formatMoney, formatNumber, formatSigned, h, pager, replace, selectField,
+  announce, cursorPages, formatMoney, formatNumber, formatSigned, h, replace, selectField,
   statusBadge, table, timeEl,
-} from "./dom.js";
+} from "/ui/dom.js";
 
 const PAGE_SIZE = 25;
 
@@ -30,7 +30,7 @@ export async function usersView(ctx) {
     active: q.get("active") || "",
     sort: q.get("sort") || "newest",
   };
-  const cursors = [null];
+  const pages = cursorPages("Users pages", load);
   let items = [];
   let next = null;
   let columnSort = null; // {key, dir}
@@ -82,11 +82,7 @@ export async function usersView(ctx) {
             : statusBadge("deactivated")) },
         ],
       }),
-      items.length && (cursors.length > 1 || next) ? pager({
-        page: cursors.length, hasNext: Boolean(next), label: "Users pages",
-        onPrev: () => { cursors.pop(); load(cursors[cursors.length - 1]); },
-        onNext: () => { cursors.push(next); load(next); },
-      }) : null,
+      items.length ? pages.pagerFor(next) : null,
       columnSort ? h("p", { class: "hint", text: "Column sorting orders the rows of this page." })
         : null);
   }
@@ -125,7 +121,7 @@ export async function usersView(ctx) {
     filters.active = form.querySelector("#user-active").value;
     filters.sort = form.querySelector("#user-sort").value;
     ctx.setQuery(filters.sort === "newest" ? { ...filters, sort: "" } : filters);
-    cursors.splice(1);
+    pages.reset();
     columnSort = null;
     load(null);
   });
@@ -347,17 +343,12 @@ export async function userView(ctx) {
   const activeBox = h("div", { class: "actions" });
   const activeStatus = h("div", { class: "message", role: "status" });
 
-  const txCursors = [null];
+  const txPages = cursorPages("Transaction pages", loadTransactions);
   async function loadTransactions(cursor) {
     try {
       const page = await api.get(`${api.ADMIN}/users/${userId}/transactions`,
         { limit: 20, cursor });
-      replace(txBox, transactionsTable(page.items),
-        txCursors.length > 1 || page.next_cursor ? pager({
-          page: txCursors.length, hasNext: Boolean(page.next_cursor), label: "Transaction pages",
-          onPrev: () => { txCursors.pop(); loadTransactions(txCursors[txCursors.length - 1]); },
-          onNext: () => { txCursors.push(page.next_cursor); loadTransactions(page.next_cursor); },
-        }) : null);
+      replace(txBox, transactionsTable(page.items), txPages.pagerFor(page.next_cursor));
     } catch (err) {
       ctx.handleError(err, txBox);
     }
@@ -437,7 +428,7 @@ export async function userView(ctx) {
           onDone: async (done) => {
             balance.textContent = formatNumber(done.balance_after);
             announce(`New balance ${formatNumber(done.balance_after)} credits.`);
-            txCursors.splice(1);
+            txPages.reset();
             await Promise.all([loadTransactions(null), loadAudit()]);
           },
         })),

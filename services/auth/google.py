@@ -44,10 +44,15 @@ def _state_key(state: str) -> str:
 
 
 def redirect_url(settings: Settings) -> str:
-    """Where Google sends the browser back to (registered with the OAuth client)."""
+    """Where Google sends the browser back to (registered with the OAuth client).
+
+    By default the portal's ``/auth/google`` page, which hands the code and state to
+    ``GET /api/auth/oauth/google/callback`` and keeps the tokens it answers; a browser sent
+    to the callback itself would only show them as JSON.
+    """
     if settings.google_redirect_url is not None:
         return str(settings.google_redirect_url)
-    return str(settings.public_base_url).rstrip("/") + "/api/auth/oauth/google/callback"
+    return str(settings.public_base_url).rstrip("/") + "/auth/google"
 
 
 def _client(settings: Settings) -> tuple[str, str]:

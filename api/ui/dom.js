@@ -168,6 +168,41 @@ export function pager({ page, hasNext, onPrev, onNext, label }) {
       "Next"));
 }
 
+/**
+ * Cursor pages of one list: remembers the cursors seen, so "Previous" can go back.
+ * `load(cursor)` fetches and renders a page; `pagerFor(nextCursor)` is its pager (or null
+ * when everything fits on the first page); `reset()` starts over at the first page.
+ */
+export function cursorPages(label, load) {
+  const cursors = [null];
+  const current = () => cursors[cursors.length - 1];
+  return {
+    current,
+    reset() { cursors.splice(1); },
+    reload() { return load(current()); },
+    pagerFor(nextCursor) {
+      if (cursors.length === 1 && !nextCursor) return null;
+      return pager({
+        page: cursors.length, hasNext: Boolean(nextCursor), label,
+        onPrev: () => { cursors.pop(); load(current()); },
+        onNext: () => { cursors.push(nextCursor); load(nextCursor); },
+      });
+    },
+  };
+}
+
+/**
+ * A labelled input (a <textarea> when `attrs.rows` is set), with an optional hint that
+ * describes it (aria-describedby).
+ */
+export function inputField(id, label, attrs = {}, hint = null) {
+  const hintId = hint ? `${id}-hint` : null;
+  return h("div", { class: "field" },
+    h("label", { for: id, text: label }),
+    h(attrs.rows ? "textarea" : "input", { id, name: id, "aria-describedby": hintId, ...attrs }),
+    hint ? h("span", { id: hintId, class: "hint", text: hint }) : null);
+}
+
 /** A labelled <select> from [value, label] pairs. */
 export function selectField({ id, label, options, value, onChange }) {
   const select = h("select", { id, name: id },

@@ -1,0 +1,116 @@
+// Credits: the balance with what was purchased and used, and buying a package. With real
+// Stripe a purchase goes through Stripe Checkout; on the local Stripe peer (development)
+// it is paid here with a test card (see services/test_cards.py).
+
+import { announce, formatMoney, formatNumber, h, message, replace } from "/ui/dom.js";
+import { rememberPending } from "../session.js";
+
+function card(label, value, id) {
+  return h("div", { class: "card" },
+    h("p", { class: "card-label", text: label }),
+    h("p", { class: "card-value", id, text: formatNumber(value) }));
+}
+
+function balanceCards(balance) {
+  return h("div", { class: "cards", id: "balance-cards" },
+    card("Balance", balance.balance, "balance"),
+    card("Purchased", balance.purchased, "purchased"),
+    card("Used", balance.used, "used"));
+}
+
+/** Checkout: Stripe's own page takes the card, then sends the browser to /billing/success. */
+async function buyWithCheckout(ctx, pack) {
+  const started = await ctx.api.post(`${ctx.API}/credits/purchase`,
+    { package_id: pack.id, flow: "checkout" });
+  rememberPending({ payment_id: started.payment_id });
+  window.location.assign(started.checkout_url);
+}
+
+/** The local peer: a PaymentIntent, confirmed with the test card chosen here. */
+async function buyWithTestCard(ctx, pack, box) {
+  const started = await ctx.api.post(`${ctx.API}/credits/purchase`,
+    { package_id: pack.id, flow: "payment_intent" });
+  const price = formatMoney(pack.price_cents, pack.currency);
+  const status = h("div", { class: "message", role: "status" });
+  const choice = (id, value, label, checked) => h("span", { class: "choice" },
+    h("input", { type: "radio", name: "test-card", id, value, checked }),
+    h("label", { for: id, text: label }));
+  const form = h("form", { class: "stack test-card", id: "test-card-form",
+    "aria-labelledby": "test-card-title" },
+  h("h3", { id: "test-card-title", text: `Pay ${price} for ${pack.name}` }),
+  h("p", { class: "hint", text: "Development: payments go to a local Stripe peer. "
+      + "No real card is asked for or charged." }),
+  h("fieldset", { class: "stack" }, h("legend", { text: "Test card" }),
+    choice("card-visa", "visa", "Visa 4242 4242 4242 4242 (succeeds)", true),
+    choice("card-declined", "declined", "A card that is declined", false)),
+  h("div", { class: "actions" },
+    h("button", { type: "submit", class: "button primary", text: `Pay ${price}` }),
+    h("button", { type: "button", class: "button", text: "Cancel",
+      onclick: () => { replace(box); announce("Purchase cancelled."); } })),
+  status);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const cardChoice = form.querySelector("input[name=test-card]:checked").value;
+    const pay = form.querySelector("button[type=submit]");
+    pay.disabled = true;
+    try {
+      await ctx.api.post(`/api/dev/payments/${started.payment_id}/pay`, { card: cardChoice });
+      window.location.assign(`/billing/success?payment_id=${encodeURIComponent(started.payment_id)}`);
+    } catch (err) {
+      if (err.status === 401) {
+        ctx.handleError(err, status);
+        return;
+      }
+      const text = err.code === "card_declined"
+        ? "The card was declined. Nothing was charged; start a new purchase to try again."
+        : err.message;
+      replace(form, message(text, "error"));
+      announce(text);
+    }
+  });
+  replace(box, form);
+  form.querySelector("input[name=test-card]:checked").focus();
+}
+
+function packageCard(ctx, pack, box) {
+  const price = formatMoney(pack.price_cents, pack.currency);
+  const button = h("button", { type: "button", class: "button primary",
+    "aria-label": `Buy ${pack.name}: ${formatNumber(pack.credits)} credits for ${price}`,
+    text: "Buy" });
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    replace(box, h("p", { class: "muted", text: "Starting the purchase…" }));
+    try {
+      if (ctx.config.payments === "test_cards") await buyWithTestCard(ctx, pack, box);
+      else await buyWithCheckout(ctx, pack);
+    } catch (err) {
+      ctx.handleError(err, box);
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return h("li", { class: "card package" },
+    h("p", { class: "card-label", text: pack.name }),
+    h("p", { class: "card-value", text: `${formatNumber(pack.credits)} credits` }),
+    h("p", { class: "card-extra", text: price }),
+    button);
+}
+
+async function render(ctx) {
+  const [balance, packages] = await Promise.all([
+    ctx.api.get(`${ctx.API}/credits`),
+    ctx.api.get(`${ctx.API}/credit-packages`),
+  ]);
+  const box = h("div", { id: "purchase", "aria-live": "polite" });
+  replace(ctx.root,
+    h("div", { class: "page-head" }, h("h1", { text: "Credits" })),
+    balanceCards(balance),
+    h("section", { class: "panel", "aria-labelledby": "buy-title" },
+      h("h2", { id: "buy-title", text: "Buy credits" }),
+      packages.length
+        ? h("ul", { class: "packages" }, packages.map((p) => packageCard(ctx, p, box)))
+        : h("p", { class: "empty", text: "No packages are on sale right now." }),
+      box));
+}
+
+export default { id: "credits", title: "Credits", render };
