@@ -67,7 +67,7 @@ class Seeded:
 def seeded(db) -> Seeded:
     user = make_user(db, credits=10_000, full_name="Fuzz User", username="fuzz_user")
     admin = make_user(db, role="admin", full_name="Fuzz Admin")
-    make_payment(db, user)
+    payment = make_payment(db, user)
     plan = make_plan(db)
     event = StripeEvent(
         id=f"evt_fuzz{uuid.uuid4().hex[:16]}", type="customer.created", livemode=False,
@@ -84,6 +84,7 @@ def seeded(db) -> Seeded:
         ids={
             "user_id": str(user.id),
             "package_id": "starter",
+            "payment_id": str(payment.id),
             "plan_id": plan.slug,
             "event_id": event.id,
             "report_id": str(report.id),
