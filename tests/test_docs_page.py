@@ -16,9 +16,9 @@ from playwright.sync_api import expect
 
 from api.app import create_app
 from api.middleware import DOCS_CSP
+from tests.browser import open_page
 from tests.conftest import ARTIFACTS
 from tests.support import served
-from tests.test_dashboard_e2e import browser, open_page  # noqa: F401 - a fixture
 
 
 @pytest.mark.parametrize(("environment", "docs", "served"), [

@@ -2,7 +2,7 @@
 
 import * as api from "./api.js";
 import { h, replace } from "/ui/dom.js";
-import { installThemeToggle } from "/ui/theme-toggle.js";
+import { fetchConfig, showView, wireShell } from "/ui/shell.js";
 import { auditView, paymentsView, reportsView, webhooksView } from "./lists.js";
 import { overviewView } from "./overview.js";
 import { userView, usersView } from "./users.js";
@@ -144,47 +144,17 @@ async function route() {
     return route();
   }
   const [m, view, section] = match;
-  for (const link of document.querySelectorAll("#nav a")) {
-    if (link.dataset.section === section) link.setAttribute("aria-current", "page");
-    else link.removeAttribute("aria-current");
-  }
-  const root = $("view");
-  root.hidden = false;
-  replace(root, h("p", { class: "muted", text: "Loading…" }));
-  const ctx = context(root, m.slice(1), new URLSearchParams(qs));
-  try {
-    await view(ctx);
-  } catch (err) {
-    ctx.handleError(err, root);
-  }
-  const heading = root.querySelector("h1");
-  if (heading) {
-    document.title = `${heading.textContent} · Billing admin`;
-    // Move focus to the new page's heading so keyboard and screen reader users land there.
-    if (document.activeElement === document.body || document.activeElement?.closest("nav")) {
-      heading.setAttribute("tabindex", "-1");
-      heading.focus({ preventScroll: false });
-    }
-  }
+  const ctx = context($("view"), m.slice(1), new URLSearchParams(qs));
+  await showView({ section, view, ctx, site: "Billing admin" });
 }
 
 // --- start ------------------------------------------------------------------------------
 
 async function start() {
-  installThemeToggle($("theme-toggle"));
+  wireShell(route);
   $("signin-form").addEventListener("submit", onSignIn);
   $("sign-out").addEventListener("click", signOut);
-  $("skip-link").addEventListener("click", (event) => {
-    event.preventDefault(); // the hash belongs to the router
-    $("main").focus();
-  });
-  window.addEventListener("hashchange", route);
-  try {
-    const response = await fetch("config.json", { cache: "no-store" });
-    if (response.ok) state.config = await response.json();
-  } catch {
-    // The defaults do.
-  }
+  state.config = await fetchConfig(state.config);
   if (!api.hasSession()) {
     showSignIn();
     return;

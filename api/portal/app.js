@@ -2,7 +2,7 @@
 // What each section shows lives in its panel (./panels/); see ./panels/index.js.
 
 import { h, replace } from "/ui/dom.js";
-import { installThemeToggle } from "/ui/theme-toggle.js";
+import { fetchConfig, showView, wireShell } from "/ui/shell.js";
 import PANELS from "./panels/index.js";
 import { API, api } from "./session.js";
 import { renderSignIn } from "./signin.js";
@@ -108,46 +108,16 @@ async function route() {
     window.history.replaceState(null, "", `#/${PANELS[0].id}`);
     return route();
   }
-  for (const link of document.querySelectorAll("#nav a")) {
-    if (link.dataset.section === found.panel.id) link.setAttribute("aria-current", "page");
-    else link.removeAttribute("aria-current");
-  }
-  const root = $("view");
-  root.hidden = false;
-  replace(root, h("p", { class: "muted", text: "Loading…" }));
-  const ctx = context(root, found.params);
-  try {
-    await found.render(ctx);
-  } catch (err) {
-    ctx.handleError(err, root);
-  }
-  const heading = root.querySelector("h1");
-  if (heading) {
-    document.title = `${heading.textContent} · Your account`;
-    // Keyboard and screen reader users land on the new page's heading.
-    if (document.activeElement === document.body || document.activeElement?.closest("nav")) {
-      heading.setAttribute("tabindex", "-1");
-      heading.focus({ preventScroll: false });
-    }
-  }
+  const ctx = context($("view"), found.params);
+  await showView({ section: found.panel.id, view: found.render, ctx, site: "Your account" });
 }
 
 // --- start ------------------------------------------------------------------------------
 
 async function start() {
-  installThemeToggle($("theme-toggle"));
+  wireShell(route);
   $("sign-out").addEventListener("click", signOut);
-  $("skip-link").addEventListener("click", (event) => {
-    event.preventDefault(); // the hash belongs to the router
-    $("main").focus();
-  });
-  window.addEventListener("hashchange", route);
-  try {
-    const response = await fetch("config.json", { cache: "no-store" });
-    if (response.ok) Object.assign(state.config, await response.json());
-  } catch {
-    // The defaults do.
-  }
+  state.config = await fetchConfig(state.config);
   if (!api.hasSession()) {
     showSignIn();
     return;

@@ -5,7 +5,7 @@
 
 import { anonymous } from "/ui/api.js";
 import { announce, formatNumber, h, message, replace } from "/ui/dom.js";
-import { installThemeToggle } from "/ui/theme-toggle.js";
+import { wireShell } from "/ui/shell.js";
 import { handleSubmit } from "./forms.js";
 import { API, api, takePending } from "./session.js";
 
@@ -235,9 +235,5 @@ const PAGES = {
   "/billing/cancel": billingCancel,
 };
 
-installThemeToggle(document.getElementById("theme-toggle"));
-document.getElementById("skip-link").addEventListener("click", (event) => {
-  event.preventDefault();
-  document.getElementById("main").focus();
-});
+wireShell();
 (PAGES[window.location.pathname] || noToken)();
