@@ -280,7 +280,7 @@ class Settings(BaseSettings):
         problems = []
         if self.jwt_secret is None or len(self.jwt_secret.get_secret_value()) < 32:
             problems.append("BILLING_JWT_SECRET must be set to at least 32 characters")
-        if self.stripe_secret_key.get_secret_value().strip().lower() in _PLACEHOLDERS:
+        if not self.stripe_key_configured:
             problems.append("BILLING_STRIPE_SECRET_KEY is a placeholder")
         if not self.stripe_webhook_secret:
             problems.append("BILLING_STRIPE_WEBHOOK_SECRET must be set")
@@ -292,6 +292,11 @@ class Settings(BaseSettings):
     def docs_enabled(self) -> bool:
         """True when /docs and /openapi.json are served (``BILLING_DOCS``, else in dev only)."""
         return self.docs if self.docs is not None else self.environment == "development"
+
+    @property
+    def stripe_key_configured(self) -> bool:
+        """True when ``STRIPE_SECRET_KEY`` is a key, not the development placeholder."""
+        return self.stripe_secret_key.get_secret_value().strip().lower() not in _PLACEHOLDERS
 
     @property
     def embedded(self) -> bool:

@@ -35,6 +35,7 @@ import click
 import psutil
 import sqlalchemy.exc
 
+from cli import dev_stripe
 from cli._process import LockHeld, exclusive_lock, terminate
 from cli.commands import api_argv, beat_argv, python_module, worker_argv
 from cli.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
@@ -97,13 +98,17 @@ class Child:
         self.proc.wait()
 
 
-def run_dev(settings: Settings) -> int:
-    """Run the stack until Ctrl-C/SIGTERM (status 0) or until it cannot start (status 1)."""
+def run_dev(settings: Settings, *, stripe: str = "auto") -> int:
+    """Run the stack until Ctrl-C/SIGTERM (status 0) or until it cannot start (status 1).
+
+    ``stripe``: ``auto`` runs a local Stripe peer when there is no Stripe key
+    (``cli/dev_stripe.py``); ``off`` takes the Stripe settings as they are.
+    """
     data_dir = settings.data_dir.resolve()
     try:
         # Held for our whole life; the kernel drops it however we die.
         with exclusive_lock(data_dir / "dev.lock", wait=False):
-            return DevStack(settings, data_dir).run()
+            return DevStack(settings, data_dir, stripe=stripe).run()
     except LockHeld as exc:
         owner = f" (pid {exc.owner})" if exc.owner else ""
         click.echo(
@@ -117,9 +122,11 @@ def run_dev(settings: Settings) -> int:
 class DevStack:
     """The servers and child processes of one ``billing dev`` run."""
 
-    def __init__(self, settings: Settings, data_dir: Path) -> None:
+    def __init__(self, settings: Settings, data_dir: Path, *, stripe: str = "auto") -> None:
         self.settings = settings
         self.data_dir = data_dir
+        self.stripe_choice = stripe
+        self.stripe = dev_stripe.StripeSetup("")
         self.servers: list[EmbeddedPostgres | EmbeddedRedis] = []
         self.children: dict[str, Child] = {}
         self.commands: dict[str, list[str]] = {}
@@ -142,13 +149,14 @@ class DevStack:
             self._start_watchdog()
             self._record_children()
             _check_port_free(self.settings.api_host, self.settings.api_port)
+            self._configure_children(self.settings)
             settings = self._start_servers()
             self._prepare(settings)
             self._spawn_children(settings)
             self._supervise(settings)
         except _StopRequested:
             return 0
-        except (DevError, EmbeddedServerError) as exc:
+        except (DevError, EmbeddedServerError, dev_stripe.StripePeerMissing) as exc:
             click.echo(f"billing dev: {exc}", err=True)
             return 1
         finally:
@@ -279,8 +287,21 @@ class DevStack:
         except sqlalchemy.exc.OperationalError as exc:
             raise DevError(f"cannot migrate the database: {exc.orig}") from None
 
+    def _configure_children(self, settings: Settings) -> None:
+        """The children's settings beyond the servers: Stripe, and where links point."""
+        api_url = _browsable_base_url(settings.api_host, settings.api_port)
+        self.stripe = dev_stripe.setup(settings, self.data_dir, choice=self.stripe_choice,
+                                       api_url=api_url)
+        # The children read their settings from the environment, as in production.
+        os.environ.update(self.stripe.env)
+        # Links in mails and Stripe's redirects open the API this run serves (on whatever
+        # BILLING_API_PORT says), unless the public URL is set.
+        os.environ.setdefault("BILLING_PUBLIC_BASE_URL", api_url)
+
     def _spawn_children(self, settings: Settings) -> None:
+        peer = {"stripe": self.stripe.peer_argv} if self.stripe.peer_argv else {}
         self.commands = {
+            **peer,  # first: the API and the worker talk to it
             "api": api_argv(settings),
             "worker": worker_argv(settings),
             "beat": beat_argv(settings),
@@ -379,6 +400,7 @@ class DevStack:
             f"  API docs    {base}/docs" if settings.docs_enabled else "  API docs    off",
             f"  PostgreSQL  {database}{' (embedded)' if EmbeddedPostgres in embedded else ''}",
             f"  Redis       {redis}{' (embedded)' if EmbeddedRedis in embedded else ''}",
+            f"  Stripe      {self.stripe.summary}",
             "Press Ctrl-C to stop.",
         ]
         click.echo("\n".join(lines))

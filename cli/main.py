@@ -106,19 +106,25 @@ def billing() -> None:
 
 
 @billing.command()
+@click.option(
+    "--stripe", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+    help="auto: without a Stripe key, run a local Stripe peer (localstripe) and point the API "
+    "and worker at it; off: take the Stripe settings as they are.",
+)
 @with_settings
-def dev(settings: Settings) -> None:
+def dev(settings: Settings, stripe: str) -> None:
     """Run the whole stack locally, in one command.
 
     Runs the migrations, then the API, a Celery worker and Celery beat, and stops them
     all on Ctrl-C. Without BILLING_DATABASE_URL / BILLING_REDIS_URL it starts its own
     PostgreSQL and Redis under BILLING_DATA_DIR (default ./.billing), keeping their data.
+    Without a Stripe key it runs a local Stripe peer too, so purchases work offline.
     """
     # Imported here: the embedded servers' clients would double the start-up
     # time of every other command (and of `billing --help`).
     from cli.dev import run_dev
 
-    raise SystemExit(run_dev(settings))
+    raise SystemExit(run_dev(settings, stripe=stripe))
 
 
 @billing.command()

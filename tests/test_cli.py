@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -236,8 +237,9 @@ def dev(tmp_path: Path) -> Iterator[DevHarness]:
 
 
 def _child(run: DevRun, role: str) -> psutil.Process:
-    """The running ``api``, ``worker`` or ``beat`` child of ``run``."""
-    marker = {"api": "api.server", "worker": "worker", "beat": "beat"}[role]
+    """The running ``api``, ``worker``, ``beat`` or ``stripe`` (peer) child of ``run``."""
+    marker = {"api": "api.server", "worker": "worker", "beat": "beat",
+              "stripe": "cli.stripe_peer"}[role]
     return next(p for p in psutil.Process(run.proc.pid).children() if marker in p.cmdline())
 
 
@@ -349,3 +351,79 @@ def test_processes_started_while_the_servers_are_down_wait_with_a_clear_line(
             proc.wait()
     for name, log in logs.items():
         assert "Traceback" not in log.read_text(errors="replace"), f"{name}: {log.read_text()}"
+
+
+# --- billing dev without a Stripe key: the local Stripe peer -----------------------------------
+
+DEV_PASSWORD = "a long first-run password 7"  # noqa: S105 (a test account's password)
+
+
+def _buy_starter(base: str, headers: dict[str, str]) -> str:
+    """Start a purchase and pay it with the test Visa, as the portal does; the payment id."""
+    started = httpx.post(f"{base}/api/user-management/credits/purchase", headers=headers,
+                         json={"package_id": "starter", "flow": "payment_intent"}, timeout=30)
+    assert started.status_code == 201, started.text
+    payment_id = started.json()["payment_id"]
+    paid = httpx.post(f"{base}/api/dev/payments/{payment_id}/pay", headers=headers,
+                      json={"card": "visa"}, timeout=30)
+    assert paid.status_code == 200, paid.text
+    return payment_id
+
+
+def _balance(base: str, headers: dict[str, str]) -> int:
+    return httpx.get(f"{base}/api/user-management/credits", headers=headers).json()["balance"]
+
+
+def test_billing_dev_without_a_stripe_key_takes_a_payment_on_its_local_peer(
+    dev: DevHarness,
+) -> None:
+    """A fresh clone's first run: sign up from the console mail, buy, get the credits through
+    the peer's webhook and the worker, spend; the peer is one more supervised child."""
+    run = dev.start()
+    wait_ready(run, dev.base_url)
+    base = dev.base_url
+    assert re.search(r"^  Stripe      http://127\.0\.0\.1:\d+ \(local peer\)$", run.output(),
+                     re.M), run.output()
+    assert httpx.get(f"{base}/account/config.json").json() == {"payments": "test_cards"}
+
+    # The console mail prints the link whole (no quoted-printable), to this run's API.
+    assert httpx.post(f"{base}/api/auth/register", json={
+        "email": "first@example.com", "password": DEV_PASSWORD}).status_code == 201
+    link = wait_for(lambda: re.search(rf"^{re.escape(base)}/auth/confirm\?token=(\S+)$",
+                                      run.output(), re.M), timeout=30, message="the mail")
+    assert "=3D" not in run.output()
+    assert httpx.get(link.group(0)).status_code == 200  # the page the link opens
+    assert httpx.post(f"{base}/api/auth/confirm",
+                      json={"token": link.group(1)}).status_code == 200
+    tokens = httpx.post(f"{base}/api/auth/login", json={
+        "email": "first@example.com", "password": DEV_PASSWORD}).json()
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+
+    payment_id = _buy_starter(base, headers)
+    wait_for(lambda: _balance(base, headers) == 100, timeout=60, interval=0.5,
+             message="the credits, through the peer's webhook and the worker")
+    spent = httpx.post(f"{base}/api/user-management/credits/use", headers=headers,
+                       json={"credits": 10, "endpoint": "/v1/first"})
+    assert spent.status_code == 200 and spent.json()["balance"] == 90
+    receipt = httpx.get(f"{base}/api/user-management/payments/{payment_id}/receipt",
+                        headers=headers, timeout=30).json()
+    assert receipt["card"] == {"brand": "visa", "last4": "4242"}
+
+    # Killed, the peer is restarted with what it knew (the customer) and our webhook.
+    peer = _child(run, "stripe")
+    os.killpg(peer.pid, signal.SIGKILL)
+    wait_for(lambda: _child(run, "stripe").pid != peer.pid, timeout=30, message="a new peer")
+    assert "the stripe process exited unexpectedly" in run.output()
+    wait_for(lambda: httpx.post(f"{base}/api/user-management/credits/purchase",
+                                headers=headers, json={"package_id": "starter",
+                                                       "flow": "payment_intent"},
+                                timeout=30).status_code == 201,
+             timeout=30, interval=0.5, message="the restarted peer to answer")
+    _buy_starter(base, headers)
+    wait_for(lambda: _balance(base, headers) == 190, timeout=60, interval=0.5,
+             message="the second purchase's credits")
+
+    tree = run.tree()
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.wait() == 0, run.output()
+    assert survivors(tree, dev.data_dir) == [], run.output()
