@@ -73,6 +73,15 @@ def sign_in_with_password(page: Page, email: str) -> None:
     expect(heading(page, "Credits")).to_be_visible()
 
 
+def signed_in_page(browser, portal: str, db, email: str) -> tuple[Page, object]:
+    """A page of a confirmed account with a password, signed in on its Credits page."""
+    make_user(db, email=email, password_hash=password_hash(PASSWORD))
+    page, problems = open_page(browser)
+    page.goto(f"{portal}/account/")
+    sign_in_with_password(page, email)
+    return page, problems
+
+
 def access_token(page: Page) -> str:
     """The signed-in tab's access token (kept in its session storage)."""
     return page.evaluate(
@@ -255,10 +264,7 @@ def test_google_signs_in_through_the_auth_google_page(browser, portal, oidc, db,
 def test_email_change_is_confirmed_from_the_new_address_and_undone_from_the_old(
     browser, portal, mailbox, db, celery_worker
 ):
-    make_user(db, email="old@example.com", password_hash=password_hash(PASSWORD))
-    page, problems = open_page(browser)
-    page.goto(f"{portal}/account/")
-    sign_in_with_password(page, "old@example.com")
+    page, problems = signed_in_page(browser, portal, db, "old@example.com")
     page.get_by_role("link", name="Profile").click()
     expect(heading(page, "Profile")).to_be_visible()
 
@@ -305,10 +311,7 @@ def test_email_change_is_confirmed_from_the_new_address_and_undone_from_the_old(
 def test_phone_change_waits_for_its_code_and_sign_out_everywhere_ends_the_sessions(
     browser, portal, sms_box, db, celery_worker
 ):
-    make_user(db, email="lin@example.com", password_hash=password_hash(PASSWORD))
-    page, problems = open_page(browser)
-    page.goto(f"{portal}/account/")
-    sign_in_with_password(page, "lin@example.com")
+    page, problems = signed_in_page(browser, portal, db, "lin@example.com")
     token = access_token(page)
     page.get_by_role("link", name="Profile").click()
     page.get_by_label("New phone number").fill("+14155550199")
@@ -337,10 +340,7 @@ def test_subscription_starts_with_the_test_card_and_cancels_at_period_end(
     assert client.post(f"{API}/admin/plans", json={
         "slug": "team", "name": "Team", "monthly_credits": 1000, "price_cents": 4900},
         headers=auth_headers(admin)).status_code == 201
-    make_user(db, email="sam@example.com", password_hash=password_hash(PASSWORD))
-    page, problems = open_page(browser)
-    page.goto(f"{portal}/account/")
-    sign_in_with_password(page, "sam@example.com")
+    page, problems = signed_in_page(browser, portal, db, "sam@example.com")
     page.get_by_role("link", name="Subscription").click()
     page.get_by_role("button", name=re.compile("^Subscribe to Team")).click()
     expect(page.get_by_role("heading", name="Team plan")).to_be_visible()
