@@ -28,13 +28,13 @@ from api.routes import (
     auth,
     credits,
     dashboard,
+    dev_payments,
     docs,
     health,
     portal,
     profile,
     receipts,
     subscriptions,
-    test_cards,
     webhooks,
 )
 from api.usage_middleware import UsageLogMiddleware
@@ -116,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dashboard.router)
     app.include_router(portal.router)
     if settings.stripe_local_peer:
-        app.include_router(test_cards.router)
+        app.include_router(dev_payments.router)
     if settings.docs_enabled:
         app.include_router(docs.router)
 

@@ -1,6 +1,6 @@
 // Credits: the balance with what was purchased and used, and buying a package. With real
 // Stripe a purchase goes through Stripe Checkout; on the local Stripe peer (development)
-// it is paid here with a test card (see services/test_cards.py).
+// it is paid here with a test card (see services/dev_payments.py).
 
 import { announce, formatMoney, formatNumber, h, message, replace } from "/ui/dom.js";
 import { rememberPending } from "../session.js";

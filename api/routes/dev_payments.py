@@ -1,7 +1,7 @@
 """Development only: pay a purchase with a Stripe test card on the local Stripe peer.
 
 Mounted only when ``BILLING_STRIPE_LOCAL_PEER`` is on (``billing dev`` sets it when it starts
-the peer; refused in production). See ``services/test_cards.py`` for why this exists.
+the peer; refused in production). See ``services/dev_payments.py`` for why this exists.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from fastapi import APIRouter
 
 from api.deps import CurrentUser, SessionDep, SettingsDep
 from api.schemas.credits import PaymentOut, TestCardIn
-from services import test_cards
+from services import dev_payments
 
 router = APIRouter(prefix="/api/dev", tags=["development"])
 
@@ -29,6 +29,6 @@ def pay_with_test_card(
 ) -> PaymentOut:
     """Confirm the purchase's PaymentIntent with a test card, as Stripe.js would; the
     credits arrive later, through the peer's webhook and the event pipeline."""
-    payment = test_cards.pay(session, settings, user_id=user.id, payment_id=payment_id,
+    payment = dev_payments.pay(session, settings, user_id=user.id, payment_id=payment_id,
                              card=body.card)
     return PaymentOut.model_validate(payment)
