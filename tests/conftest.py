@@ -200,8 +200,17 @@ def clean_state(engine, _seed_rows, settings) -> Iterator[None]:
     for attempt in range(5):
         try:
             with engine.begin() as conn:
-                tables = _data_tables(conn)
-                conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+                # DELETE with triggers off (the ledger's append-only trigger, foreign keys)
+                # costs ~1 ms where TRUNCATE of every table cost ~85 ms a test: TRUNCATE
+                # makes new files for each table. Sequences restart as TRUNCATE's RESTART
+                # IDENTITY did.
+                conn.execute(text("SET LOCAL session_replication_role = replica"))
+                for table in _data_tables(conn):
+                    conn.execute(text(f'DELETE FROM "{table}"'))
+                conn.execute(text(
+                    "SELECT setval(format('%I.%I', schemaname, sequencename), start_value, false) "
+                    "FROM pg_sequences WHERE schemaname = 'public'"
+                ))
                 for table, rows in _seed_rows.items():
                     cols = list(rows[0])
                     conn.execute(
@@ -212,7 +221,7 @@ def clean_state(engine, _seed_rows, settings) -> Iterator[None]:
             break
         except OperationalError as exc:
             # The session worker may still be writing the previous test's log batch; its
-            # inserts and this TRUNCATE can deadlock. PostgreSQL aborts one side: go again.
+            # inserts and these deletes can deadlock. PostgreSQL aborts one side: go again.
             if attempt == 4 or not isinstance(exc.orig, psycopg.errors.DeadlockDetected):
                 raise
     client = redis.Redis.from_url(settings.redis_url)
