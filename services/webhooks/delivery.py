@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from db.base import utc_now
 from db.models import WebhookDelivery, WebhookEndpoint
-from services import outbox
+from services import task_queue
 from services.errors import Conflict, NotFound
 from services.pagination import Page, paginate
 from services.webhooks import signing, transport
@@ -146,7 +146,7 @@ def _disable(session: Session, endpoint_id: uuid.UUID, *, reason: str) -> None:
     endpoint.disabled_reason = reason[:200]
     log.warning("webhook endpoint disabled", extra={"endpoint_id": str(endpoint_id),
                                                     "reason": reason})
-    outbox.enqueue(session, NOTIFY_TASK, "endpoint_disabled", str(endpoint_id))
+    task_queue.enqueue(session, NOTIFY_TASK, "endpoint_disabled", str(endpoint_id))
 
 
 def drop(session: Session, claimed: Claimed) -> Outcome:
@@ -180,7 +180,7 @@ def redeliver(session: Session, *, endpoint_id: uuid.UUID, delivery_id: int) -> 
     again = WebhookDelivery(endpoint_id=endpoint_id, event_id=original.event_id)
     session.add(again)
     session.flush()
-    outbox.enqueue(session, DELIVER_TASK, again.id)
+    task_queue.enqueue(session, DELIVER_TASK, again.id)
     return again
 
 

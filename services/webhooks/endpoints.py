@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from db.base import utc_now
 from db.models import WebhookEndpoint
-from services import audit
+from services.admin import audit
 from services.errors import InvalidInput, NotFound
 from services.webhooks import signing, transport
 from services.webhooks.events import ALL, EVENT_TYPES

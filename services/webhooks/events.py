@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from db.models import WebhookEvent
-from services import outbox
+from db.models import Payment, WebhookEvent
+from services import task_queue
 
 EVENT_TYPES = (
     "credits.granted",
@@ -61,5 +61,17 @@ def emit(session: Session, event_type: str, data: dict[str, Any], *,
     session.add(WebhookEvent(id=event_id, type=event_type, user_id=user_id, payload=payload))
     session.flush()
     for delivery_id in session.scalars(_FAN_OUT, {"event_id": event_id, "type": event_type}):
-        outbox.enqueue(session, DELIVER_TASK, delivery_id)
+        task_queue.enqueue(session, DELIVER_TASK, delivery_id)
     return event_id
+
+
+def payment_data(payment: Payment) -> dict[str, Any]:
+    """The ``data`` of a ``payment.*`` event."""
+    return {
+        "payment_id": str(payment.id), "user_id": str(payment.user_id),
+        "status": payment.status, "flow": payment.flow, "package_id": payment.package_id,
+        "amount_cents": payment.amount_cents, "currency": payment.currency,
+        "credits": payment.credits, "refunded_cents": payment.refunded_cents,
+        "credits_refunded": payment.credits_refunded,
+        "failure_reason": payment.failure_reason,
+    }

@@ -11,7 +11,7 @@ import secrets
 import time
 
 HEADER = "Billing-Signature"
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
 DEFAULT_TOLERANCE_S = 300
 
 
