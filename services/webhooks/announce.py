@@ -15,18 +15,22 @@ from services.webhooks import events
 from settings import Settings
 
 
-def payment_succeeded(session: Session, payment: Payment) -> None:
-    """A payment was granted its credits."""
-    events.emit(session, "payment.succeeded", events.payment_data(payment), user_id=payment.user_id)
-    attempts.payment_settled(session, payment)
+def payment_succeeded(session: Session, payment: Payment, *, topup: bool = False) -> None:
+    """A payment was granted its credits (``topup``: Stripe's metadata names a top-up)."""
+    events.emit(session, "payment.succeeded", events.payment_data(payment),
+                user_id=payment.user_id)
+    if topup:
+        attempts.payment_settled(session, payment)
 
 
 def payment_failed(session: Session, settings: Settings, payment: Payment, *,
-                   code: str | None = None) -> None:
-    """A payment was marked failed."""
-    events.emit(session, "payment.failed", events.payment_data(payment), user_id=payment.user_id)
-    attempts.payment_failed(session, payment, code=code, message=payment.failure_reason,
-                            max_failures=settings.topup_max_failures)
+                   code: str | None = None, topup: bool = False) -> None:
+    """A payment was marked failed (``topup``: Stripe's metadata names a top-up)."""
+    events.emit(session, "payment.failed", events.payment_data(payment),
+                user_id=payment.user_id)
+    if topup:
+        attempts.payment_failed(session, payment, code=code, message=payment.failure_reason,
+                                max_failures=settings.topup_max_failures)
 
 
 def payment_refunded(session: Session, payment: Payment) -> None:

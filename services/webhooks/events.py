@@ -8,6 +8,7 @@ the way (broker down, worker killed) is found again by the sweep.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 import uuid
@@ -16,7 +17,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from db.models import Payment, WebhookEvent
+from db.models import Payment
 from services import task_queue
 
 EVENT_TYPES = (
@@ -36,11 +37,21 @@ EVENT_TYPES = (
 ALL = "*"
 DELIVER_TASK = "webhooks.deliver"
 
-_FAN_OUT = text(
+# One round trip: the event and a delivery per subscribed endpoint, nothing when no endpoint
+# wants the type.
+_EMIT = text(
     """
+    WITH targets AS (
+        SELECT id FROM webhook_endpoints
+        WHERE enabled AND deleted_at IS NULL AND (:type = ANY(events) OR '*' = ANY(events))
+    ), event AS (
+        INSERT INTO webhook_events (id, type, user_id, payload)
+        SELECT :event_id, :type, :user_id, CAST(:payload AS jsonb)
+        WHERE EXISTS (SELECT 1 FROM targets)
+        RETURNING id
+    )
     INSERT INTO webhook_deliveries (endpoint_id, event_id)
-    SELECT id, :event_id FROM webhook_endpoints
-    WHERE enabled AND deleted_at IS NULL AND (:type = ANY(events) OR '*' = ANY(events))
+    SELECT targets.id, event.id FROM targets, event
     RETURNING id
     """
 )
@@ -53,14 +64,15 @@ def new_event_id() -> str:
 
 def emit(session: Session, event_type: str, data: dict[str, Any], *,
          user_id: uuid.UUID | None = None) -> str:
-    """Record event ``event_type`` with ``data`` in this transaction; its id."""
+    """Record event ``event_type`` with ``data`` in this transaction (for the endpoints that
+    want it; nothing is stored when none does); its id."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown webhook event type {event_type!r}")
     event_id = new_event_id()
     payload = {"id": event_id, "type": event_type, "created": int(time.time()), "data": data}
-    session.add(WebhookEvent(id=event_id, type=event_type, user_id=user_id, payload=payload))
-    session.flush()
-    for delivery_id in session.scalars(_FAN_OUT, {"event_id": event_id, "type": event_type}):
+    rows = session.scalars(_EMIT, {"event_id": event_id, "type": event_type, "user_id": user_id,
+                                   "payload": json.dumps(payload, default=str)})
+    for delivery_id in rows:
         task_queue.enqueue(session, DELIVER_TASK, delivery_id)
     return event_id
 

@@ -39,6 +39,7 @@ RLS_TABLES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "payment_methods": ("SELECT", "user_id", ("admin",)),
     "auto_topup_settings": ("SELECT, INSERT, UPDATE", "user_id", ("admin",)),
     "topup_attempts": ("SELECT", "user_id", ("admin",)),
+    "balance_crossings": ("SELECT", "user_id", ("admin",)),
     "webhook_endpoints": ("SELECT, INSERT, UPDATE", None, ("admin",)),
     "webhook_events": ("SELECT, INSERT", None, ("admin",)),
     "webhook_deliveries": ("SELECT, INSERT, UPDATE", None, ("admin",)),

@@ -47,6 +47,11 @@ def _session_payment(session: Session, obj: StripeObject) -> Payment:
     return payment
 
 
+def _is_topup(obj: StripeObject) -> bool:
+    """Whether the PaymentIntent is an automatic top-up's (our metadata says so)."""
+    return bool(metadata(obj).get("topup_id"))
+
+
 def _intent_payment(session: Session, obj: StripeObject) -> Payment:
     payment = settlement.find_payment(
         session,
@@ -106,7 +111,7 @@ def intent_succeeded(session: Session, event: Event) -> None:
         amount_cents=received if received is not None else as_int(obj.get("amount")),
         currency=currency(obj),
     ):
-        announce.payment_succeeded(session, payment)
+        announce.payment_succeeded(session, payment, topup=_is_topup(obj))
 
 
 def intent_failed(session: Session, event: Event) -> None:
@@ -120,7 +125,7 @@ def intent_failed(session: Session, event: Event) -> None:
     payment = _intent_payment(session, obj)
     if settlement.fail(session, payment, reason=str(reason) if reason else None):
         announce.payment_failed(session, event.settings, payment,
-                                code=str(code) if code else None)
+                                code=str(code) if code else None, topup=_is_topup(obj))
 
 
 HANDLERS: dict[str, Handler] = {
