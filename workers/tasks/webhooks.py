@@ -21,8 +21,8 @@ def deliver(self: Task, delivery_id: int) -> str:
         claimed = delivery.claim(session, settings, delivery_id)
     if claimed is None:
         return "skipped"
-    with transaction(settings.database_url, acting_as=rls.OWNER) as session:
-        if not claimed.live:
+    if not claimed.live:
+        with transaction(settings.database_url, acting_as=rls.OWNER) as session:
             return delivery.drop(session, claimed).status
     status_code, error = delivery.send(settings, claimed)
     with transaction(settings.database_url, acting_as=rls.OWNER) as session:
