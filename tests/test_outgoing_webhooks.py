@@ -246,3 +246,43 @@ def test_a_worker_killed_mid_delivery_loses_nothing(client, admin_headers, setti
     wait_for(delivered, timeout=20, interval=0.5, message="delivery after the lease")
     assert {e["id"] for e in receiver.events()} == {event_id}  # duplicates carry the same id
     assert len(receiver.events()) >= 2
+
+
+def test_three_days_of_failures_fail_the_delivery_disable_the_endpoint_and_tell_admins(
+        settings, db, client):  # client: its lifespan installs the task sender
+    from datetime import timedelta
+
+    from db.base import utc_now
+    from services import notices
+    from services.webhooks import delivery
+
+    endpoint = WebhookEndpoint(url="https://hooks.example.com/x", events=["*"],
+                               secret=signing.new_secret())
+    db.add(endpoint)
+    db.flush()
+    db.add(WebhookEvent(id="evt_old", type="credits.low", payload={"id": "evt_old"}))
+    db.flush()
+    row = WebhookDelivery(endpoint_id=endpoint.id, event_id="evt_old", attempts=40,
+                          created_at=utc_now() - timedelta(days=3, minutes=1))
+    young = WebhookDelivery(endpoint_id=endpoint.id, event_id="evt_old", attempts=1)
+    db.add_all([row, young])
+    db.commit()
+    with transaction(settings.database_url, acting_as=rls.OWNER) as session:
+        claimed = delivery.claim(session, settings, young.id)
+        assert claimed is not None
+        retry = delivery.record(session, settings, claimed, status_code=500, error="HTTP 500")
+    assert retry.status == "retry" and retry.retry_in_s is not None
+    with transaction(settings.database_url, acting_as=rls.OWNER) as session:
+        claimed = delivery.claim(session, settings, row.id)
+        assert claimed is not None
+        outcome = delivery.record(session, settings, claimed, status_code=500, error="HTTP 500")
+    assert outcome.status == "failed"
+    db.expire_all()
+    assert db.get(WebhookDelivery, row.id).status == "failed"
+    disabled = db.get(WebhookEndpoint, endpoint.id)
+    assert not disabled.enabled and "retry window" in disabled.disabled_reason
+    told = settings.model_copy(update={"admin_emails": ["ops@example.com"]})
+    with transaction(settings.database_url, acting_as=rls.OWNER) as session:
+        mails = notices.render(session, told, kind="endpoint_disabled", ref=str(endpoint.id))
+    assert [m.to for m in mails] == ["ops@example.com"]
+    assert "hooks.example.com" in mails[0].body
