@@ -11,13 +11,17 @@ from db.models.ops import (
     UsageDaily,
 )
 from db.models.stripe import StripeEvent
+from db.models.topup import AutoTopupSettings, BalanceCrossing, SavedPaymentMethod, TopupAttempt
 from db.models.users import AuthIdentity, LoginHistory, OneTimeToken, OtpCode, RefreshToken, User
+from db.models.webhooks import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 __all__ = [
     "AdminActivityLog",
     "AdminStatsSnapshot",
     "ApiUsageLog",
     "AuthIdentity",
+    "AutoTopupSettings",
+    "BalanceCrossing",
     "CreditPackage",
     "CreditTransaction",
     "DailyReport",
@@ -29,8 +33,13 @@ __all__ = [
     "Payment",
     "Plan",
     "RefreshToken",
+    "SavedPaymentMethod",
     "StripeEvent",
     "Subscription",
+    "TopupAttempt",
     "UsageDaily",
     "User",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
 ]
