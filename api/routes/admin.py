@@ -44,7 +44,8 @@ from api.schemas.credits import TransactionOut, TransactionPageOut
 from api.schemas.params import Cursor, IsoDate, Limit, Since, Until
 from db.models.billing import PAYMENT_STATUSES
 from db.models.users import ROLES, SUBSCRIPTION_STATUSES
-from services import admin_users, credits, outbox, payments, reports, stats, usage
+from services import admin_users, outbox, payments, reports, stats, usage
+from services.credits import balance as credits
 from services.errors import NotFound
 
 router = APIRouter(prefix="/api/user-management/admin", tags=["admin"])

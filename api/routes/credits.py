@@ -30,7 +30,8 @@ from api.schemas.credits import (
     TransactionPageOut,
 )
 from api.schemas.params import Cursor, Limit, Since, Until
-from services import credits, packages, payments
+from services import packages, payments
+from services.credits import balance as credits
 from services.errors import NotFound
 
 router = APIRouter(prefix="/api/user-management", tags=["credits"])

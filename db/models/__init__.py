@@ -1,6 +1,7 @@
 """All tables, imported here so that ``Base.metadata`` knows every one."""
 
 from db.models.billing import CreditPackage, CreditTransaction, Payment, Plan, Subscription
+from db.models.grants import CreditGrant, PromoCode, PromoRedemption
 from db.models.ops import (
     AdminActivityLog,
     AdminStatsSnapshot,
@@ -18,6 +19,7 @@ __all__ = [
     "AdminStatsSnapshot",
     "ApiUsageLog",
     "AuthIdentity",
+    "CreditGrant",
     "CreditPackage",
     "CreditTransaction",
     "DailyReport",
@@ -28,6 +30,8 @@ __all__ = [
     "OtpCode",
     "Payment",
     "Plan",
+    "PromoCode",
+    "PromoRedemption",
     "RefreshToken",
     "StripeEvent",
     "Subscription",
