@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from db.aio import AsyncDatabase
 from db.models import CreditTransaction, User
+from services.credits import events
 from services.errors import Conflict, InsufficientCredits, InvalidInput, NotFound
 
 # Kinds that move the "purchased" total, and the one that moves "used".
@@ -159,7 +160,12 @@ def post(
             return None
         _refuse(session, user_id=user_id, amount=amount)
     _sync(session, user_id)
-    return _entry(row, user_id=user_id, amount=amount, kind=kind)
+    entry = _entry(row, user_id=user_id, amount=amount, kind=kind)
+    if entry.grant_id is not None:
+        events.granted(session, events.Granted(
+            user_id=user_id, grant_id=entry.grant_id, transaction_id=entry.id, credits=amount,
+            source=GRANT_SOURCE[kind]))
+    return entry
 
 
 async def spend(
@@ -304,3 +310,8 @@ def _sync(session: Session, user_id: uuid.UUID) -> None:
     user = session.identity_map.get(session.identity_key(User, user_id))
     if user is not None:
         session.expire(user, ["credit_balance", "credits_purchased", "credits_used"])
+
+
+def forget_balance(session: Session, user_id: uuid.UUID) -> None:
+    """Make a loaded ``User`` re-read its balance after a change made by SQL outside ``post``."""
+    _sync(session, user_id)

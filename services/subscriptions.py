@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import stripe
@@ -386,7 +387,21 @@ def grant_invoice(session: Session, invoice: StripeInvoice) -> ledger.Entry | No
         reference_id=invoice.id,
         dedupe_key=f"invoice:{invoice.id}",
         description=f"{grant.credits} credits for plan {grant.plan.slug}",
+        expires_at=None if grant.plan.rollover else _period_end(invoice, row),
     )
+
+
+# When neither the invoice's lines nor the subscription say when the period ends.
+_DEFAULT_PERIOD = timedelta(days=31)
+
+
+def _period_end(invoice: StripeInvoice, row: Subscription | None) -> datetime:
+    """When the credits of a period lapse: the end of the period the invoice bills."""
+    now = utc_now()
+    for end in (invoice.period_end, row.current_period_end if row is not None else None):
+        if end is not None and end > now:
+            return end
+    return now + _DEFAULT_PERIOD
 
 
 def invoice_failed(session: Session, invoice: StripeInvoice, *, event_created: int) -> None:

@@ -80,28 +80,32 @@ BEGIN
 END $$
 """
 
-# The expiry on its own: nothing (not even a lock) when no grant of the user is due.
+# The expiry on its own (the sweep, a read of the balance): the rows it wrote, nothing (not
+# even a lock) when no grant of the user is due. A twin that ran first leaves it nothing.
 _EXPIRE = """
-CREATE FUNCTION expire_grants(p_user uuid) RETURNS integer
+CREATE FUNCTION expire_grants(p_user uuid)
+RETURNS TABLE (transaction_id bigint, grant_id bigint, credits bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_balance bigint;
     v_after bigint;
+    v_keys text[];
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM credit_grants
-                   WHERE user_id = p_user AND remaining > 0 AND expires_at <= now()) THEN
-        RETURN 0;
+    IF NOT EXISTS (SELECT 1 FROM credit_grants cg WHERE cg.user_id = p_user
+                   AND cg.remaining > 0 AND cg.expires_at <= now()) THEN
+        RETURN;
     END IF;
-    SELECT credit_balance INTO v_balance FROM users WHERE id = p_user FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN 0;
+    SELECT u.credit_balance INTO v_balance FROM users u WHERE u.id = p_user FOR UPDATE;
+    SELECT array_agg('expiry:' || cg.id) INTO v_keys FROM credit_grants cg
+    WHERE cg.user_id = p_user AND cg.remaining > 0 AND cg.expires_at <= now();
+    IF v_keys IS NULL THEN
+        RETURN;
     END IF;
     v_after := ledger_expire_locked(p_user, v_balance);
-    IF v_after = v_balance THEN
-        RETURN 0;  -- a twin let them leave while this one waited for the lock
-    END IF;
-    UPDATE users SET credit_balance = v_after WHERE id = p_user;
-    RETURN 1;
+    UPDATE users SET credit_balance = v_after WHERE users.id = p_user;
+    RETURN QUERY
+    SELECT t.id, t.reference_id::bigint, -t.amount FROM credit_transactions t
+    WHERE t.dedupe_key = ANY (v_keys) ORDER BY t.id;
 END $$
 """
 
