@@ -82,6 +82,7 @@ def create_plan(
     price_cents: int,
     currency: str,
     trial_credits: int = 0,
+    rollover: bool = False,
     stripe_price_id: str | None = None,
     stripe_plan_id: str | None = None,
     request_id: str | None = None,
@@ -107,6 +108,7 @@ def create_plan(
         name=name,
         monthly_credits=monthly_credits,
         trial_credits=trial_credits,
+        rollover=rollover,
         price_cents=price_cents,
         currency=currency,
         stripe_price_id=stripe_price_id,
@@ -138,8 +140,9 @@ def update_plan(
     changes: dict[str, Any],
     request_id: str | None = None,
 ) -> Plan:
-    """Rename a plan, change its monthly or trial credits, or retire/restore it (``active``)."""
-    allowed = {"name", "monthly_credits", "trial_credits", "active"}
+    """Rename a plan, change its monthly or trial credits or ``rollover``, or retire/restore it
+    (``active``)."""
+    allowed = {"name", "monthly_credits", "trial_credits", "rollover", "active"}
     unknown = set(changes) - allowed
     if unknown:
         raise InvalidInput(f"cannot change {', '.join(sorted(unknown))}", code="immutable_field")
@@ -166,6 +169,7 @@ def _plan_view(plan: Plan) -> dict[str, Any]:
         "name": plan.name,
         "monthly_credits": plan.monthly_credits,
         "trial_credits": plan.trial_credits or 0,
+        "rollover": bool(plan.rollover),
         "price_cents": plan.price_cents,
         "currency": plan.currency,
         "active": plan.active if plan.active is not None else True,
