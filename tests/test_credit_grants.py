@@ -19,9 +19,9 @@ from db.base import utc_now
 from db.engine import get_sessionmaker
 from db.models import AdminActivityLog, CreditGrant, CreditTransaction, PromoCode
 from db.transaction import transaction
-from services import integrity, ledger, settlement
-from services.credits import grants, promo_codes
+from services.credits import grants, integrity, ledger, promo_codes
 from services.errors import Conflict, InsufficientCredits
+from services.payments import settlement
 from tests.factories import auth_headers, make_payment, make_user
 from tests.support import on_event_loop
 
@@ -355,8 +355,8 @@ def test_a_won_dispute_gives_the_credits_back_on_the_payments_terms(db, settings
 
 @pytest.mark.parametrize("rollover", [False, True])
 def test_subscription_credits_expire_at_the_periods_end_unless_the_plan_rolls_over(db, rollover):
-    from services import subscriptions
-    from services.stripe_objects import InvoiceLine, StripeInvoice
+    from services.payments import subscriptions
+    from services.payments.stripe_objects import InvoiceLine, StripeInvoice
     from tests.factories import make_plan
 
     user = make_user(db)

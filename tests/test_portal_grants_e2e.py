@@ -11,8 +11,7 @@ from playwright.sync_api import expect
 from pydantic import AnyHttpUrl
 
 from db.base import utc_now
-from services import ledger
-from services.credits import promo_codes
+from services.credits import ledger, promo_codes
 from tests.browser import luminance, open_page, overflow, screenshot
 from tests.factories import make_user
 from tests.support import free_port, served

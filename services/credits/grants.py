@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 
 from db.base import utc_now
 from db.models import CreditGrant, User
-from services import audit, ledger
-from services.credits import events
+from services.admin import audit
+from services.credits import events, ledger
 from services.errors import InvalidInput, NotFound
 from services.pagination import Page, paginate
 

@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 
 from db.base import utc_now
 from db.models import CreditGrant, PromoCode, PromoRedemption
-from services import audit, ledger
-from services.credits import grants
+from services.admin import audit
+from services.credits import grants, ledger
 from services.errors import Conflict, InvalidInput, NotFound
 from services.pagination import Page, paginate
 

@@ -7,8 +7,8 @@ from sqlalchemy.exc import OperationalError
 
 from db import rls
 from db.transaction import transaction
-from services import idempotency, integrity
-from services.credits import grants
+from services import idempotency
+from services.credits import grants, integrity
 from workers.app import DbTask, app, settings
 
 
