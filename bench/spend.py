@@ -532,6 +532,7 @@ def baseline_section(c: Comparison, args: argparse.Namespace) -> str:
     """The README's lines for a ``--baseline`` comparison."""
     ours, theirs = (c.median(runs, lambda r: r.result.rps) for runs in (c.ours, c.theirs))
     ours_cpu, theirs_cpu = (c.median(runs, lambda r: r.api_ms) for runs in (c.ours, c.theirs))
+    ours_pg, theirs_pg = (c.median(runs, lambda r: r.pg_ms) for runs in (c.ours, c.theirs))
     return f"""
 ### Against a baseline checkout, same run
 
@@ -541,8 +542,9 @@ so that the machine's load (shared with other work) fell on both alike.
 
 {rounds_table(c, "this checkout", "baseline")}
 
-Medians: **{ours:.0f}** against **{theirs:.0f}** requests/s (**{ours / theirs:.0%}**); API CPU
-per request {ours_cpu:.2f} ms against {theirs_cpu:.2f} ms.
+Medians: **{ours:.0f}** against **{theirs:.0f}** requests/s (**{ours / theirs:.0%}**); CPU per
+request (steadier than the rates on a shared machine): the API {ours_cpu:.2f} ms against
+{theirs_cpu:.2f} ms, PostgreSQL {ours_pg:.2f} ms against {theirs_pg:.2f} ms.
 """
 
 
