@@ -600,3 +600,14 @@ def test_the_migration_turns_each_positive_balance_into_one_grant_exactly(scratc
             assert integrity.check_ledger(session).mismatches == []
             session.rollback()
     engine.dispose()
+
+
+def test_the_admin_user_page_lists_the_users_grants_in_burn_down_order(client, db):
+    admin = make_user(db, role="admin")
+    user = make_user(db)
+    purchase = _post(db, user, 40, kind="purchase")
+    promo = _post(db, user, 5, kind="promo", expires_in=timedelta(days=3))
+    body = client.get(f"{ADMIN}/users/{user.id}", headers=auth_headers(admin)).json()
+    assert [(g["id"], g["source"], g["remaining"], g["priority"], g["expires_at"] is None)
+            for g in body["grants"]] == [(promo, "promo", 5, 10, False),
+                                         (purchase, "purchase", 40, 30, True)]
