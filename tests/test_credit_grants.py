@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import create_engine, func, select, text, update
+from sqlalchemy.orm import Session
 
 from db import rls
 from db.base import utc_now
@@ -596,7 +597,7 @@ def test_the_migration_turns_each_positive_balance_into_one_grant_exactly(scratc
         assert [tuple(r) for r in rows] == [
             ("rich@example.com", "purchase", 1234, 1234, None, 30),
             ("some@example.com", "purchase", 7, 7, None, 30)]
-        with get_sessionmaker(scratch_db)() as session:
+        with Session(conn) as session:  # not the cached engine: the database is dropped after
             assert integrity.check_ledger(session).mismatches == []
             session.rollback()
     engine.dispose()
@@ -611,3 +612,22 @@ def test_the_admin_user_page_lists_the_users_grants_in_burn_down_order(client, d
     assert [(g["id"], g["source"], g["remaining"], g["priority"], g["expires_at"] is None)
             for g in body["grants"]] == [(promo, "promo", 5, 10, False),
                                          (purchase, "purchase", 40, 30, True)]
+
+
+def test_a_grants_history_lists_what_made_spent_and_expired_it_and_only_its_owner_sees_it(
+    client, db, settings
+):
+    user, other = make_user(db), make_user(db)
+    promo = _post(db, user, 10, kind="promo", expires_in=timedelta(days=1))
+    _post(db, user, 50, kind="purchase")
+    first = _spend(settings, user, 4)
+    second = _spend(settings, user, 8)  # the promo's last 6, then 2 of the purchase
+    _spend(settings, user, 1)  # the purchase alone
+    body = client.get(f"{API}/credits/grants/{promo}", headers=auth_headers(user)).json()
+    assert (body["grant"]["status"], body["grant"]["used"]) == ("spent", 10)
+    made = db.scalar(select(CreditTransaction.id).where(CreditTransaction.kind == "promo"))
+    assert [(m["transaction_id"], m["kind"], m["credits"]) for m in body["history"]] == [
+        (second.id, "usage", -6), (first.id, "usage", -4), (made, "promo", 10)]
+    for who, grant_id in ((other, promo), (user, 2**62), (user, 0)):
+        response = client.get(f"{API}/credits/grants/{grant_id}", headers=auth_headers(who))
+        assert response.status_code in (404, 422), response.text

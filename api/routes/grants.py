@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 
 from api.client import AuthContextDep
 from api.deps import AdminUser, CurrentUser, RequestIdDep, SessionDep
@@ -13,8 +13,10 @@ from api.idempotency import IdempotencyDep
 from api.schemas.grants import (
     BonusIn,
     BonusOut,
+    GrantHistoryOut,
     GrantOut,
     GrantPageOut,
+    MovementOut,
     PromoCodeIn,
     PromoCodeOut,
     PromoCodePageOut,
@@ -37,6 +39,24 @@ def list_grants(
     grants.expire_user(session, user.id)
     page = grants.list_grants(session, user_id=user.id, limit=limit, cursor=cursor)
     return GrantPageOut(items=[GrantOut.of(g) for g in page.items], next_cursor=page.next_cursor)
+
+
+@router.get(
+    "/credits/grants/{grant_id}",
+    response_model=GrantHistoryOut,
+    summary="One grant and what took from it",
+    responses={404: {"description": "grant_not_found"}},
+)
+def grant_history(
+    grant_id: Annotated[int, Path(ge=1, le=2**63 - 1)], user: CurrentUser, session: SessionDep
+) -> GrantHistoryOut:
+    """The grant with the ledger entries that made it, spent it, refunded or expired it."""
+    grants.expire_user(session, user.id)
+    grant, moves = grants.history(session, user_id=user.id, grant_id=grant_id)
+    return GrantHistoryOut(
+        grant=GrantOut.of(grant),
+        history=[MovementOut(transaction_id=m.transaction_id, kind=m.kind, credits=m.credits,
+                             created_at=m.created_at) for m in moves])
 
 
 @router.post(

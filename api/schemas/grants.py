@@ -48,6 +48,18 @@ class GrantOut(ActiveGrant):
         )
 
 
+class MovementOut(BaseModel):
+    transaction_id: int
+    kind: str
+    credits: int = Field(description="The signed change of the grant's remaining credits")
+    created_at: datetime
+
+
+class GrantHistoryOut(BaseModel):
+    grant: GrantOut
+    history: list[MovementOut] = Field(description="Newest first, at most 100")
+
+
 class GrantPageOut(BaseModel):
     items: list[GrantOut]
     next_cursor: str | None

@@ -182,6 +182,8 @@ class Payment(Base):
     amount_cents: Mapped[int]
     currency: Mapped[str] = mapped_column(String(3))
     credits: Mapped[int]
+    # Days its credits stay spendable once granted (its package's at purchase); None: always.
+    validity_days: Mapped[int | None] = mapped_column(Integer)
     refunded_cents: Mapped[int] = mapped_column(server_default="0")
     credits_refunded: Mapped[int] = mapped_column(server_default="0")
     dispute_status: Mapped[str | None] = mapped_column(String(8))

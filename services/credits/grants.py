@@ -8,6 +8,7 @@ user's row lock ordering it against spends and against a twin sweep).
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -43,6 +44,30 @@ _ACTIVE = (
 )
 
 
+# The ledger rows that changed one grant, newest first: the user's rows since the grant was
+# made whose ``grants`` name it.
+_MOVEMENTS = text(
+    """
+    SELECT t.id AS transaction_id, t.kind, t.created_at, (e->>'credits')::bigint AS credits
+    FROM credit_transactions t CROSS JOIN LATERAL jsonb_array_elements(t.grants) e
+    WHERE t.user_id = :user_id AND t.created_at >= :since
+      AND t.grants @> CAST(:needle AS jsonb) AND (e->>'grant_id')::bigint = :grant_id
+    ORDER BY t.id DESC
+    LIMIT :limit
+    """
+)
+
+
+@dataclass(frozen=True)
+class Movement:
+    """What one ledger entry did to a grant: ``credits`` is the signed change of remaining."""
+
+    transaction_id: int
+    kind: str
+    credits: int
+    created_at: datetime
+
+
 @dataclass(frozen=True)
 class Bonus:
     grant: CreditGrant
@@ -67,6 +92,22 @@ def list_grants(
     """Every grant of ``user_id``, spent and expired too, newest first."""
     stmt = select(CreditGrant).where(CreditGrant.user_id == user_id)
     return paginate(session, stmt, key=(CreditGrant.id,), limit=limit, cursor=cursor)
+
+
+def history(
+    session: Session, *, user_id: uuid.UUID, grant_id: int, limit: int = 100
+) -> tuple[CreditGrant, list[Movement]]:
+    """One grant of ``user_id`` and the ledger entries that changed it, newest first."""
+    grant = session.scalar(select(CreditGrant).where(CreditGrant.id == grant_id,
+                                                     CreditGrant.user_id == user_id))
+    if grant is None:
+        raise NotFound("no such grant", code="grant_not_found")
+    rows = session.execute(_MOVEMENTS, {
+        "user_id": user_id, "since": grant.created_at, "grant_id": grant_id, "limit": limit,
+        "needle": json.dumps([{"grant_id": grant_id}]),
+    }).all()
+    return grant, [Movement(transaction_id=r.transaction_id, kind=r.kind, credits=r.credits,
+                            created_at=r.created_at) for r in rows]
 
 
 def expire_user(session: Session, user_id: uuid.UUID) -> list[events.Expired]:

@@ -21,7 +21,7 @@ from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from db.base import utc_now
-from db.models import CreditPackage, CreditTransaction, Payment, User
+from db.models import CreditTransaction, Payment, User
 from services.credits import grants, ledger
 from services.credits.ledger import Entry
 from services.payments.stripe_objects import NotReady, Rejected, Skip
@@ -140,9 +140,7 @@ def settle(
     payment.status = "succeeded"
     payment.succeeded_at = utc_now()
     payment.failure_reason = None
-    validity = session.scalar(
-        select(CreditPackage.validity_days).where(CreditPackage.id == payment.package_id)
-    ) if payment.package_id else None
+    validity = payment.validity_days
     entry = ledger.post(
         session,
         user_id=payment.user_id,

@@ -12,6 +12,9 @@ the debit is covered, burns grants (or makes the credit's grant), updates the ba
 appends the ledger row with the grants it changed. ``expire_grants`` is the expiry on its
 own (the scheduled sweep, and reads of a balance).
 
+Packages gain ``validity_days`` (copied onto each payment at purchase: the terms it was
+bought on) and plans ``rollover``.
+
 Each existing positive balance becomes one grant (source ``purchase``, no expiry) of exactly
 that balance, so for every user: balance = sum of the grants' remaining − debt (a negative
 balance is the debt; a user in debt holds no credits in grants).
@@ -214,6 +217,7 @@ def upgrade() -> None:
         op.f("ck_credit_packages_validity_positive"), "credit_packages",
         "validity_days IS NULL OR validity_days > 0",
     )
+    op.add_column("payments", sa.Column("validity_days", sa.Integer(), nullable=True))
     op.add_column(
         "plans", sa.Column("rollover", sa.Boolean(), server_default=sa.text("false"),
                            nullable=False)
@@ -358,5 +362,6 @@ def downgrade() -> None:
     )
     op.drop_column("credit_transactions", "grants")
     op.drop_column("plans", "rollover")
+    op.drop_column("payments", "validity_days")
     op.drop_constraint(op.f("ck_credit_packages_validity_positive"), "credit_packages", type_="check")
     op.drop_column("credit_packages", "validity_days")
