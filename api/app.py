@@ -31,6 +31,7 @@ from api.routes import (
     dashboard,
     dev_payments,
     docs,
+    grants,
     health,
     portal,
     profile,
@@ -111,6 +112,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(credits.router)
     app.include_router(receipts.router)
     app.include_router(admin_credits.router)
+    app.include_router(grants.router)
+    app.include_router(grants.admin_router)
     app.include_router(admin.router)
     app.include_router(webhooks.router)
     app.include_router(subscriptions.router)

@@ -63,31 +63,19 @@ from db.engine import libpq_url
 
 BALANCE = 10**12  # never runs out during a run
 
-# The ledger's spend, as services/credits/ledger.py issues it, for user number :n.
+# The ledger's spend, as services/credits/ledger.py issues it (the function of migration
+# 0004), for user number :n.
 PGBENCH_SCRIPT = """\
 \\set n random(1, {users})
 BEGIN;
-WITH changed AS (
-    UPDATE users
-    SET credit_balance = credit_balance + -1,
-        credits_purchased = credits_purchased + 0,
-        credits_used = credits_used + 1
-    WHERE id = ('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid
-      AND (false OR -1 > 0 OR credit_balance + -1 >= 0)
-      AND (is_active OR NOT true)
-      AND (CAST(NULL AS text) IS NULL OR NOT EXISTS (
-          SELECT 1 FROM credit_transactions WHERE dedupe_key = NULL))
-    RETURNING credit_balance
-)
-INSERT INTO credit_transactions
-    (user_id, amount, kind, balance_after, reference_type, reference_id,
-     dedupe_key, description, endpoint)
-SELECT ('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid, -1, 'usage',
-       changed.credit_balance, NULL, NULL, NULL, 'bench', '/v1/bench'
-FROM changed
-RETURNING id, balance_after, created_at;
+SELECT id, balance_after, created_at, grant_id FROM ledger_post(
+    ('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid, -1, 'usage', 0, 1,
+    false, true, NULL, NULL, NULL, 'bench', '/v1/bench', NULL, NULL, NULL, NULL, NULL);
 END;
 """
+# Three grants per user (``--grants``): a promo and a subscription grant that expire, and a
+# purchase that does not; each holds more than a run spends.
+THREE_GRANTS = (("promo", 30), ("subscription_grant", 31), ("purchase", None))
 
 
 def user_id(n: int) -> uuid.UUID:
@@ -109,14 +97,19 @@ def recreate_database(url: str) -> str:
     return rendered
 
 
-def seed_users(database_url: str, count: int) -> None:
-    """``count`` confirmed users, each granted ``BALANCE`` credits through the ledger."""
+def seed_users(database_url: str, count: int, *, first: int = 1,
+               three_grants: bool = False) -> None:
+    """``count`` confirmed users from number ``first``, each granted ``BALANCE`` credits through
+    the ledger: in one grant, or with ``three_grants`` in each of ``THREE_GRANTS``."""
+    from datetime import timedelta
+
     from db import rls
+    from db.base import utc_now
     from db.transaction import transaction
     from services.credits import ledger
 
     with transaction(database_url, acting_as=rls.OWNER) as session:
-        for n in range(1, count + 1):
+        for n in range(first, first + count):
             session.execute(
                 text(
                     "INSERT INTO users (id, email, role, is_active, email_confirmed_at) "
@@ -124,8 +117,23 @@ def seed_users(database_url: str, count: int) -> None:
                 ),
                 {"id": user_id(n), "email": f"bench{n}@example.com"},
             )
-            ledger.post(session, user_id=user_id(n), amount=BALANCE, kind="bonus",
-                        reference_type="bench")
+            grants = THREE_GRANTS if three_grants else (("bonus", None),)
+            for kind, days in reversed(grants):  # the purchase is the oldest
+                ledger.post(session, user_id=user_id(n), amount=BALANCE, kind=kind,
+                            reference_type="bench",
+                            expires_at=utc_now() + timedelta(days=days) if days else None)
+
+
+def write_tokens(path: Path, jwt_secret: str, users: range) -> Path:
+    """One access token per line for ``users`` (bench user numbers)."""
+    from services.auth.tokens import create_access_token
+    from settings import Settings
+
+    token_settings = Settings(jwt_secret=jwt_secret)
+    path.write_text("\n".join(
+        create_access_token(token_settings, user_id=user_id(n), role="user") for n in users
+    ) + "\n")
+    return path
 
 
 def api_env(database_url: str, redis_url: str, jwt_secret: str, log_level: str) -> dict[str, str]:
@@ -262,6 +270,26 @@ def compare(ours: Side, theirs: Side, tokens: Path, database_url: str,
     return result
 
 
+def across_grants(env: dict[str, str], one: Path, three: Path, database_url: str,
+                  args: argparse.Namespace) -> Comparison:
+    """One API; peak runs alternate between users holding three grants and users holding
+    one (three first), so the machine's load falls on both alike."""
+    result = Comparison([], [])
+    with serving(Side("this checkout", env), args.workers) as (api, url):
+        meter = CpuMeter(api, database_url)
+        for tokens in (three, one):  # warm-up
+            wrk(url, tokens, connections=args.connections, seconds=3)
+        for _ in range(args.rounds):
+            for label, tokens, runs in (("three grants", three, result.ours),
+                                        ("one grant", one, result.theirs)):
+                run = measured(meter, lambda tokens=tokens: wrk(
+                    url, tokens, connections=args.connections, seconds=args.seconds))
+                runs.append(run)
+                print(f"  {label}: {run.result.rps:.0f} req/s; CPU per request: API "
+                      f"{run.api_ms:.3f} ms, PostgreSQL {run.pg_ms:.3f} ms", flush=True)
+    return result
+
+
 def through_pgbouncer(env: dict[str, str], tokens: Path, database_url: str,
                       args: argparse.Namespace) -> tuple[Comparison, PgBouncer]:
     """This checkout's API through PgBouncer (transaction pooling) against it direct."""
@@ -304,6 +332,12 @@ def main() -> None:
     parser.add_argument("--pgbouncer", action="store_true",
                         help="also measure this API through PgBouncer (transaction pooling) "
                              "against it direct, alternating peak runs")
+    parser.add_argument("--grants", action="store_true",
+                        help="also measure spends of users holding three grants (promo, "
+                             "subscription, purchase) against users holding one, alternating")
+    parser.add_argument("--comparisons-only", action="store_true",
+                        help="run only --baseline/--pgbouncer/--grants and write their own "
+                             "section (spend-comparisons) of bench/README.md")
     parser.add_argument("--rounds", type=int, default=5,
                         help="alternating peak runs of each API with --baseline or --pgbouncer")
     args = parser.parse_args()
@@ -315,22 +349,21 @@ def main() -> None:
     )
     redis_url = os.environ.get("BILLING_BENCH_REDIS_URL", "redis://127.0.0.1:6379/3")
     seed_users(database_url, args.users)
+    if args.grants:
+        seed_users(database_url, args.users, first=args.users + 1, three_grants=True)
     jwt_secret = uuid.uuid4().hex * 2
     env = api_env(database_url, redis_url, jwt_secret, args.log_level)
 
-    from services.auth.tokens import create_access_token
-    from settings import Settings
-
-    token_settings = Settings(jwt_secret=jwt_secret)
     workdir = Path(tempfile.mkdtemp(prefix="billing-bench-"))
-    tokens = workdir / "tokens.txt"
-    tokens.write_text("\n".join(
-        create_access_token(token_settings, user_id=user_id(n), role="user")
-        for n in range(1, args.users + 1)
-    ) + "\n")
+    tokens = write_tokens(workdir / "tokens.txt", jwt_secret, range(1, args.users + 1))
 
     load_before = os.getloadavg()
-    comparison = pooling = None
+    comparison = pooling = grants = None
+    if args.grants:
+        three = write_tokens(workdir / "tokens-three.txt", jwt_secret,
+                             range(args.users + 1, 2 * args.users + 1))
+        print(f"three grants vs one grant, {args.rounds} alternating rounds:", flush=True)
+        grants = across_grants(env, tokens, three, database_url, args)
     if args.baseline is not None:
         print(f"this checkout vs {args.baseline}, {args.rounds} alternating rounds:", flush=True)
         comparison = compare(Side("this checkout", env),
@@ -339,6 +372,26 @@ def main() -> None:
     if args.pgbouncer:
         print(f"through PgBouncer vs direct, {args.rounds} alternating rounds:", flush=True)
         pooling = through_pgbouncer(env, tokens, database_url, args)
+    if args.comparisons_only:
+        redis.Redis.from_url(redis_url).delete("billing:logs:usage")
+        drift, negative = check_ledger(database_url)
+        shutil.rmtree(workdir, ignore_errors=True)
+        command = " ".join(["python -m bench.spend", *sys.argv[1:]])
+        section = (f"## Spend: comparisons in one run\n\n`{command}` — measured "
+                   f"{time.strftime('%Y-%m-%d', time.gmtime())} on {os.cpu_count()} cores "
+                   f"(load average before the run {load_before[0]:.1f}; the machine is "
+                   f"shared). After the run: {drift} users whose balance differs from their "
+                   f"ledger sum, {negative} negative `balance_after` rows.\n")
+        if grants is not None:
+            section += grants_section(grants, args)
+        if comparison is not None:
+            section += baseline_section(comparison, args)
+        if pooling is not None:
+            section += pgbouncer_section(*pooling, args)
+        print(section)
+        if not args.no_readme:
+            write_section("spend-comparisons", section)
+        return
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     api = start_api(env, port, args.workers)
@@ -456,6 +509,8 @@ and PostgreSQL {floor_pg_ms:.2f} ms per request and reaches {floor_ratio:.0%} of
 a spend costs as a FastAPI route on psycopg before any of the product's own work, so the
 ratio no change to that work can lift the route above.
 """
+    if grants is not None:
+        section += grants_section(grants, args)
     if comparison is not None:
         section += baseline_section(comparison, args)
     if pooling is not None:
@@ -477,6 +532,7 @@ def baseline_section(c: Comparison, args: argparse.Namespace) -> str:
     """The README's lines for a ``--baseline`` comparison."""
     ours, theirs = (c.median(runs, lambda r: r.result.rps) for runs in (c.ours, c.theirs))
     ours_cpu, theirs_cpu = (c.median(runs, lambda r: r.api_ms) for runs in (c.ours, c.theirs))
+    ours_pg, theirs_pg = (c.median(runs, lambda r: r.pg_ms) for runs in (c.ours, c.theirs))
     return f"""
 ### Against a baseline checkout, same run
 
@@ -486,8 +542,30 @@ so that the machine's load (shared with other work) fell on both alike.
 
 {rounds_table(c, "this checkout", "baseline")}
 
-Medians: **{ours:.0f}** against **{theirs:.0f}** requests/s (**{ours / theirs:.0%}**); API CPU
-per request {ours_cpu:.2f} ms against {theirs_cpu:.2f} ms.
+Medians: **{ours:.0f}** against **{theirs:.0f}** requests/s (**{ours / theirs:.0%}**); CPU per
+request (steadier than the rates on a shared machine): the API {ours_cpu:.2f} ms against
+{theirs_cpu:.2f} ms, PostgreSQL {ours_pg:.2f} ms against {theirs_pg:.2f} ms.
+"""
+
+
+def grants_section(c: Comparison, args: argparse.Namespace) -> str:
+    """The README's lines for the ``--grants`` comparison."""
+    three, one = (c.median(runs, lambda r: r.result.rps) for runs in (c.ours, c.theirs))
+    (three_pg, one_pg) = (c.median(runs, lambda r: r.pg_ms) for runs in (c.ours, c.theirs))
+    return f"""
+### Three grants against one, same run
+
+`--grants`: one API; {args.users} more users each hold three grants (a promo grant expiring in
+30 days, priority 10; a subscription grant expiring in 31 days, priority 20; a purchase that
+never expires, priority 30), and peak runs ({args.seconds} s, wrk {args.connections}
+connections) alternate between their tokens and the one-grant users' tokens, three first.
+Every spend of a three-grant user runs the function's lazy-expiry probe over its three grants
+and the burn-down over the three in order (taking from the promo grant, the others behind it).
+
+{rounds_table(c, "three grants", "one grant")}
+
+Medians: **{three:.0f}** against **{one:.0f}** requests/s (**{three / one:.0%}**, target
+≥ 90%); PostgreSQL CPU per request {three_pg:.2f} ms against {one_pg:.2f} ms.
 """
 
 

@@ -68,6 +68,7 @@ def make_payment(
     payment = Payment(
         id=uuid.uuid4(), user_id=user.id, package_id=package.id, flow=flow, status="pending",
         amount_cents=package.price_cents, currency=package.currency, credits=package.credits,
+        validity_days=package.validity_days,
     )
     intent_id, charge_id = f"pi_test{uuid.uuid4().hex[:20]}", f"ch_test{uuid.uuid4().hex[:20]}"
     if stripe_client is not None:

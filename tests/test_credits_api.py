@@ -32,11 +32,11 @@ def _ledger_rows(db) -> int:
 def test_balance_reports_balance_purchased_and_used(client, db):
     user = make_user(db, credits=40)
     client.post(f"{API}/credits/use", json={"credits": 15}, headers=auth_headers(user))
-    assert client.get(f"{API}/credits", headers=auth_headers(user)).json() == {
-        "balance": 25,
-        "purchased": 0,
-        "used": 15,
-    }
+    body = client.get(f"{API}/credits", headers=auth_headers(user)).json()
+    grant = body.pop("grants")
+    assert body == {"balance": 25, "purchased": 0, "used": 15, "held": 0, "available": 25}
+    assert [(g["source"], g["remaining"], g["priority"], g["expires_at"]) for g in grant] == [
+        ("bonus", 25, 10, None)]
 
 
 def test_credits_routes_need_a_signed_in_user(client):
@@ -48,7 +48,8 @@ def test_packages_are_public_and_list_only_active_ones_in_order(client, db):
     listed = client.get(f"{API}/credit-packages").json()
     assert [p["id"] for p in listed] == ["starter", "pro", "enterprise"]
     assert listed[0] == {
-        "id": "starter", "name": "Starter", "credits": 100, "price_cents": 1500, "currency": "USD"
+        "id": "starter", "name": "Starter", "credits": 100, "price_cents": 1500, "currency": "USD",
+        "validity_days": None,
     }
 
 

@@ -40,6 +40,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": "maintenance.check_ledger",
             "schedule": float(settings.integrity_check_interval_s),
         },
+        # Reads of a balance and every ledger change expire a user's grants on the way; this
+        # catches the accounts nobody touches.
+        "credits-expire-grants": {
+            "task": "credits.expire_grants", "schedule": 60.0, "options": {"expires": 60},
+        },
         "stripe-sweep": {
             "task": "stripe.sweep",
             "schedule": float(settings.event_sweep_interval_s),

@@ -203,6 +203,27 @@ function loginsTable(items) {
   });
 }
 
+const SOURCES = {
+  purchase: "Purchase", subscription: "Subscription", bonus: "Bonus", promo: "Promo code",
+  admin: "Adjustment",
+};
+
+/** The grants holding the balance, in the order spends burn them, and when each expires. */
+function grantsTable(items) {
+  return table({
+    caption: "Credit grants, in the order spends use them",
+    rows: items,
+    empty: "No credits held.",
+    columns: [
+      { label: "Grant", cell: (g) => `#${g.id}` },
+      { label: "Source", cell: (g) => SOURCES[g.source] || g.source },
+      { label: "Priority", numeric: true, cell: (g) => String(g.priority) },
+      { label: "Remaining", numeric: true, cell: (g) => formatNumber(g.remaining) },
+      { label: "Expires", cell: (g) => (g.expires_at ? timeEl(g.expires_at) : "never") },
+    ],
+  });
+}
+
 function section(id, title, ...content) {
   return h("section", { class: "panel", "aria-labelledby": id },
     h("h2", { id, text: title }), ...content);
@@ -432,6 +453,7 @@ export async function userView(ctx) {
             await Promise.all([loadTransactions(null), loadAudit()]);
           },
         })),
+      section("user-grants-title", "Credit grants", grantsTable(detail.grants || [])),
       section("user-payments-title", "Payments", paymentsTable(detail.payments)),
       section("user-tx-title", "Transactions", txBox),
       section("user-usage-title", "Recent usage", usageTable(detail.recent_usage)),

@@ -40,13 +40,14 @@ from api.schemas.admin import (
     UsagePageOut,
     UsageRecordOut,
 )
-from api.schemas.credits import TransactionOut, TransactionPageOut
+from api.schemas.credits import ActiveGrant, TransactionOut, TransactionPageOut
 from api.schemas.params import Cursor, IsoDate, Limit, Since, Until
 from db.models.billing import PAYMENT_STATUSES
 from db.models.users import ROLES, SUBSCRIPTION_STATUSES
 from services import task_queue
 from services.admin import users as admin_users
 from services.credits import balance as credits
+from services.credits import grants
 from services.errors import NotFound
 from services.logs import usage
 from services.payments import purchases as payments
@@ -90,6 +91,7 @@ def get_user(user_id: uuid.UUID, admin: AdminUser, session: SessionDep) -> Admin
         if detail.subscription else None,
         recent_usage=[UsageRecordOut.model_validate(u) for u in detail.recent_usage],
         recent_logins=[LoginOut.model_validate(x) for x in detail.recent_logins],
+        grants=[ActiveGrant.model_validate(g) for g in grants.active(session, user_id)],
     )
 
 

@@ -91,6 +91,7 @@ def create_package(
             price_cents=body.price_cents,
             currency=body.currency,
             sort_order=body.sort_order,
+            validity_days=body.validity_days,
             request_id=request_id,
         )
         return AdminPackageOut.model_validate(package)

@@ -89,6 +89,7 @@ def create_plan(
         name=body.name,
         monthly_credits=body.monthly_credits,
         trial_credits=body.trial_credits,
+        rollover=body.rollover,
         price_cents=body.price_cents,
         currency=body.currency,
         stripe_price_id=body.stripe_price_id,

@@ -17,6 +17,7 @@ from api.deps import (
 )
 from api.idempotency import IdempotencyDep, replay
 from api.schemas.credits import (
+    ActiveGrant,
     BalanceOut,
     LedgerKind,
     PackageOut,
@@ -31,7 +32,7 @@ from api.schemas.credits import (
 )
 from api.schemas.params import Cursor, Limit, Since, Until
 from services.credits import balance as credits
-from services.credits import packages
+from services.credits import grants, packages
 from services.errors import NotFound
 from services.payments import purchases as payments
 
@@ -42,9 +43,17 @@ _IDEMPOTENT = {409: {"description": "Idempotency-Key reused with another body, o
 
 @router.get("/credits", response_model=BalanceOut, summary="The balance and its totals")
 def get_credits(user: CurrentUser, session: SessionDep) -> BalanceOut:
-    """The stored balance with the credits ever purchased and used."""
+    """The balance with the credits ever purchased and used, what is held and available, and
+    the grants that hold it (in the order spends burn them). Grants whose expiry has passed
+    leave first (their ``expiry`` ledger rows), so the balance never counts them."""
+    grants.expire_user(session, user.id)
     s = credits.summary(session, user.id)
-    return BalanceOut(balance=s.balance, purchased=s.purchased, used=s.used)
+    held = grants.held(session, user.id)
+    return BalanceOut(
+        balance=s.balance, purchased=s.purchased, used=s.used, held=held,
+        available=s.balance - held,
+        grants=[ActiveGrant.model_validate(g) for g in grants.active(session, user.id)],
+    )
 
 
 @router.get("/credit-packages", response_model=list[PackageOut], summary="Packages for sale")

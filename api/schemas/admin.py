@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
+from api.schemas.credits import ActiveGrant
+
 
 class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -117,6 +119,7 @@ class AdminUserDetailOut(BaseModel):
     subscription: SubscriptionOut | None
     recent_usage: list[UsageRecordOut]
     recent_logins: list[LoginOut]
+    grants: list[ActiveGrant] = []  # held credits, in burn-down order, with their expiry
 
 
 class ActivationIn(BaseModel):

@@ -28,10 +28,32 @@ class _In(BaseModel):
 # --- user -------------------------------------------------------------------------------------
 
 
+class GrantRef(BaseModel):
+    """What a ledger entry did to one grant: the signed change of its remaining credits."""
+
+    grant_id: int
+    credits: int
+
+
+class ActiveGrant(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    source: str
+    remaining: int
+    expires_at: datetime | None
+    priority: int
+
+
 class BalanceOut(BaseModel):
     balance: int
     purchased: int
     used: int
+    held: int = Field(0, description="Reserved by open holds")
+    available: int = Field(0, description="What a spend may take now: balance less held")
+    grants: list[ActiveGrant] = Field(
+        default_factory=list, description="Grants holding credits, in the order spends burn them"
+    )
 
 
 class SpendIn(_In):
@@ -53,6 +75,7 @@ class PackageOut(BaseModel):
     credits: int
     price_cents: int
     currency: str
+    validity_days: int | None = None
 
 
 class AdminPackageOut(PackageOut):
@@ -90,6 +113,8 @@ class TransactionOut(BaseModel):
     endpoint: str | None
     reference_type: str | None
     reference_id: str | None
+    grants: list[GrantRef] | None = Field(
+        None, description="The grants the entry took from (negative) or made (positive)")
     created_at: datetime
 
 
@@ -171,6 +196,8 @@ class PackageCreateIn(_In):
     price_cents: Cents
     currency: Currency = "USD"
     sort_order: Annotated[int, Field(strict=True, ge=0, le=10_000)] = 0
+    validity_days: Annotated[int, Field(strict=True, gt=0, le=36_500)] | None = Field(
+        None, description="Days its credits stay spendable after the purchase; none: always")
 
 
 class PackagePriceIn(_In):

@@ -43,6 +43,7 @@ class PlanOut(BaseModel):
     name: str
     monthly_credits: int
     trial_credits: int
+    rollover: bool = False
     price_cents: int
     currency: str
 
@@ -59,6 +60,8 @@ class PlanCreateIn(_In):
     name: Name
     monthly_credits: MonthlyCredits
     trial_credits: TrialCredits = 0
+    rollover: Annotated[bool, Field(strict=True, description=(
+        "Unspent credits of a period carry over; false: they expire at the period's end"))] = False
     price_cents: Annotated[int, Field(strict=True, gt=0, le=100_000_000)]
     currency: Currency = "USD"
     stripe_price_id: StripeId | None = Field(
@@ -71,6 +74,7 @@ class PlanUpdateIn(_In):
     name: Name | None = None
     monthly_credits: MonthlyCredits | None = None
     trial_credits: TrialCredits | None = None
+    rollover: Annotated[bool, Field(strict=True)] | None = None
     active: Annotated[bool, Field(strict=True)] | None = None
 
 

@@ -1,6 +1,7 @@
 """All tables, imported here so that ``Base.metadata`` knows every one."""
 
 from db.models.billing import CreditPackage, CreditTransaction, Payment, Plan, Subscription
+from db.models.grants import CreditGrant, PromoCode, PromoRedemption
 from db.models.ops import (
     AdminActivityLog,
     AdminStatsSnapshot,
@@ -22,6 +23,7 @@ __all__ = [
     "AuthIdentity",
     "AutoTopupSettings",
     "BalanceCrossing",
+    "CreditGrant",
     "CreditPackage",
     "CreditTransaction",
     "DailyReport",
@@ -32,6 +34,8 @@ __all__ = [
     "OtpCode",
     "Payment",
     "Plan",
+    "PromoCode",
+    "PromoRedemption",
     "RefreshToken",
     "SavedPaymentMethod",
     "StripeEvent",

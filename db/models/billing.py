@@ -31,6 +31,10 @@ LEDGER_KINDS = (
     "subscription_grant",
     "dispute",
     "dispute_reversal",
+    "promo",
+    "expiry",
+    "hold_capture",
+    "refund_reversal",
 )
 PAYMENT_STATUSES = (
     "pending",
@@ -54,6 +58,7 @@ class CreditPackage(Base):
         CheckConstraint("credits > 0", name="credits_positive"),
         CheckConstraint("price_cents >= 0", name="price_non_negative"),
         CheckConstraint(f"currency {CURRENCY_CHECK}", name="currency_iso"),
+        CheckConstraint("validity_days IS NULL OR validity_days > 0", name="validity_positive"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -62,6 +67,8 @@ class CreditPackage(Base):
     price_cents: Mapped[int]
     currency: Mapped[str] = mapped_column(String(3), server_default="USD")
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    # Days a purchase's credits stay spendable; None: they never expire.
+    validity_days: Mapped[int | None] = mapped_column(Integer)
     sort_order: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = created_at()
     updated_at: Mapped[datetime] = updated_at()
@@ -89,6 +96,8 @@ class Plan(Base):
     currency: Mapped[str] = mapped_column(String(3), server_default="USD")
     stripe_price_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     stripe_plan_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # False: a period's credits expire at the period's end; true: they carry over.
+    rollover: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     created_at: Mapped[datetime] = created_at()
     updated_at: Mapped[datetime] = updated_at()
@@ -128,6 +137,8 @@ class CreditTransaction(Base):
     dedupe_key: Mapped[str | None] = mapped_column(String(300))
     description: Mapped[str | None] = mapped_column(String(500))
     endpoint: Mapped[str | None] = mapped_column(String(255))
+    # The grants the entry changed: [{"grant_id": id, "credits": signed change of remaining}].
+    grants: Mapped[list | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = created_at()
 
 
@@ -171,6 +182,8 @@ class Payment(Base):
     amount_cents: Mapped[int]
     currency: Mapped[str] = mapped_column(String(3))
     credits: Mapped[int]
+    # Days its credits stay spendable once granted (its package's at purchase); None: always.
+    validity_days: Mapped[int | None] = mapped_column(Integer)
     refunded_cents: Mapped[int] = mapped_column(server_default="0")
     credits_refunded: Mapped[int] = mapped_column(server_default="0")
     dispute_status: Mapped[str | None] = mapped_column(String(8))

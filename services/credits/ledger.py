@@ -3,8 +3,12 @@
 Every change is one SQL statement that updates the user's balance (and the
 purchased/used totals) and appends the ``credit_transactions`` row carrying the
 resulting ``balance_after``: the stored balance always equals the ledger sum.
-A debit that must not overdraw is a conditional update (``WHERE credit_balance
-+ :amount >= 0``), so concurrent spends cannot overspend. A ``dedupe_key``
+Credits are held in grants (``credit_grants``): a credit makes one, a debit burns them by
+priority, soonest expiry, then age, and expired remainders leave through ``expiry`` rows;
+for every user, balance = sum of the grants' remaining − debt (a negative balance). The
+statement is a server-side function (migration 0004) that takes the user's row lock first,
+so concurrent spends queue there and cannot overspend; a debit that must not overdraw and
+is not covered changes nothing. A ``dedupe_key``
 (unique in the ledger) makes a change happen at most once per cause.
 
 Two ways in, one statement: ``spend`` (usage, from the event loop through ``db.aio``: the
@@ -26,36 +30,42 @@ from sqlalchemy.orm import Session
 
 from db.aio import AsyncDatabase
 from db.models import CreditTransaction, User
+from services.credits import events
 from services.errors import Conflict, InsufficientCredits, InvalidInput, NotFound
 
 # Kinds that move the "purchased" total, and the one that moves "used".
 PURCHASED_KINDS = frozenset(
-    {"purchase", "subscription_grant", "refund", "dispute", "dispute_reversal"}
+    {"purchase", "subscription_grant", "refund", "dispute", "dispute_reversal",
+     "refund_reversal"}
 )
 USAGE_KIND = "usage"
 MAX_CREDITS = 2**31 - 1
+# The grant a credit of each kind makes, and its default priority (lower burns first).
+GRANT_SOURCE = {
+    "purchase": "purchase",
+    "subscription_grant": "subscription",
+    "bonus": "bonus",
+    "promo": "promo",
+    "admin_adjustment": "admin",
+    "dispute_reversal": "purchase",
+    "refund_reversal": "purchase",
+}
+DEFAULT_PRIORITY = {"promo": 10, "bonus": 10, "subscription": 20, "purchase": 30, "admin": 30}
 
+# Every change is this one call of the server-side function of migration 0004: it locks the
+# user's row, lets expired grants leave (their ``expiry`` rows), refuses an uncovered debit,
+# burns grants (or makes the credit's grant), updates the balance and appends the ledger row
+# with the grants it changed. One statement, one round trip.
 _POST = text(
     """
-    WITH changed AS (
-        UPDATE users
-        SET credit_balance = credit_balance + :amount,
-            credits_purchased = credits_purchased + :purchased_delta,
-            credits_used = credits_used + :used_delta
-        WHERE id = :user_id
-          AND (:may_overdraw OR :amount > 0 OR credit_balance + :amount >= 0)
-          AND (is_active OR NOT :active_only)
-          AND (CAST(:dedupe_key AS text) IS NULL OR NOT EXISTS (
-              SELECT 1 FROM credit_transactions WHERE dedupe_key = :dedupe_key))
-        RETURNING credit_balance
-    )
-    INSERT INTO credit_transactions
-        (user_id, amount, kind, balance_after, reference_type, reference_id,
-         dedupe_key, description, endpoint)
-    SELECT :user_id, :amount, :kind, changed.credit_balance, :reference_type, :reference_id,
-           :dedupe_key, :description, :endpoint
-    FROM changed
-    RETURNING id, balance_after, created_at
+    SELECT id, balance_after, created_at, grant_id FROM ledger_post(
+        CAST(:user_id AS uuid), CAST(:amount AS bigint), CAST(:kind AS text),
+        CAST(:purchased_delta AS bigint), CAST(:used_delta AS bigint),
+        CAST(:may_overdraw AS boolean), CAST(:active_only AS boolean),
+        CAST(:reference_type AS text), CAST(:reference_id AS text), CAST(:dedupe_key AS text),
+        CAST(:description AS text), CAST(:endpoint AS text), CAST(:source AS text),
+        CAST(:priority AS integer), CAST(:expires_at AS timestamptz),
+        CAST(:prefer_type AS text), CAST(:prefer_id AS text))
     """
 )
 # Why a spend changed nothing: the account's state and, if its dedupe key was applied
@@ -84,6 +94,7 @@ class Entry:
     balance_after: int
     created_at: datetime
     replayed: bool = False
+    grant_id: int | None = None  # the grant a credit made
 
 
 def post(
@@ -99,10 +110,16 @@ def post(
     endpoint: str | None = None,
     may_overdraw: bool = False,
     serialized: bool = False,
+    expires_at: datetime | None = None,
+    priority: int | None = None,
+    prefer: tuple[str, str] | None = None,
 ) -> Entry | None:
     """Apply ``amount`` to the balance and append its ledger row.
 
-    Returns ``None`` when ``dedupe_key`` was already applied (nothing changes).
+    A credit makes a grant (its source from ``kind``, ``priority`` by default the source's,
+    lapsing at ``expires_at``); a debit burns the user's grants, those referenced by
+    ``prefer`` (reference type, id) first. Returns ``None`` when ``dedupe_key`` was already
+    applied (nothing changes).
     Raises ``InsufficientCredits`` when a debit would take the balance below zero
     and ``may_overdraw`` is false (refunds and disputes may record a debt).
 
@@ -122,6 +139,9 @@ def post(
         dedupe_key=dedupe_key,
         description=description,
         endpoint=endpoint,
+        expires_at=expires_at,
+        priority=priority,
+        prefer=prefer,
     )
     if dedupe_key is None or serialized:
         row = session.execute(_POST, params).one_or_none()
@@ -140,7 +160,12 @@ def post(
             return None
         _refuse(session, user_id=user_id, amount=amount)
     _sync(session, user_id)
-    return _entry(row, user_id=user_id, amount=amount, kind=kind)
+    entry = _entry(row, user_id=user_id, amount=amount, kind=kind)
+    if entry.grant_id is not None:
+        events.granted(session, events.Granted(
+            user_id=user_id, grant_id=entry.grant_id, transaction_id=entry.id, credits=amount,
+            source=GRANT_SOURCE[kind]))
+    return entry
 
 
 async def spend(
@@ -233,9 +258,15 @@ def _params(
     dedupe_key: str | None = None,
     description: str | None = None,
     endpoint: str | None = None,
+    expires_at: datetime | None = None,
+    priority: int | None = None,
+    prefer: tuple[str, str] | None = None,
 ) -> dict[str, object]:
     if amount == 0:
         raise InvalidInput("a ledger entry cannot be zero", code="zero_amount")
+    source = GRANT_SOURCE.get(kind) if amount > 0 else None
+    if amount > 0 and source is None:
+        raise ValueError(f"a {kind!r} entry cannot credit an account")
     return {
         "user_id": user_id,
         "amount": amount,
@@ -249,6 +280,12 @@ def _params(
         "dedupe_key": dedupe_key,
         "description": description,
         "endpoint": endpoint,
+        "source": source,
+        "priority": (DEFAULT_PRIORITY[source] if priority is None else priority)
+        if source else None,
+        "expires_at": expires_at,
+        "prefer_type": prefer[0] if prefer else None,
+        "prefer_id": prefer[1] if prefer else None,
     }
 
 
@@ -260,6 +297,7 @@ def _entry(row: Any, *, user_id: uuid.UUID, amount: int, kind: str) -> Entry:
         kind=kind,
         balance_after=row.balance_after,
         created_at=row.created_at,
+        grant_id=row.grant_id,
     )
 
 
@@ -272,3 +310,8 @@ def _sync(session: Session, user_id: uuid.UUID) -> None:
     user = session.identity_map.get(session.identity_key(User, user_id))
     if user is not None:
         session.expire(user, ["credit_balance", "credits_purchased", "credits_used"])
+
+
+def forget_balance(session: Session, user_id: uuid.UUID) -> None:
+    """Make a loaded ``User`` re-read its balance after a change made by SQL outside ``post``."""
+    _sync(session, user_id)

@@ -53,6 +53,7 @@ def _snapshot(package: CreditPackage) -> dict[str, Any]:
         "price_cents": package.price_cents,
         "currency": package.currency,
         "active": package.active,
+        "validity_days": package.validity_days,
     }
 
 
@@ -66,9 +67,13 @@ def add(
     price_cents: int,
     currency: str,
     sort_order: int = 0,
+    validity_days: int | None = None,
     request_id: str | None = None,
 ) -> CreditPackage:
-    """Create a package for sale; 409 if the id is taken (retired ones included)."""
+    """Create a package for sale; 409 if the id is taken (retired ones included).
+
+    ``validity_days``: how long its credits stay spendable after the purchase (None: always).
+    """
     if session.get(CreditPackage, package_id) is not None:
         raise Conflict("a credit package with this id exists", code="package_exists")
     package = CreditPackage(
@@ -78,6 +83,7 @@ def add(
         price_cents=price_cents,
         currency=currency,
         sort_order=sort_order,
+        validity_days=validity_days,
         active=True,
     )
     session.add(package)

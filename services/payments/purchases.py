@@ -131,6 +131,7 @@ def start_purchase(
         amount_cents=package.price_cents,
         currency=package.currency,
         credits=package.credits,
+        validity_days=package.validity_days,  # the terms it was bought on
     )
     if flow == "checkout":
         payment.stripe_checkout_session_id = checkout.id

@@ -14,6 +14,7 @@ delivered twice, late or out of order moves money at most once:
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, func, or_, select
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from db.base import utc_now
 from db.models import CreditTransaction, Payment, User
-from services.credits import ledger
+from services.credits import grants, ledger
 from services.credits.ledger import Entry
 from services.payments.stripe_objects import NotReady, Rejected, Skip
 
@@ -139,11 +140,13 @@ def settle(
     payment.status = "succeeded"
     payment.succeeded_at = utc_now()
     payment.failure_reason = None
+    validity = payment.validity_days
     entry = ledger.post(
         session,
         user_id=payment.user_id,
         amount=payment.credits,
         kind="purchase",
+        expires_at=utc_now() + timedelta(days=validity) if validity else None,
         reference_type="payment",
         reference_id=str(payment.id),
         dedupe_key=f"payment:{payment.id}",
@@ -236,9 +239,19 @@ def _release(session: Session, payment: Payment, *, dispute_id: str) -> None:
         reference_id=str(payment.id),
         dedupe_key=f"dispute_reversal:{dispute_id}",
         serialized=True,
+        # The credits come back on the terms of the grant they were taken from.
+        expires_at=grants.expiry_of(session, reference_type=_grant_ref(payment)[0],
+                                    reference_id=_grant_ref(payment)[1]),
         description=f"dispute {dispute_id} closed, credits returned",
     )
     _apply_refunds(session, payment)
+
+
+def _grant_ref(payment: Payment) -> tuple[str, str]:
+    """The reference of the grants ``payment`` made: its own, or its invoice's."""
+    if payment.flow == "subscription" and payment.stripe_invoice_id:
+        return ("invoice", payment.stripe_invoice_id)
+    return ("payment", str(payment.id))
 
 
 def _share(credits: int, part_cents: int, whole_cents: int) -> int:
@@ -286,6 +299,7 @@ def _apply_refunds(session: Session, payment: Payment) -> None:
             reference_id=str(payment.id),
             dedupe_key=f"refund:{payment.id}:{target}",
             serialized=True,
+            prefer=_grant_ref(payment),
             description=f"refund of {payment.refunded_cents} {payment.currency} minor units",
             may_overdraw=True,
         )
@@ -314,6 +328,7 @@ def _claw_back(
         reference_id=str(payment.id),
         dedupe_key=f"dispute:{dispute_id}",
         serialized=True,
+        prefer=_grant_ref(payment),
         description=f"dispute {dispute_id}",
         may_overdraw=True,
     )

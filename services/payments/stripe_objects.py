@@ -211,6 +211,8 @@ class StripeInvoice:
     payment_intent: str | None
     billing_reason: str | None
     lines: tuple[InvoiceLine, ...]
+    # The end of the service period its lines bill (the latest), when they say.
+    period_end: datetime | None = None
 
     @classmethod
     def parse(cls, obj: StripeObject) -> StripeInvoice:
@@ -225,7 +227,17 @@ class StripeInvoice:
             payment_intent=ref(obj.get("payment_intent")),
             billing_reason=reason if isinstance(reason, str) else None,
             lines=_lines(obj),
+            period_end=_period_end(obj),
         )
+
+
+def _period_end(invoice: StripeObject) -> datetime | None:
+    """The latest ``period.end`` of the invoice's lines (the service period they bill)."""
+    container = invoice.get("lines")
+    rows = container.get("data") if isinstance(container, dict) else None
+    ends = [as_time(row["period"].get("end")) for row in rows if isinstance(row, dict)
+            and isinstance(row.get("period"), dict)] if isinstance(rows, list) else []
+    return max((e for e in ends if e is not None), default=None)
 
 
 def _lines(invoice: StripeObject) -> tuple[InvoiceLine, ...]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import stripe
@@ -83,6 +84,7 @@ def create_plan(
     price_cents: int,
     currency: str,
     trial_credits: int = 0,
+    rollover: bool = False,
     stripe_price_id: str | None = None,
     stripe_plan_id: str | None = None,
     request_id: str | None = None,
@@ -108,6 +110,7 @@ def create_plan(
         name=name,
         monthly_credits=monthly_credits,
         trial_credits=trial_credits,
+        rollover=rollover,
         price_cents=price_cents,
         currency=currency,
         stripe_price_id=stripe_price_id,
@@ -139,8 +142,9 @@ def update_plan(
     changes: dict[str, Any],
     request_id: str | None = None,
 ) -> Plan:
-    """Rename a plan, change its monthly or trial credits, or retire/restore it (``active``)."""
-    allowed = {"name", "monthly_credits", "trial_credits", "active"}
+    """Rename a plan, change its monthly or trial credits or ``rollover``, or retire/restore it
+    (``active``)."""
+    allowed = {"name", "monthly_credits", "trial_credits", "rollover", "active"}
     unknown = set(changes) - allowed
     if unknown:
         raise InvalidInput(f"cannot change {', '.join(sorted(unknown))}", code="immutable_field")
@@ -167,6 +171,7 @@ def _plan_view(plan: Plan) -> dict[str, Any]:
         "name": plan.name,
         "monthly_credits": plan.monthly_credits,
         "trial_credits": plan.trial_credits or 0,
+        "rollover": bool(plan.rollover),
         "price_cents": plan.price_cents,
         "currency": plan.currency,
         "active": plan.active if plan.active is not None else True,
@@ -388,7 +393,21 @@ def grant_invoice(session: Session, invoice: StripeInvoice) -> ledger.Entry | No
         reference_id=invoice.id,
         dedupe_key=f"invoice:{invoice.id}",
         description=f"{grant.credits} credits for plan {grant.plan.slug}",
+        expires_at=None if grant.plan.rollover else _period_end(invoice, row),
     )
+
+
+# When neither the invoice's lines nor the subscription say when the period ends.
+_DEFAULT_PERIOD = timedelta(days=31)
+
+
+def _period_end(invoice: StripeInvoice, row: Subscription | None) -> datetime:
+    """When the credits of a period lapse: the end of the period the invoice bills."""
+    now = utc_now()
+    for end in (invoice.period_end, row.current_period_end if row is not None else None):
+        if end is not None and end > now:
+            return end
+    return now + _DEFAULT_PERIOD
 
 
 def invoice_failed(session: Session, invoice: StripeInvoice, *, event_created: int) -> None:

@@ -1,4 +1,5 @@
-"""Housekeeping tasks run by beat: the ledger's integrity, expired idempotency keys."""
+"""Housekeeping tasks run by beat: the ledger's integrity, expired idempotency keys, expired
+grants."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from sqlalchemy.exc import OperationalError
 from db import rls
 from db.transaction import transaction
 from services import idempotency
-from services.credits import integrity
+from services.credits import grants, integrity
 from workers.app import DbTask, app, settings
 
 
@@ -24,3 +25,10 @@ def purge_idempotency_keys() -> int:
     """Delete the Idempotency-Keys past their lifetime; returns how many."""
     with transaction(settings.database_url, acting_as=rls.OWNER) as session:
         return idempotency.purge_expired(session)
+
+
+@app.task(name="credits.expire_grants", base=DbTask, acks_late=True,
+          autoretry_for=(OperationalError,), retry_backoff=True, max_retries=3)
+def expire_grants() -> int:
+    """Let every grant past its expiry leave (one ``expiry`` row each); returns how many."""
+    return grants.expire_due(lambda: transaction(settings.database_url, acting_as=rls.OWNER))

@@ -10,6 +10,8 @@ const PAID = ["succeeded", "partially_refunded", "refunded"];
 const KINDS = {
   purchase: "Purchase", usage: "Usage", refund: "Refund", bonus: "Bonus",
   admin_adjustment: "Adjustment", subscription_grant: "Subscription", dispute: "Dispute",
+  dispute_reversal: "Dispute won", promo: "Promo code", expiry: "Expired",
+  refund_reversal: "Refund reversed",
 };
 
 function transactionsTable(items) {

@@ -1,8 +1,12 @@
 // Credits: the balance with what was purchased and used, and buying a package. With real
 // Stripe a purchase goes through Stripe Checkout; on the local Stripe peer (development)
-// it is paid here with a test card (see services/dev_payments.py).
+// it is paid here with a test card (see services/dev_payments.py). Below the balance: the
+// grants that hold it, in the order spends use them, each with when it expires; and a form
+// to redeem a promo code.
 
-import { announce, formatMoney, formatNumber, h, message, replace } from "/ui/dom.js";
+import {
+  announce, formatMoney, formatNumber, h, inputField, message, replace, table, timeEl,
+} from "/ui/dom.js";
 import { rememberPending } from "../session.js";
 
 function card(label, value, id) {
@@ -16,6 +20,76 @@ function balanceCards(balance) {
     card("Balance", balance.balance, "balance"),
     card("Purchased", balance.purchased, "purchased"),
     card("Used", balance.used, "used"));
+}
+
+const SOURCES = {
+  purchase: "Purchase", subscription: "Subscription", bonus: "Bonus", promo: "Promo code",
+  admin: "Adjustment",
+};
+
+/** The grants holding the balance, in the order spends use them. */
+function grantsTable(grants) {
+  return table({
+    caption: "Your credits, in the order they are used",
+    rows: grants,
+    empty: "No credits yet.",
+    columns: [
+      { label: "From", cell: (g) => SOURCES[g.source] || g.source },
+      { label: "Credits left", numeric: true, cell: (g) => formatNumber(g.remaining) },
+      { label: "Expires", cell: (g) => (g.expires_at ? timeEl(g.expires_at) : "Never") },
+    ],
+  });
+}
+
+function grantsSection(balance) {
+  return h("section", { class: "panel", "aria-labelledby": "grants-title", id: "grants" },
+    h("h2", { id: "grants-title", text: "Your credits" }),
+    h("p", { class: "hint", text: "Promotional and bonus credits are used first, then "
+      + "subscription credits, then purchased ones; within each, those that expire soonest." }),
+    grantsTable(balance.grants || []));
+}
+
+/** Redeem a promo code; on success the panel is drawn again with the new grant. */
+function redeemSection(ctx) {
+  const status = h("div", { id: "redeem-status", "aria-live": "polite" });
+  const form = h("form", { class: "stack", id: "redeem-form", novalidate: true },
+    inputField("promo-code", "Promo code", { type: "text", required: true, maxlength: "64",
+      autocomplete: "off", spellcheck: "false" }),
+    h("div", { class: "actions" },
+      h("button", { type: "submit", class: "button", text: "Redeem" })),
+    status);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const input = form.querySelector("#promo-code");
+    const button = form.querySelector("button[type=submit]");
+    const code = input.value.trim();
+    if (!code) {
+      replace(status, message("Enter a promo code.", "error"));
+      input.focus();
+      return;
+    }
+    button.disabled = true;
+    try {
+      const done = await ctx.api.post(`${ctx.API}/credits/redeem`, { code });
+      const text = `${formatNumber(done.grant.remaining)} credits were added. `
+        + `Your balance is ${formatNumber(done.balance)} credits.`;
+      await render(ctx);
+      const again = ctx.root.querySelector("#redeem-status");
+      if (again) replace(again, message(text, "success"));
+      announce(text);
+    } catch (err) {
+      if (err.status === 401) {
+        ctx.handleError(err, status);
+        return;
+      }
+      replace(status, message(err.message, "error"));
+      announce(err.message);
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return h("section", { class: "panel", "aria-labelledby": "redeem-title" },
+    h("h2", { id: "redeem-title", text: "Redeem a promo code" }), form);
 }
 
 /** Checkout: Stripe's own page takes the card, then sends the browser to /billing/success. */
@@ -105,12 +179,14 @@ async function render(ctx) {
   replace(ctx.root,
     h("div", { class: "page-head" }, h("h1", { text: "Credits" })),
     balanceCards(balance),
+    grantsSection(balance),
     h("section", { class: "panel", "aria-labelledby": "buy-title" },
       h("h2", { id: "buy-title", text: "Buy credits" }),
       packages.length
         ? h("ul", { class: "packages" }, packages.map((p) => packageCard(ctx, p, box)))
         : h("p", { class: "empty", text: "No packages are on sale right now." }),
-      box));
+      box),
+    redeemSection(ctx));
 }
 
 export default { id: "credits", title: "Credits", render };
