@@ -171,6 +171,16 @@ class Settings(BaseSettings):
     stripe_event_sweep_delay_s: int = Field(60, ge=1)
     stripe_reconcile_interval_s: int = Field(600, ge=10)
     stripe_reconcile_window_s: int = Field(86_400, ge=60, le=30 * 86_400)
+    # Prometheus metrics (services/monitoring): on unless turned off; each process writes its
+    # figures to METRICS_DIR (default: DATA_DIR/metrics), which /metrics on the API reads, so
+    # the workers and beat must share it with the API (one host, or one shared volume).
+    # With METRICS_TOKEN set, /metrics wants `Authorization: Bearer <token>`; without it,
+    # only a client on the loopback interface may scrape.
+    metrics: bool = True
+    metrics_dir: Path | None = None
+    metrics_token: SecretStr | None = None
+    # OpenTelemetry traces (FastAPI and Celery) to this OTLP/HTTP endpoint; off when unset.
+    otel_endpoint: AnyHttpUrl | None = None
 
     @field_validator("cors_origins", "trusted_proxies", "admin_emails", mode="before")
     @classmethod
@@ -292,6 +302,11 @@ class Settings(BaseSettings):
     def docs_enabled(self) -> bool:
         """True when /docs and /openapi.json are served (``BILLING_DOCS``, else in dev only)."""
         return self.docs if self.docs is not None else self.environment == "development"
+
+    @property
+    def metrics_path(self) -> Path:
+        """Where this process's metrics files go (``METRICS_DIR``, else DATA_DIR/metrics)."""
+        return self.metrics_dir if self.metrics_dir is not None else self.data_dir / "metrics"
 
     @property
     def stripe_key_configured(self) -> bool:
