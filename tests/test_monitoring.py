@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import httpx
 import pytest
@@ -237,3 +236,38 @@ def test_health_page_in_the_dashboard(browser, live_api, db):
         expect(page.locator("tbody tr", has_text="evt_failed_page")).to_be_visible()
         assert problems.errors == []
         page.context.close()
+
+
+def test_a_request_id_follows_into_the_tasks_it_enqueues(client, celery_worker, db):
+    from celery import signals
+
+    published: dict[str, dict] = {}
+
+    def grab(sender=None, headers=None, **_):
+        published[sender] = dict(headers or {})
+
+    signals.after_task_publish.connect(grab, weak=False)
+    try:
+        user = make_user(db)
+        # The webhook hands its task to a background thread (send_soon)...
+        payment = make_payment(db, user)
+        body = event("payment_intent.succeeded", payment_intent(payment))
+        import json
+
+        from tests.stripe_events import WEBHOOK_PATH, signature
+
+        raw = json.dumps(body).encode()
+        assert client.post(WEBHOOK_PATH, content=raw, headers={
+            "Content-Type": "application/json", "Stripe-Signature": signature(raw),
+            "X-Request-ID": "trace-webhook-0001"}).status_code == 200
+        outbox.flush()
+        assert published["stripe.process_event"]["request_id"] == "trace-webhook-0001"
+        # ...a sign-in link's mail goes after the commit; the worker logs under the same id.
+        assert client.post("/api/auth/magic-link", json={"email": user.email},
+                           headers={"X-Request-ID": "trace-mail-0002"}).status_code == 202
+    finally:
+        signals.after_task_publish.disconnect(grab)
+    log = ROOT / "test-artifacts" / "worker.log"
+    wait_for(lambda: any("trace-mail-0002" in line and "succeeded" in line
+                         for line in log.read_text(errors="replace").splitlines()),
+             timeout=20, message="the worker's log line with the request's id")

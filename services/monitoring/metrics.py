@@ -48,6 +48,9 @@ class _Metrics:
         self.http_requests = Counter(
             "billing_http_requests", "HTTP requests answered, by route template and status class",
             ["method", "route", "status"], **r)
+        # Each request's two metric children, by (method, route, status class): .labels()
+        # costs as much as the increment itself, and this runs on every request.
+        self.http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.http_duration = Histogram(
             "billing_http_request_duration_seconds",
             "Time to answer an HTTP request, by route template and status class",
@@ -132,7 +135,15 @@ def _process_identifier() -> Callable[[], str]:
     # prometheus-client names each process's files after this; pids alone collide between
     # containers sharing the directory. No "_": the collector splits file names on it.
     host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:63] or "host"
-    return lambda: f"{host}-{os.getpid()}"
+    known = [0, ""]  # the last pid and its identifier (asked on every increment)
+
+    def identifier() -> str:
+        pid = os.getpid()
+        if pid != known[0]:
+            known[0], known[1] = pid, f"{host}-{pid}"
+        return str(known[1])
+
+    return identifier
 
 
 # --- HTTP --------------------------------------------------------------------------------------
@@ -142,9 +153,14 @@ def http_request(method: str, route: str, status: int, seconds: float) -> None:
     """One answered request: ``route`` is its template (never the raw path)."""
     if _m is None:
         return
-    labels = (method if method in _METHODS else "other", route, f"{status // 100}xx")
-    _m.http_requests.labels(*labels).inc()
-    _m.http_duration.labels(*labels).observe(seconds)
+    key = (method, route, status // 100)
+    children = _m.http_children.get(key)
+    if children is None:  # once per method, route and status class (a bounded set)
+        labels = (method if method in _METHODS else "other", route, f"{status // 100}xx")
+        children = (_m.http_requests.labels(*labels), _m.http_duration.labels(*labels))
+        _m.http_children[key] = children
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 # --- money -------------------------------------------------------------------------------------
