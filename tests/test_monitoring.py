@@ -271,3 +271,51 @@ def test_a_request_id_follows_into_the_tasks_it_enqueues(client, celery_worker, 
     wait_for(lambda: any("trace-mail-0002" in line and "succeeded" in line
                          for line in log.read_text(errors="replace").splitlines()),
              timeout=20, message="the worker's log line with the request's id")
+
+
+_OTEL_PROBE = """
+import sys
+from fastapi.testclient import TestClient
+from opentelemetry import trace
+from api.app import create_app
+
+app = create_app()
+with TestClient(app) as client:
+    assert client.get("/api/auth/methods").status_code == 200
+    client.get("/healthz")  # not traced (probes and scrapes are left out)
+trace.get_tracer_provider().force_flush()
+"""
+
+
+def test_with_an_otel_endpoint_the_api_exports_its_spans(tmp_path):
+    import http.server
+    import os
+    import sys
+    import threading
+
+    received: list[tuple[str, bytes]] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (the stdlib's name)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, body))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {**os.environ, "BILLING_OTEL_ENDPOINT": f"http://127.0.0.1:{server.server_port}"}
+        run = subprocess.run([sys.executable, "-c", _OTEL_PROBE], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr[-2000:]
+    finally:
+        server.shutdown()
+    assert received and all(path == "/v1/traces" for path, _ in received)
+    spans = b"".join(body for _, body in received)
+    assert b"/api/auth/methods" in spans and b"billing-api" in spans
+    assert b"/healthz" not in spans
