@@ -294,6 +294,8 @@ class Settings(BaseSettings):
             problems.append("BILLING_STRIPE_SECRET_KEY is a placeholder")
         if not self.stripe_webhook_secret:
             problems.append("BILLING_STRIPE_WEBHOOK_SECRET must be set")
+        if self.metrics_token is not None and len(self.metrics_token.get_secret_value()) < 16:
+            problems.append("BILLING_METRICS_TOKEN must be at least 16 characters when set")
         if problems:
             raise ValueError(f"refused outside development: {'; '.join(problems)}")
         return self

@@ -319,3 +319,19 @@ def test_with_an_otel_endpoint_the_api_exports_its_spans(tmp_path):
     spans = b"".join(body for _, body in received)
     assert b"/api/auth/methods" in spans and b"billing-api" in spans
     assert b"/healthz" not in spans
+
+
+def test_a_short_metrics_token_is_refused_outside_development(monkeypatch):
+    from settings import SettingsError, load_settings
+
+    for key in [k for k in __import__("os").environ if k.startswith("BILLING_")]:
+        monkeypatch.delenv(key)
+    for key, value in {"BILLING_ENVIRONMENT": "production", "BILLING_JWT_SECRET": "p" * 40,
+                       "BILLING_STRIPE_SECRET_KEY": "sk_live_abcdef",
+                       "BILLING_STRIPE_WEBHOOK_SECRET": "whsec_a"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("BILLING_METRICS_TOKEN", "short")
+    with pytest.raises(SettingsError, match="BILLING_METRICS_TOKEN"):
+        load_settings()
+    monkeypatch.setenv("BILLING_METRICS_TOKEN", "t" * 32)
+    assert load_settings().metrics_token is not None
