@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from db.base import utc_now
 from db.models import StripeEvent
-from services import outbox
+from services import task_queue
 from tests.factories import auth_headers, make_payment, make_user
 from tests.stripe_events import deliver, event, payment_intent
 from tests.support import ROOT, wait_for
@@ -66,7 +66,7 @@ def test_metrics_move_after_real_requests_and_tasks(guarded, celery_worker, db):
                         headers=auth_headers(user)).status_code == 402
     assert deliver(guarded, event("payment_intent.succeeded", payment_intent(payment))
                    ).status_code == 200
-    outbox.send_now("maintenance.check_ledger")
+    task_queue.send_now("maintenance.check_ledger")
 
     def moved():
         _, after = scrape(guarded)
@@ -260,7 +260,7 @@ def test_a_request_id_follows_into_the_tasks_it_enqueues(client, celery_worker, 
         assert client.post(WEBHOOK_PATH, content=raw, headers={
             "Content-Type": "application/json", "Stripe-Signature": signature(raw),
             "X-Request-ID": "trace-webhook-0001"}).status_code == 200
-        outbox.flush()
+        task_queue.flush()
         assert published["stripe.process_event"]["request_id"] == "trace-webhook-0001"
         # ...a sign-in link's mail goes after the commit; the worker logs under the same id.
         assert client.post("/api/auth/magic-link", json={"email": user.email},

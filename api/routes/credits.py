@@ -30,8 +30,10 @@ from api.schemas.credits import (
     TransactionPageOut,
 )
 from api.schemas.params import Cursor, Limit, Since, Until
-from services import credits, packages, payments
+from services.credits import balance as credits
+from services.credits import packages
 from services.errors import NotFound
+from services.payments import purchases as payments
 
 router = APIRouter(prefix="/api/user-management", tags=["credits"])
 

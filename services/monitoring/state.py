@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from db import rls
 from db.base import utc_now
 from db.transaction import transaction
-from services import logstream
+from services.logs import logstream
 from settings import Settings
 
 log = logging.getLogger(__name__)
