@@ -22,7 +22,7 @@ from db.models import StripeEvent
 from services import task_queue
 from tests.factories import auth_headers, make_payment, make_user
 from tests.stripe_events import deliver, event, payment_intent
-from tests.support import ROOT, wait_for
+from tests.support import ARTIFACTS, ROOT, wait_for
 from tests.test_dashboard_e2e import ADMIN_PASSWORD, password_hash, sign_in
 
 TOKEN = "metrics-token-for-the-tests-0123456789"  # noqa: S105 (a test setting)
@@ -75,7 +75,8 @@ def test_metrics_move_after_real_requests_and_tasks(guarded, celery_worker, db):
         checked = value(after, "billing_tasks_total", task="maintenance.check_ledger",
                         outcome="succeeded") > value(
             before, "billing_tasks_total", task="maintenance.check_ledger", outcome="succeeded")
-        return after if done and checked else None
+        recorded = value(after, "billing_ledger_integrity_last_check_timestamp_seconds") > 0
+        return after if done and checked and recorded else None
 
     after = wait_for(moved, timeout=20, message="the worker's metrics in the API's scrape")
 
@@ -267,7 +268,7 @@ def test_a_request_id_follows_into_the_tasks_it_enqueues(client, celery_worker, 
                            headers={"X-Request-ID": "trace-mail-0002"}).status_code == 202
     finally:
         signals.after_task_publish.disconnect(grab)
-    log = ROOT / "test-artifacts" / "worker.log"
+    log = ARTIFACTS / "worker.log"
     wait_for(lambda: any("trace-mail-0002" in line and "succeeded" in line
                          for line in log.read_text(errors="replace").splitlines()),
              timeout=20, message="the worker's log line with the request's id")
