@@ -32,6 +32,7 @@ from db.aio import AsyncDatabase
 from db.models import CreditTransaction, User
 from services.credits import events
 from services.errors import Conflict, InsufficientCredits, InvalidInput, NotFound
+from services.monitoring import metrics
 
 # Kinds that move the "purchased" total, and the one that moves "used".
 PURCHASED_KINDS = frozenset(
@@ -160,6 +161,7 @@ def post(
             return None
         _refuse(session, user_id=user_id, amount=amount)
     _sync(session, user_id)
+    metrics.credits_posted(session, kind, amount)
     entry = _entry(row, user_id=user_id, amount=amount, kind=kind)
     if entry.grant_id is not None:
         events.granted(session, events.Granted(
@@ -199,12 +201,14 @@ async def spend(
             raise
         row = None  # a twin with the same key committed while this one waited: replay it
     if row is not None:
+        metrics.spent(credits)
         return _entry(row, user_id=user_id, amount=amount, kind=USAGE_KIND)
     state = await db.fetchone(_SPEND_REFUSED, {"user_id": user_id, "dedupe_key": dedupe_key},
                               scope="user", user_id=user_id)
     if state is None or not state.is_active:
         raise NotFound("no such user", code="user_not_found")
     if state.id is None:
+        metrics.insufficient_credits("spend")
         raise _insufficient(state.credit_balance, amount)
     if (state.amount, state.description, state.endpoint) != (amount, description, endpoint):
         raise Conflict("this key was already used for a different spend (credits, "
