@@ -11,7 +11,9 @@ from sqlalchemy import func, select
 from db.base import utc_now
 from db.engine import get_sessionmaker
 from db.models import DailyReport, IntegrityCheck, Payment, Plan, Subscription
-from services import ledger, logstream, outbox, reports, stats
+from services import ledger, logstream, outbox
+from services.stats import reports
+from services.stats import snapshot as stats
 from tests.factories import make_user
 from tests.support import wait_for
 

@@ -44,8 +44,11 @@ from api.schemas.credits import TransactionOut, TransactionPageOut
 from api.schemas.params import Cursor, IsoDate, Limit, Since, Until
 from db.models.billing import PAYMENT_STATUSES
 from db.models.users import ROLES, SUBSCRIPTION_STATUSES
-from services import admin_users, credits, outbox, payments, reports, stats, usage
+from services import admin_users, credits, outbox, usage
 from services.errors import NotFound
+from services.payments import purchases as payments
+from services.stats import reports
+from services.stats import snapshot as stats
 
 router = APIRouter(prefix="/api/user-management/admin", tags=["admin"])
 

@@ -30,8 +30,9 @@ from api.schemas.credits import (
     TransactionPageOut,
 )
 from api.schemas.params import Cursor, Limit, Since, Until
-from services import credits, packages, payments
+from services import credits, packages
 from services.errors import NotFound
+from services.payments import purchases as payments
 
 router = APIRouter(prefix="/api/user-management", tags=["credits"])
 
