@@ -1,6 +1,13 @@
 """All tables, imported here so that ``Base.metadata`` knows every one."""
 
-from db.models.billing import CreditPackage, CreditTransaction, Payment, Plan, Subscription
+from db.models.billing import (
+    CreditPackage,
+    CreditTransaction,
+    Payment,
+    Plan,
+    PlanChange,
+    Subscription,
+)
 from db.models.ops import (
     AdminActivityLog,
     AdminStatsSnapshot,
@@ -9,6 +16,7 @@ from db.models.ops import (
     IdempotencyKey,
     IntegrityCheck,
     UsageDaily,
+    UsageHourly,
 )
 from db.models.stripe import StripeEvent
 from db.models.users import AuthIdentity, LoginHistory, OneTimeToken, OtpCode, RefreshToken, User
@@ -28,9 +36,11 @@ __all__ = [
     "OtpCode",
     "Payment",
     "Plan",
+    "PlanChange",
     "RefreshToken",
     "StripeEvent",
     "Subscription",
     "UsageDaily",
+    "UsageHourly",
     "User",
 ]

@@ -70,6 +70,18 @@ class UsageDaily(Base):
     errors: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
+class UsageHourly(Base):
+    """Usage per UTC hour (all users): written by the log drain in the statement that writes
+    ``usage_daily``; the snapshot's peak hours and total calls read it."""
+
+    __tablename__ = "usage_hourly"
+
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    credits: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
 class AdminActivityLog(Base):
     """An operator's change, written in the same transaction as the change."""
 
