@@ -208,3 +208,27 @@ def test_tiers_plan_changes_and_lifetime_value(db):
         ("2026-11", "EUR", 1, 2000.0), ("2026-11", "USD", 1, 500.0)]
     # Live subscriptions run to now: u1 50.5 days, u2 22.5, u3 14.5; u4 ended: 10.
     assert ltv["avg_paying_lifetime_days"] == round((50.5 + 22.5 + 14.5 + 10) / 4, 2)
+
+
+def test_the_daily_report_carries_the_figures_in_json_and_csv(db):
+    from services.stats import reports
+
+    user = make_user(db, credits=40, created_at=at("2026-11-23T08:00:00"))
+    use(db, user, "2026-11-24T09:15:00", credits=4)
+    use(db, user, "2026-11-25T09:00:00", credits=4)  # after the reported day
+    pay(db, user, 1200, "2026-11-24T10:00:00", credits=100)
+    report, _ = reports.produce(db, at("2026-11-24T00:00:00").date())
+    db.commit()
+    f = report.data["figures"]
+    assert f["retention"]["cohorts"][-1] == {"week": "2026-11-23", "users": 1, "active": [1],
+                                             "share": [1.0]}
+    assert f["total_calls"] == {"today": 1, "last_7d": 1, "last_30d": 1, "all_time": 1}
+    assert f["peak_hours"]["peak"] == {"weekday": 1, "hour": 9, "calls": 1}
+    assert f["credits"]["avg_used_per_active_user"] == 4.0
+    assert f["ltv"]["overall"]["USD"]["ltv_cents"] == 1200.0
+    csv_text = reports.to_csv(report)
+    for line in ("retention,2026-11-23.week0,1.0", "total_calls,all_time,1",
+                 "peak_hours,Tue.09,1", "tier_distribution,free.users,1",
+                 "plan_changes,2026-11-23.upgrades,0", "ltv,USD.ltv_cents,1200.0",
+                 "ltv,2026-11.USD.ltv_cents,1200.0", "averages,avg_balance,40.0"):
+        assert line in csv_text, line
