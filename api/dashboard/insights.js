@@ -73,12 +73,13 @@ export function changesPanel(changes) {
     const bh = (value / max) * (height - 30);
     return s("rect", { x: (i * slot + offset).toFixed(1), y: (height - 20 - bh).toFixed(1),
       width: (slot * 0.35).toFixed(1), height: bh.toFixed(1), class: cls },
-    s("title", { text: `week of ${w.week}: ${value} ${cls === "bar" ? "upgrades" : "downgrades"}` }));
+    s("title", { text: `week of ${w.week}: ${value} ${cls === "bar-up" ? "upgrades" : "downgrades"}` }));
   };
-  const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img",
+  const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, width, height, class: "changes-chart",
+    role: "img",
     "aria-label": `Upgrades and downgrades per week: ${rows.reduce((a, w) => a + w.upgrades, 0)}`
       + ` upgrades and ${rows.reduce((a, w) => a + w.downgrades, 0)} downgrades in ${rows.length} weeks` },
-  rows.map((w, i) => [bar(w, i, w.upgrades, slot * 0.1, "bar"),
+  rows.map((w, i) => [bar(w, i, w.upgrades, slot * 0.1, "bar-up"),
     bar(w, i, w.downgrades, slot * 0.5, "bar-down")]),
   rows.map((w, i) => (i % 2 === 0 ? s("text", { x: (i * slot + slot / 2).toFixed(1), y: height - 4,
     "text-anchor": "middle", class: "axis", text: w.week.slice(5) }) : null)));
