@@ -103,6 +103,19 @@ SELECT date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', cou
 FROM api_usage_log GROUP BY 1
 """
 
+# Retention's rollups, as the drain keeps them (the migration fills them the same way).
+RETENTION_SQL = [
+    """
+    INSERT INTO usage_user_weeks (user_id, week)
+    SELECT DISTINCT user_id, (date_trunc('week', day))::date FROM usage_daily WHERE credits > 0
+    """,
+    """
+    INSERT INTO usage_retention (cohort_week, week, active)
+    SELECT (date_trunc('week', u.created_at AT TIME ZONE 'UTC'))::date, w.week, count(*)
+    FROM usage_user_weeks w JOIN users u ON u.id = w.user_id GROUP BY 1, 2
+    """,
+]
+
 # Plan changes over the last 12 weeks, on the subscriptions generated above.
 PLAN_CHANGES_SQL = """
 INSERT INTO plan_changes (user_id, subscription_id, from_plan_id, to_plan_id, direction, status,
@@ -190,6 +203,8 @@ def generate(url: str, *, users: int, usage_rows: int, payments: int) -> dict[st
         conn.execute(ROLLUP_SQL)
         conn.execute("CREATE INDEX ix_usage_daily_user_id_day ON usage_daily (user_id, day)")
         conn.execute(HOURLY_SQL)
+        for statement in RETENTION_SQL:
+            conn.execute(statement)
         conn.execute(PLAN_CHANGES_SQL, {"n": max(1, users // 500)})
         timings["rollup_s"] = time.monotonic() - started
         started = time.monotonic()
@@ -374,9 +389,10 @@ Data: {args.users:,} users, {args.usage_rows:,} usage rows over 90 days (20 endp
 | `GET /admin/stats`, {args.requests:,} sequential requests | {seq} | p99 < 5 ms |
 | `GET /admin/stats`, wrk 8 connections, 10 s | {wrk} | |
 
-A snapshot reads the rollups (`usage_daily`, `usage_hourly`) and the users, payments,
-subscriptions and plan changes, never the raw usage log (the scans above); it includes
-retention cohorts, averages, total calls, peak hours, tiers, plan changes and LTV. `GET /stats`
+A snapshot reads the rollups (`usage_daily`, `usage_hourly`, `usage_retention`) and the
+users, payments, subscriptions and plan changes, never the raw usage log (the scans above);
+it includes retention cohorts, averages, total calls, peak hours, tiers, plan changes and
+LTV. `GET /stats`
 returns the newest stored snapshot as stored (one index lookup, no recomputation).
 """
     if not args.no_readme:

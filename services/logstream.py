@@ -265,6 +265,20 @@ _INSERT_USAGE = text(
         SET calls = h.calls + excluded.calls, credits = h.credits + excluded.credits,
             errors = h.errors + excluded.errors
         RETURNING 1
+    ), weeks AS (
+        -- Retention: a user's first credits used in a week count once in their cohort.
+        INSERT INTO usage_user_weeks (user_id, week)
+        SELECT DISTINCT user_id, (date_trunc('week', created_at AT TIME ZONE 'UTC'))::date
+        FROM inserted WHERE credits > 0
+        ON CONFLICT (user_id, week) DO NOTHING
+        RETURNING user_id, week
+    ), cohorts AS (
+        INSERT INTO usage_retention AS r (cohort_week, week, active)
+        SELECT (date_trunc('week', u.created_at AT TIME ZONE 'UTC'))::date, w.week, count(*)
+        FROM weeks w JOIN users u ON u.id = w.user_id
+        GROUP BY 1, 2
+        ON CONFLICT (cohort_week, week) DO UPDATE SET active = r.active + excluded.active
+        RETURNING 1
     )
     SELECT (SELECT count(*) FROM inserted)
     """

@@ -17,6 +17,8 @@ from db.models.ops import (
     IntegrityCheck,
     UsageDaily,
     UsageHourly,
+    UsageRetention,
+    UsageUserWeek,
 )
 from db.models.stripe import StripeEvent
 from db.models.users import AuthIdentity, LoginHistory, OneTimeToken, OtpCode, RefreshToken, User
@@ -42,5 +44,7 @@ __all__ = [
     "Subscription",
     "UsageDaily",
     "UsageHourly",
+    "UsageRetention",
+    "UsageUserWeek",
     "User",
 ]

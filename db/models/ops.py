@@ -82,6 +82,28 @@ class UsageHourly(Base):
     errors: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
+class UsageUserWeek(Base):
+    """A user with credits used in an ISO week (named by its Monday); the drain adds it the
+    first time, and counts it then in ``usage_retention``."""
+
+    __tablename__ = "usage_user_weeks"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    week: Mapped[date] = mapped_column(Date, primary_key=True)
+
+
+class UsageRetention(Base):
+    """Users of a sign-up week (``cohort_week``) with credits used in ``week``."""
+
+    __tablename__ = "usage_retention"
+
+    cohort_week: Mapped[date] = mapped_column(Date, primary_key=True)
+    week: Mapped[date] = mapped_column(Date, primary_key=True)
+    active: Mapped[int] = mapped_column(BigInteger)
+
+
 class AdminActivityLog(Base):
     """An operator's change, written in the same transaction as the change."""
 

@@ -4,7 +4,8 @@ changes, lifetime value. Each reads rollups or small tables, never the raw usage
 Definitions (UTC; weeks are ISO weeks starting Monday, named by their Monday):
 - retention: the users who signed up in each of the last 12 weeks (this week included) form a
   cohort; for each week from the sign-up week (offset 0) to this week, the share of the cohort
-  with credits used that week (``usage_daily.credits > 0``).
+  with credits used that week (a usage record with credits; the drain keeps the counts in
+  ``usage_retention``).
 - average balance: mean ``credit_balance`` over all users. Average credits used per active
   user: credits used in the 30 days ending today / users who used any then. Average purchased
   per paying user: credits of succeeded payments / users with one (all time).
@@ -66,21 +67,16 @@ def retention(session: Session, now: datetime) -> dict[str, Any]:
         """,
         since=_start(first), now=now,
     )
+    # The drain's rollup (a row per sign-up week and week of use), not the users' activity.
     active = _rows(
         session,
         """
-        WITH cohort AS (
-            SELECT id, (date_trunc('week', created_at AT TIME ZONE 'UTC'))::date AS week
-            FROM users WHERE created_at >= :since AND created_at <= :now
-        ), used AS (
-            SELECT DISTINCT user_id, (date_trunc('week', day))::date AS week
-            FROM usage_daily WHERE day >= :first AND day <= :today AND credits > 0
-        )
-        SELECT c.week AS cohort, (u.week - c.week) / 7 AS offset, count(*) AS n
-        FROM cohort c JOIN used u ON u.user_id = c.id AND u.week >= c.week
-        GROUP BY 1, 2
+        SELECT cohort_week AS cohort, (week - cohort_week) / 7 AS offset, active AS n
+        FROM usage_retention
+        WHERE cohort_week >= :first AND cohort_week <= :today AND week >= cohort_week
+          AND week <= :today
         """,
-        since=_start(first), now=now, first=first, today=today,
+        first=first, today=today,
     )
     size_of = {r["week"]: r["n"] for r in sizes}
     active_of = {(r["cohort"], r["offset"]): r["n"] for r in active}
@@ -98,17 +94,24 @@ def retention(session: Session, now: datetime) -> dict[str, Any]:
     return {"weeks": WEEKS, "cohorts": cohorts}
 
 
-def credit_averages(session: Session, now: datetime) -> dict[str, float | None]:
-    """Average balance, credits used per active user (30 days), purchased per paying user."""
+# Credits used in the 30 days ending today and the users who used any: the snapshot reads
+# them in its scan for DAU/WAU/MAU (``snapshot._active``), the report here.
+USED_30D = """
+    coalesce(sum(credits) FILTER (WHERE credits > 0), 0)::bigint AS used_credits_30d,
+    count(DISTINCT user_id) FILTER (WHERE credits > 0) AS used_users_30d
+"""
+
+
+def credit_averages(session: Session, now: datetime,
+                    used: dict[str, int] | None = None) -> dict[str, float | None]:
+    """Average balance, credits used per active user (30 days), purchased per paying user;
+    ``used``: ``USED_30D``'s columns when the caller has them."""
     today = now.astimezone(UTC).date()
     balance = _one(session, "SELECT avg(credit_balance) AS v FROM users WHERE created_at <= :now",
                    now=now)["v"]
-    used = _one(
+    used = used or _one(
         session,
-        """
-        SELECT coalesce(sum(credits), 0)::bigint AS credits, count(DISTINCT user_id) AS users
-        FROM usage_daily WHERE day > :today - 30 AND day <= :today AND credits > 0
-        """,
+        f"SELECT {USED_30D} FROM usage_daily WHERE day > :today - 30 AND day <= :today",  # noqa: S608
         today=today,
     )
     bought = _one(
@@ -121,7 +124,7 @@ def credit_averages(session: Session, now: datetime) -> dict[str, float | None]:
     )
     return {
         "avg_balance": round(float(balance), 2) if balance is not None else None,
-        "avg_used_per_active_user": _ratio(used["credits"], used["users"], 2),
+        "avg_used_per_active_user": _ratio(used["used_credits_30d"], used["used_users_30d"], 2),
         "avg_purchased_per_paying_user": _ratio(bought["credits"], bought["users"], 2),
     }
 

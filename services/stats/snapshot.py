@@ -94,12 +94,12 @@ def _users(session: Session, now: datetime) -> dict[str, Any]:
 def _active(session: Session, today: date) -> dict[str, int]:
     return _one(
         session,
-        """
+        f"""
         SELECT count(DISTINCT user_id) FILTER (WHERE day = :today) AS dau,
                count(DISTINCT user_id) FILTER (WHERE day > :today - 7) AS wau,
-               count(DISTINCT user_id) AS mau
+               count(DISTINCT user_id) AS mau, {figures.USED_30D}
         FROM usage_daily WHERE day > :today - 30 AND day <= :today
-        """,
+        """,  # noqa: S608 - a constant of the figures module
         today=today,
     )
 
@@ -215,6 +215,7 @@ def compute(session: Session, *, now: datetime | None = None) -> dict[str, Any]:
     now = now or utc_now()
     today = now.astimezone(UTC).date()
     users = _users(session, now)
+    active = _active(session, today)
     return {
         "as_of": now.isoformat(),
         "users": {
@@ -222,7 +223,7 @@ def compute(session: Session, *, now: datetime | None = None) -> dict[str, Any]:
                ("total", "new_today", "new_this_week", "new_this_month", "deactivated")},
             "retention": figures.retention(session, now),
         },
-        "active_users": _active(session, today),
+        "active_users": {k: active[k] for k in ("dau", "wau", "mau")},
         "revenue": {**_revenue(session, now, users["total"]),
                     "ltv": figures.lifetime_value(session, now)},
         "subscriptions": {
@@ -233,7 +234,7 @@ def compute(session: Session, *, now: datetime | None = None) -> dict[str, Any]:
         "payments": _payments(session, now),
         "credits": {
             **{k: users[k] for k in ("credits_sold", "credits_used", "credits_outstanding")},
-            **figures.credit_averages(session, now),
+            **figures.credit_averages(session, now, used=active),
         },
         "usage": figures.calls(session, now),
         **_usage(session, today),

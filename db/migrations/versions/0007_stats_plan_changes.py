@@ -9,6 +9,10 @@ statement as ``usage_daily`` (the snapshot's peak hours and total calls read it,
 log). Filled here from the raw usage log; days the log no longer holds (retention) but the
 daily rollup does are counted at their day's first hour, so all-time totals agree.
 
+``usage_user_weeks`` and ``usage_retention``: each (user, ISO week) with credits used, and
+per sign-up week and week of use how many users; the drain writes both in the same statement
+(retention cohorts read the second: a dozen rows a week instead of every user's activity).
+
 ``plan_changes``: each change of a subscription's plan (``POST /subscription/change``), with
 its from and to plan, its direction (upgrade or downgrade) and when it takes effect: an
 upgrade at once, a downgrade at the period's end (``scheduled`` until the renewal applies it).
@@ -60,6 +64,39 @@ def upgrade() -> None:
         GROUP BY d.day
         """
     )
+    # Retention's rollups: each (user, ISO week) with credits used, and per sign-up week and
+    # week of use the number of such users. The drain adds a pair the first time it sees it
+    # and counts it once in its cohort. Filled here from the daily rollup.
+    op.create_table(
+        "usage_user_weeks",
+        sa.Column("user_id", sa.UUID(), nullable=False),
+        sa.Column("week", sa.Date(), nullable=False),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE",
+                                name=op.f("fk_usage_user_weeks_user_id_users")),
+        sa.PrimaryKeyConstraint("user_id", "week", name=op.f("pk_usage_user_weeks")),
+    )
+    op.create_table(
+        "usage_retention",
+        sa.Column("cohort_week", sa.Date(), nullable=False),
+        sa.Column("week", sa.Date(), nullable=False),
+        sa.Column("active", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("cohort_week", "week", name=op.f("pk_usage_retention")),
+    )
+    op.execute(
+        """
+        INSERT INTO usage_user_weeks (user_id, week)
+        SELECT DISTINCT user_id, (date_trunc('week', day))::date
+        FROM usage_daily WHERE credits > 0
+        """
+    )
+    op.execute(
+        """
+        INSERT INTO usage_retention (cohort_week, week, active)
+        SELECT (date_trunc('week', u.created_at AT TIME ZONE 'UTC'))::date, w.week, count(*)
+        FROM usage_user_weeks w JOIN users u ON u.id = w.user_id
+        GROUP BY 1, 2
+        """
+    )
     op.create_table(
         "plan_changes",
         sa.Column("id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
@@ -94,6 +131,8 @@ def upgrade() -> None:
     op.create_index("uq_plan_changes_scheduled", "plan_changes", ["subscription_id"],
                     unique=True, postgresql_where=sa.text("status = 'scheduled'"))
     for table, privileges, owner in (("usage_hourly", "SELECT", None),
+                                     ("usage_user_weeks", "SELECT", "user_id"),
+                                     ("usage_retention", "SELECT", None),
                                      ("plan_changes", "SELECT, INSERT, UPDATE", "user_id")):
         op.execute(f"GRANT {privileges} ON {table} TO {APP_ROLE}")
         op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
@@ -106,4 +145,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("plan_changes")
+    op.drop_table("usage_retention")
+    op.drop_table("usage_user_weeks")
     op.drop_table("usage_hourly")
