@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 
 from db.models import ApiUsageLog, Payment, Plan, PlanChange, Subscription, UsageHourly
-from services import logstream
+from services.logs import logstream
 from services.stats import snapshot as stats
 from tests.factories import make_user
 

@@ -30,7 +30,8 @@ from api.schemas.credits import (
     TransactionPageOut,
 )
 from api.schemas.params import Cursor, Limit, Since, Until
-from services import credits, packages
+from services.credits import balance as credits
+from services.credits import packages
 from services.errors import NotFound
 from services.payments import purchases as payments
 

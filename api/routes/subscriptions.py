@@ -19,8 +19,7 @@ from api.schemas.stripe import (
     SubscriptionOut,
     SubscriptionStateOut,
 )
-from services import subscriptions
-from services.payments import plan_changes
+from services.payments import plan_changes, subscriptions
 from services.payments import purchases as payments
 
 router = APIRouter(prefix="/api/user-management", tags=["subscriptions"])

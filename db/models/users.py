@@ -75,7 +75,7 @@ class User(Base):
     email_confirmed_at: Mapped[datetime | None]
     phone_confirmed_at: Mapped[datetime | None]
     last_login_at: Mapped[datetime | None]
-    # Written only by services.ledger: the balance always equals the ledger sum.
+    # Written only by services.credits.ledger: the balance always equals the ledger sum.
     credit_balance: Mapped[int] = mapped_column(server_default="0")
     credits_purchased: Mapped[int] = mapped_column(server_default="0")
     credits_used: Mapped[int] = mapped_column(server_default="0")

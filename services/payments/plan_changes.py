@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session
 
 from db.base import utc_now
 from db.models import Plan, PlanChange, Subscription, User
-from services import stripe_gateway, subscriptions
 from services.errors import Conflict, InvalidInput, NotFound
-from services.stripe_objects import StripeSubscription
+from services.payments import stripe_gateway, subscriptions
+from services.payments.stripe_objects import StripeSubscription
 from settings import Settings
 
 LIVE = ("active", "trialing", "past_due")

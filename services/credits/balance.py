@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 
 from db.aio import AsyncDatabase
 from db.models import CreditTransaction, User
-from services import ledger, logstream
+from services.credits import ledger
 from services.errors import InvalidInput, NotFound
+from services.logs import logstream
 from services.pagination import Page, paginate
 
 USE_METHOD = "POST"
