@@ -17,7 +17,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.base import utc_now
@@ -88,8 +88,8 @@ def change(session: Session, settings: Settings, *, user: User, plan_ref: str) -
     now = utc_now()
     if way == "upgrade":
         answer = _move(settings, row, target, proration="always_invoice")
+        row.plan_id = target.id  # Stripe has moved it, whatever its answer's items say
         subscriptions.apply_answer(session, row, answer)
-        row.plan_id = target.id  # the answer names it; a stub that omits items still moved
         recorded = PlanChange(user_id=user.id, subscription_id=row.id, from_plan_id=current.id,
                               to_plan_id=target.id, direction=way, status="applied",
                               effective_at=now, applied_at=now, created_at=now)
@@ -100,8 +100,6 @@ def change(session: Session, settings: Settings, *, user: User, plan_ref: str) -
                               effective_at=row.current_period_end or now, created_at=now)
     session.add(recorded)
     session.flush()
-    session.execute(update(User).where(User.id == user.id, User.subscription_plan_id.is_not(None))
-                    .values(subscription_plan_id=row.plan_id))
     return Changed(subscription=row, change=recorded)
 
 
