@@ -171,6 +171,23 @@ class Settings(BaseSettings):
     stripe_event_sweep_delay_s: int = Field(60, ge=1)
     stripe_reconcile_interval_s: int = Field(600, ge=10)
     stripe_reconcile_window_s: int = Field(86_400, ge=60, le=30 * 86_400)
+    # Outgoing webhooks (issue 18): loopback/private receivers only when allowed (SSRF);
+    # backoff from retry_base_s doubling, capped at retry_max_s, for retry_window_s (three
+    # days), then the delivery fails and its endpoint is disabled; a delivery claimed by a
+    # worker is free again after lease_s (a killed worker); the sweep sends what is due.
+    webhook_allow_private: bool = False
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60)
+    webhook_max_response_bytes: int = Field(65_536, ge=0, le=10_485_760)
+    webhook_retry_base_s: float = Field(30.0, gt=0)
+    webhook_retry_max_s: float = Field(6 * 3600.0, gt=0)
+    webhook_retry_window_s: int = Field(3 * 86_400, ge=1)
+    webhook_lease_s: int = Field(60, ge=1)
+    webhook_sweep_interval_s: float = Field(5.0, gt=0)
+    # Auto top-up: the loop guard (top-ups per user per 24 h, whatever the settings); the
+    # failures in a row that disable it; how often crossings left unhandled are looked for.
+    topup_daily_limit: int = Field(5, ge=1, le=100)
+    topup_max_failures: int = Field(3, ge=1, le=20)
+    balance_watch_interval_s: float = Field(1.0, gt=0)
 
     @field_validator("cors_origins", "trusted_proxies", "admin_emails", mode="before")
     @classmethod

@@ -25,6 +25,7 @@ from api.routes import (
     admin,
     admin_credits,
     admin_stripe,
+    admin_webhooks,
     auth,
     credits,
     dashboard,
@@ -35,6 +36,7 @@ from api.routes import (
     profile,
     receipts,
     subscriptions,
+    topup,
     webhooks,
 )
 from api.usage_middleware import UsageLogMiddleware
@@ -113,6 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(subscriptions.router)
     app.include_router(admin_stripe.router)
+    app.include_router(topup.router)
+    app.include_router(admin_webhooks.router)
     app.include_router(dashboard.router)
     app.include_router(portal.router)
     if settings.stripe_local_peer:

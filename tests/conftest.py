@@ -136,6 +136,13 @@ def pytest_configure(config: pytest.Config) -> None:
             "BILLING_MAIL_BACKEND": "smtp",
             "BILLING_SMTP_HOST": "127.0.0.1",
             "BILLING_SMTP_PORT": str(SERVERS.smtp.port),
+            # Outgoing webhooks go to receivers the tests run on loopback; retries are quick
+            # and a killed worker's lease runs out within a test.
+            "BILLING_WEBHOOK_ALLOW_PRIVATE": "true",
+            "BILLING_WEBHOOK_RETRY_BASE_S": "0.3",
+            "BILLING_WEBHOOK_RETRY_MAX_S": "1",
+            "BILLING_WEBHOOK_LEASE_S": "3",
+            "BILLING_WEBHOOK_TIMEOUT_S": "5",
             "BILLING_SMS_BACKEND": "file",
             "BILLING_SMS_FILE_DIR": str(SERVERS.tmp / "sms"),
         }

@@ -186,6 +186,7 @@ def test_migrations_run_through_pgbouncer(pgbouncer, scratch_db):
         assert "api_usage_log" in inspect(engine).get_table_names()
     finally:
         engine.dispose()
-    latest = ScriptDirectory.from_config(alembic_config(scratch_db)).get_current_head()
-    assert (head, partitioned) == (latest, 2)
+    # The newest migration, whichever it is (each issue adds one).
+    newest = ScriptDirectory.from_config(alembic_config(scratch_db)).get_current_head()
+    assert (head, partitioned) == (newest, 2)
     assert pgbouncer.transactions() - before >= 3

@@ -20,6 +20,7 @@ from workers.schedule import beat_schedule
 TASK_MODULES = [
     "workers.tasks.maintenance", "workers.tasks.logs", "workers.tasks.stripe",
     "workers.tasks.stats", "workers.tasks.reports", "workers.tasks.auth",
+    "workers.tasks.webhooks", "workers.tasks.topup",
 ]
 
 

@@ -45,6 +45,17 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": float(settings.event_sweep_interval_s),
             "options": {"expires": settings.event_sweep_interval_s},
         },
+        # Balance crossings are recorded by a trigger in the transaction of the change;
+        # this turns them into alerts, events and top-ups within about a second.
+        "balance-crossings": {
+            "task": "topup.crossings", "schedule": settings.balance_watch_interval_s,
+            "options": {"expires": max(1.0, settings.balance_watch_interval_s * 5)},
+        },
+        # Webhook retries whose backoff ran out, hand-offs lost, leases of killed workers.
+        "webhooks-sweep": {
+            "task": "webhooks.sweep", "schedule": settings.webhook_sweep_interval_s,
+            "options": {"expires": max(1.0, settings.webhook_sweep_interval_s * 2)},
+        },
         "stripe-reconcile": {
             "task": "stripe.reconcile",
             "schedule": float(settings.stripe_reconcile_interval_s),

@@ -4,6 +4,7 @@ import * as api from "./api.js";
 import { h, replace } from "/ui/dom.js";
 import { fetchConfig, showView, wireShell } from "/ui/shell.js";
 import { auditView, paymentsView, reportsView, webhooksView } from "./lists.js";
+import { endpointView, outgoingView } from "./outgoing.js";
 import { overviewView } from "./overview.js";
 import { userView, usersView } from "./users.js";
 
@@ -96,6 +97,8 @@ const routes = [
   [/^\/users\/([0-9a-f-]{36})$/, userView, "users"],
   [/^\/payments$/, paymentsView, "payments"],
   [/^\/webhooks$/, webhooksView, "webhooks"],
+  [/^\/outgoing$/, outgoingView, "outgoing"],
+  [/^\/outgoing\/([0-9a-f-]{36})$/, endpointView, "outgoing"],
   [/^\/reports$/, reportsView, "reports"],
   [/^\/audit$/, auditView, "audit"],
 ];

@@ -21,13 +21,17 @@ from db.models.ops import (
     UsageUserWeek,
 )
 from db.models.stripe import StripeEvent
+from db.models.topup import AutoTopupSettings, BalanceCrossing, SavedPaymentMethod, TopupAttempt
 from db.models.users import AuthIdentity, LoginHistory, OneTimeToken, OtpCode, RefreshToken, User
+from db.models.webhooks import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 __all__ = [
     "AdminActivityLog",
     "AdminStatsSnapshot",
     "ApiUsageLog",
     "AuthIdentity",
+    "AutoTopupSettings",
+    "BalanceCrossing",
     "CreditPackage",
     "CreditTransaction",
     "DailyReport",
@@ -40,11 +44,16 @@ __all__ = [
     "Plan",
     "PlanChange",
     "RefreshToken",
+    "SavedPaymentMethod",
     "StripeEvent",
     "Subscription",
+    "TopupAttempt",
     "UsageDaily",
     "UsageHourly",
     "UsageRetention",
     "UsageUserWeek",
     "User",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
 ]

@@ -84,6 +84,10 @@ class User(Base):
     subscription_plan_id: Mapped[uuid.UUID | None] = mapped_column(
         UUID(as_uuid=True), ForeignKey("plans.id", ondelete="SET NULL")
     )
+    # Thresholds a trigger watches on every balance change (migration 0006): the low-balance
+    # alert's, and the auto top-up's while it is enabled. NULL: not watched.
+    low_balance_alert: Mapped[int | None]
+    auto_topup_below: Mapped[int | None]
     created_at: Mapped[datetime] = created_at()
     updated_at: Mapped[datetime] = updated_at()
 

@@ -21,5 +21,6 @@ import activity from "./activity.js";
 import credits from "./credits.js";
 import profile from "./profile.js";
 import subscription from "./subscription.js";
+import topup from "./topup.js";
 
-export default [credits, subscription, activity, profile];
+export default [credits, topup, subscription, activity, profile];

@@ -1,7 +1,7 @@
 """hourly usage rollup and plan changes
 
 Revision ID: 0007
-Revises: 0003
+Revises: 0006
 Create Date: 2026-12-06 06:50:00
 
 ``usage_hourly``: calls, credits and errors per UTC hour, written by the log drain in the same
@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | None = "0003"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -16,6 +16,7 @@ from services.payments.stripe_objects import (
     ref,
 )
 from services.stripe_events.context import Event, Handler
+from services.webhooks import announce
 
 
 def _not_subscription(payment: Payment) -> None:
@@ -46,6 +47,11 @@ def _session_payment(session: Session, obj: StripeObject) -> Payment:
     return payment
 
 
+def _is_topup(obj: StripeObject) -> bool:
+    """Whether the PaymentIntent is an automatic top-up's (our metadata says so)."""
+    return bool(metadata(obj).get("topup_id"))
+
+
 def _intent_payment(session: Session, obj: StripeObject) -> Payment:
     payment = settlement.find_payment(
         session,
@@ -66,26 +72,27 @@ def session_completed(session: Session, event: Event) -> None:
     """A Checkout Session finished: paid now (cards) or later (async payment methods)."""
     obj = event.object
     payment = _session_payment(session, obj)
-    if obj.get("payment_status") in ("paid", "no_payment_required"):
-        settlement.settle(
-            session, payment, amount_cents=as_int(obj.get("amount_total")), currency=currency(obj)
-        )
+    if obj.get("payment_status") in ("paid", "no_payment_required") and settlement.settle(
+        session, payment, amount_cents=as_int(obj.get("amount_total")), currency=currency(obj)
+    ):
+        announce.payment_succeeded(session, payment)
 
 
 def session_async_succeeded(session: Session, event: Event) -> None:
     """A delayed payment method (bank debit) of a Checkout Session cleared."""
     obj = event.object
     payment = _session_payment(session, obj)
-    settlement.settle(
+    if settlement.settle(
         session, payment, amount_cents=as_int(obj.get("amount_total")), currency=currency(obj)
-    )
+    ):
+        announce.payment_succeeded(session, payment)
 
 
 def session_async_failed(session: Session, event: Event) -> None:
     """A delayed payment method of a Checkout Session failed."""
-    settlement.fail(
-        session, _session_payment(session, event.object), reason="the payment did not clear"
-    )
+    payment = _session_payment(session, event.object)
+    if settlement.fail(session, payment, reason="the payment did not clear"):
+        announce.payment_failed(session, event.settings, payment)
 
 
 def session_expired(session: Session, event: Event) -> None:
@@ -98,22 +105,27 @@ def intent_succeeded(session: Session, event: Event) -> None:
     obj = event.object
     payment = _intent_payment(session, obj)
     received = as_int(obj.get("amount_received"))
-    settlement.settle(
+    if settlement.settle(
         session,
         payment,
         amount_cents=received if received is not None else as_int(obj.get("amount")),
         currency=currency(obj),
-    )
+    ):
+        announce.payment_succeeded(session, payment, topup=_is_topup(obj))
 
 
 def intent_failed(session: Session, event: Event) -> None:
     """A payment attempt failed (the customer may still retry with another card)."""
     obj = event.object
     error = obj.get("last_payment_error")
-    reason = None
+    reason = code = None
     if isinstance(error, dict):
         reason = error.get("message") or error.get("code")
-    settlement.fail(session, _intent_payment(session, obj), reason=str(reason) if reason else None)
+        code = error.get("code")
+    payment = _intent_payment(session, obj)
+    if settlement.fail(session, payment, reason=str(reason) if reason else None):
+        announce.payment_failed(session, event.settings, payment,
+                                code=str(code) if code else None, topup=_is_topup(obj))
 
 
 HANDLERS: dict[str, Handler] = {

@@ -20,6 +20,7 @@ from services.payments.stripe_objects import (
     ref,
 )
 from services.stripe_events.context import Event, Handler
+from services.webhooks import announce
 
 
 def _apply(session: Session, charge: StripeObject) -> None:
@@ -40,9 +41,12 @@ def _apply(session: Session, charge: StripeObject) -> None:
         payment_intent_id=ref(charge.get("payment_intent")),
         charge_id=ref(charge.get("id")),
     )
+    before = payment.refunded_cents
     settlement.record_refund(
         session, payment, refunded_cents=as_int(charge.get("amount_refunded")) or 0
     )
+    if payment.refunded_cents > before:
+        announce.payment_refunded(session, payment)
 
 
 def charge_refunded(session: Session, event: Event) -> None:

@@ -7,21 +7,26 @@ from sqlalchemy.orm import Session
 from services.payments import subscriptions
 from services.payments.stripe_objects import StripeInvoice, StripeSubscription
 from services.stripe_events.context import Event, Handler
+from services.webhooks import announce
 
 
 def subscription_changed(session: Session, event: Event) -> None:
     """A subscription was created or updated: apply its state unless a newer one is known."""
-    subscriptions.apply_event_state(
+    row = subscriptions.apply_event_state(
         session, StripeSubscription.parse(event.object), event_created=event.created
     )
+    if row.stripe_event_created == event.created:  # applied, not stale
+        announce.subscription_changed(session, row, stripe_type=event.type)
 
 
 def subscription_deleted(session: Session, event: Event) -> None:
     """A subscription ended."""
-    subscriptions.apply_event_state(
+    row = subscriptions.apply_event_state(
         session, StripeSubscription.parse(event.object), event_created=event.created,
         deleted=True,
     )
+    if row.stripe_event_created == event.created:
+        announce.subscription_changed(session, row, stripe_type=event.type)
 
 
 def invoice_paid(session: Session, event: Event) -> None:
