@@ -11,6 +11,14 @@ Checkout Sessions are kept in memory: ``POST /v1/checkout/sessions``,
 which returns the parameters as sent (Stripe does not echo ``payment_intent_data`` back,
 yet tests check it).
 
+``POST /v1/subscriptions/{id}`` with ``proration_behavior`` (a plan change; localstripe
+refuses the parameter, credits the whole of every earlier invoice as "unused time" and
+invoices nothing): the update is forwarded without it, localstripe's pending proration items
+are removed, and Stripe's proration by time is added instead (the old plan's unused time
+credited, the new plan's remaining time charged: localstripe's invoice bills its whole
+period, less a line for the time already past) and, with ``always_invoice``, invoiced and
+paid at once. Without the parameter the update is forwarded as it is.
+
 Every POST honours ``Idempotency-Key`` as Stripe does, forwarded ones too (localstripe
 ignores the header): the first answer under a key is the answer to every request with it,
 and a request racing the first waits for it (Stripe answers it 409 and the SDK retries).
@@ -27,7 +35,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 Handler = Callable[..., tuple[int, dict[str, Any]]]
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
@@ -51,6 +59,20 @@ def _listify(node: Any) -> Any:
     if node and all(k.isdigit() for k in node):
         return [_listify(node[k]) for k in sorted(node, key=int)]
     return {k: _listify(v) for k, v in node.items()}
+
+
+def _flatten(params: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Stripe's form encoding of nested dicts and lists (``items[0][plan]=...``)."""
+    pairs: list[tuple[str, str]] = []
+    for key, value in params.items():
+        name = f"{prefix}[{key}]" if prefix else str(key)
+        if isinstance(value, dict):
+            pairs += _flatten(value, name)
+        elif isinstance(value, list):
+            pairs += _flatten(dict(enumerate(value)), name)
+        elif value is not None:
+            pairs.append((name, str(value)))
+    return pairs
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> tuple[int, dict]:
@@ -82,6 +104,8 @@ class StripeStub:
                 re.compile(r"^/_stub/checkout/sessions/(?P<id>[^/]+)/params$"),
                 self.get_session_params,
             ),
+            ("POST", re.compile(r"^/v1/subscriptions/(?P<id>sub_[^/]+)$"),
+             self.update_subscription),
         ]
         self.server: ThreadingHTTPServer | None = None
 
@@ -160,6 +184,65 @@ class StripeStub:
     def get_session_params(self, match, params, headers) -> tuple[int, dict[str, Any]]:
         found = self.session_params.get(match["id"])
         return (200, found) if found is not None else _error(404, "unknown session")
+
+    # --- plan changes -----------------------------------------------------------------------
+
+    def call(self, method: str, path: str, params: dict[str, Any] | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        """One request to localstripe with form-encoded ``params``; its status and JSON."""
+        form = urlencode(_flatten(params or {}))
+        sent = {k: v for k, v in (headers or {}).items()
+                if k.lower() in ("authorization", "stripe-version")}
+        if method == "GET":
+            status, _, data = self.forward(method, f"{path}?{form}" if form else path, b"", sent)
+        else:
+            sent["Content-Type"] = "application/x-www-form-urlencoded"
+            status, _, data = self.forward(method, path, form.encode(), sent)
+        return status, json.loads(data or b"{}")
+
+    def update_subscription(self, match, params, headers) -> tuple[int, dict[str, Any]]:
+        path = f"/v1/subscriptions/{match['id']}"
+        behavior = params.pop("proration_behavior", None)
+        if behavior is None:
+            return self.call("POST", path, params, headers)
+        if behavior not in ("none", "create_prorations", "always_invoice"):
+            return _error(400, "Invalid proration_behavior")
+        status, before = self.call("GET", path, None, headers)
+        if status != 200:
+            return status, before
+        status, after = self.call("POST", path, params, headers)
+        if status != 200:
+            return status, after
+        customer = before["customer"]
+        _, items = self.call("GET", "/v1/invoiceitems", {"customer": customer, "limit": 99},
+                             headers)
+        for item in items.get("data", []):
+            if item.get("invoice") is None and item.get("proration"):
+                self.call("DELETE", f"/v1/invoiceitems/{item['id']}", None, headers)
+        old, new = before["items"]["data"][0]["plan"], after["items"]["data"][0]["plan"]
+        if behavior != "none" and old["id"] != new["id"]:
+            start, end = before["current_period_start"], before["current_period_end"]
+            left = min(1.0, max(0.0, (end - time.time()) / max(1, end - start)))
+            # localstripe's invoice bills the new plan's whole period as its subscription
+            # line: the part of it before now is taken off as one more proration line.
+            for plan, amount, what in (
+                (old, -round(old["amount"] * left), "Unused time"),
+                (new, round(new["amount"] * left) - new["amount"], "Time already past"),
+            ):
+                if amount:
+                    self.call("POST", "/v1/invoiceitems", {
+                        "customer": customer, "subscription": match["id"], "plan": plan["id"],
+                        "currency": plan["currency"], "proration": "true", "amount": amount,
+                        "description": f"{what} on {plan.get('nickname') or plan['id']}",
+                    }, headers)
+            if behavior == "always_invoice":
+                status, invoice = self.call("POST", "/v1/invoices",
+                                            {"customer": customer, "subscription": match["id"]},
+                                            headers)
+                if status != 200:
+                    return status, invoice
+                self.call("POST", f"/v1/invoices/{invoice['id']}/pay", None, headers)
+        return self.call("GET", path, None, headers)
 
     # --- plumbing ---------------------------------------------------------------------------
 

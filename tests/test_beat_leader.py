@@ -26,10 +26,10 @@ ENV = {"BILLING_EVENT_SWEEP_INTERVAL_S": "1", "BILLING_STATS_INTERVAL_S": "5",
 
 
 class Beat:
-    def __init__(self, name: str, tmp: Path, broker_url: str) -> None:
+    def __init__(self, name: str, tmp: Path, broker_url: str, **extra: str) -> None:
         self.heartbeat = tmp / f"{name}.heartbeat"
         self.log = tmp / f"{name}.log"
-        env = {**os.environ, **ENV, "BILLING_REDIS_URL": broker_url,
+        env = {**os.environ, **ENV, **extra, "BILLING_REDIS_URL": broker_url,
                "BILLING_HEARTBEAT_FILE": str(self.heartbeat), "BILLING_LOG_JSON": "false"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers.app", "beat",
@@ -88,3 +88,15 @@ def test_two_beats_started_together_send_each_scheduled_task_once_per_period(tmp
     finally:
         for b in beats:
             b.stop()
+
+
+def test_a_fresh_beat_sends_a_statistics_snapshot_at_once(tmp_path, broker):
+    """A fresh deployment shows figures on first open, not after the first interval."""
+    url, client = broker
+    beat = Beat("fresh", tmp_path, url, BILLING_STATS_INTERVAL_S="3600")
+    try:
+        wait_for(beat.leads, timeout=30, message="the beat leads")
+        wait_for(lambda: _sent(client)["stats.snapshot"] == 1, timeout=10,
+                 message="a snapshot sent at start, an hour before its schedule")
+    finally:
+        beat.stop()

@@ -6,6 +6,7 @@ Driven as tests/browser.py says; screenshots go to test-artifacts/dashboard-*.pn
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import timedelta
 from functools import cache
 
@@ -17,6 +18,7 @@ from db.base import utc_now
 from db.models import AdminActivityLog, AdminStatsSnapshot, StripeEvent, User
 from services.auth.passwords import hash_password
 from services.credits import ledger
+from services.logs import logstream
 from services.stats import reports
 from services.stats import snapshot as stats
 from tests.browser import (
@@ -327,4 +329,37 @@ def test_refresh_button_recomputes_the_stats(browser, live_api, data, db, celery
     assert page.locator("#computed-at time").get_attribute("datetime") != before
     assert db.scalar(select(AdminStatsSnapshot).order_by(
         AdminStatsSnapshot.computed_at.desc())).data["users"]["total"] == 4
+    assert problems.errors == []
+
+
+def test_overview_shows_retention_peak_hours_plan_changes_and_ltv(browser, live_api, data, db):
+    now = utc_now()
+    record = logstream.UsageRecord(id=uuid.uuid4(), created_at=now, user_id=data["alice"].id,
+                                   endpoint="/v1/x", credits=3, status_code=200)
+    logstream.write_usage(db, [record])
+    stats.take_snapshot(db)
+    db.commit()
+    page, problems = open_page(browser)
+    sign_in_admin(page, live_api)
+
+    retention = page.locator("section[aria-labelledby='retention-title']")
+    # This week's cohort: the three accounts of the data set, alice used credits: 33%.
+    expect(retention.locator(".heat-table tbody tr").last).to_contain_text("33%")
+    expect(retention.locator("td.heat")).to_have_count(sum(range(1, 13)))
+    peak = page.locator("section[aria-labelledby='peak-title']")
+    expect(peak.locator("td.heat")).to_have_count(7 * 24)
+    hottest = peak.locator("td.heat-5")
+    expect(hottest).to_have_count(1)
+    weekday = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"][now.weekday()]
+    expect(hottest).to_have_attribute("title", re.compile(rf"^{weekday} {now.hour:02d}:00 UTC: 1 "))
+    peak.get_by_text("Show the figures as a table").click()
+    expect(peak.locator("details tbody tr")).to_have_count(1)
+    changes = page.locator("section[aria-labelledby='changes-title']")
+    expect(changes.locator("svg rect")).to_have_count(24)
+    expect(changes.locator("details tbody tr")).to_have_count(12)
+    value = page.locator("section[aria-labelledby='ltv-title']")
+    expect(value).to_contain_text("per paying user")
+    expect(value.locator("tbody tr", has_text="No subscription")).to_contain_text("3")
+    expect(page.locator(".card", has_text="API calls")).to_contain_text("1")
+    shot(page, "overview-figures")
     assert problems.errors == []

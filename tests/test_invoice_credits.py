@@ -136,3 +136,14 @@ def test_an_invoice_in_another_currency_than_its_plans_is_parked(client, db, cel
     row = _processed(client, db, evt)
     assert row.status == "failed" and row.last_error.startswith("Rejected: ")
     assert _granted(db, subscriber) == [] and _payments(db, subscriber) == []
+
+
+def test_a_downgrades_proration_credit_grants_nothing(client, db, celery_worker, subscriber,
+                                                       team):
+    """A proration to a cheaper plan nets below zero: Stripe pays nothing, nothing is granted
+    (the cheaper plan's credits come with its first renewal)."""
+    basic = make_plan(db, monthly_credits=300, price_cents=2000)
+    evt = _invoice(subscriber, basic, amount_paid=0, reason="subscription_update",
+                   lines=[(team, -2500), (basic, 1000)])
+    assert _processed(client, db, evt).status == "ignored"
+    assert _granted(db, subscriber) == [] and _payments(db, subscriber) == []

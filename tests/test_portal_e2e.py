@@ -360,6 +360,44 @@ def test_subscription_starts_with_the_test_card_and_cancels_at_period_end(
     assert problems.errors == []
 
 
+def test_change_plan_upgrades_now_and_a_downgrade_waits_until_kept_back(
+    browser, portal, db, client
+):
+    from db.models import PlanChange
+    from tests.factories import auth_headers
+
+    admin = make_user(db, role="admin")
+    for slug, credits, price in (("basic", 100, 900), ("team", 1000, 4900)):
+        assert client.post(f"{API}/admin/plans", json={
+            "slug": slug, "name": slug.title(), "monthly_credits": credits,
+            "price_cents": price}, headers=auth_headers(admin)).status_code == 201
+    page, problems = signed_in_page(browser, portal, db, "cora@example.com")
+    page.get_by_role("link", name="Subscription").click()
+    page.get_by_role("button", name=re.compile("^Subscribe to Basic")).click()
+    expect(page.get_by_role("heading", name="Basic plan")).to_be_visible()
+
+    expect(page.get_by_label("Change plan")).to_contain_text("Team")  # the one other plan
+    page.get_by_role("button", name="Change plan").click()
+    expect(page.get_by_role("heading", name="Team plan")).to_be_visible()
+
+    expect(page.get_by_label("Change plan")).to_contain_text("Basic")
+    page.get_by_role("button", name="Change plan").click()
+    expect(page.locator(".change-plan")).to_contain_text("Moves to Basic on")
+    expect(page.get_by_role("heading", name="Team plan")).to_be_visible()  # until period end
+    screenshot(page, "portal-change-plan")
+    page.get_by_role("button", name="Keep Team").click()
+    expect(page.get_by_role("button", name="Keep Team")).to_have_count(0)
+    expect(page.locator(".change-plan")).not_to_contain_text("Moves to")
+
+    db.expire_all()
+    user = user_by_email(db, "cora@example.com")
+    changes = db.scalars(select(PlanChange).where(PlanChange.user_id == user.id)
+                         .order_by(PlanChange.created_at)).all()
+    assert [(c.direction, c.status) for c in changes] == [
+        ("upgrade", "applied"), ("downgrade", "superseded")]
+    assert problems.errors == []
+
+
 # --- the link pages on their own ----------------------------------------------------------------
 
 

@@ -36,10 +36,14 @@ from db.models import (
     OtpCode,
     Payment,
     Plan,
+    PlanChange,
     RefreshToken,
     StripeEvent,
     Subscription,
     UsageDaily,
+    UsageHourly,
+    UsageRetention,
+    UsageUserWeek,
     User,
 )
 from tests.factories import auth_headers, make_payment, make_plan, make_user
@@ -57,6 +61,8 @@ USER_TABLES: dict[str, tuple[type, str]] = {
     "idempotency_keys": (IdempotencyKey, "user_id"),
     "auth_identities": (AuthIdentity, "user_id"),
     "one_time_tokens": (OneTimeToken, "user_id"),
+    "plan_changes": (PlanChange, "user_id"),
+    "usage_user_weeks": (UsageUserWeek, "user_id"),
 }
 # Tables without an owning user, and the scopes that may read them: admin requests, and
 # the sign-in flows and the Stripe webhook (service).
@@ -67,9 +73,12 @@ RESTRICTED_TABLES: dict[str, tuple[type, set[str]]] = {
     "daily_reports": (DailyReport, {"admin"}),
     "integrity_checks": (IntegrityCheck, {"admin"}),
     "otp_codes": (OtpCode, {"service"}),
+    "usage_hourly": (UsageHourly, {"admin"}),
+    "usage_retention": (UsageRetention, {"admin"}),
 }
 # What the application role may not do at all (least privilege), so it is refused outright.
-NO_INSERT = {"api_usage_log", "usage_daily", "login_history"}  # written by workers
+# written by workers
+NO_INSERT = {"api_usage_log", "usage_daily", "login_history", "usage_user_weeks"}
 NO_UPDATE = NO_INSERT | {"credit_transactions"}  # and the ledger is append-only
 INSUFFICIENT_PRIVILEGE = "42501"
 
@@ -164,9 +173,14 @@ def _give_rows(db: Session, user: User, plan: Plan) -> None:
     """One row of each per-user table for ``user`` (its ledger row comes with its credits)."""
     now = utc_now()
     make_payment(db, user)
+    subscription = Subscription(user_id=user.id, plan_id=plan.id, status="active",
+                                stripe_subscription_id=f"sub_{uuid.uuid4().hex}")
+    db.add(subscription)
+    db.flush()
     db.add_all([
-        Subscription(user_id=user.id, plan_id=plan.id, status="active",
-                     stripe_subscription_id=f"sub_{uuid.uuid4().hex}"),
+        PlanChange(user_id=user.id, subscription_id=subscription.id, from_plan_id=plan.id,
+                   to_plan_id=plan.id, direction="upgrade", status="applied", effective_at=now),
+        UsageUserWeek(user_id=user.id, week=now.date()),
         ApiUsageLog(id=uuid.uuid4(), user_id=user.id, endpoint="/v1/x", method="POST",
                     credits=1, status_code=200),
         UsageDaily(day=utc_now().date(), user_id=user.id, endpoint="/v1/x", calls=1, credits=1),
@@ -204,6 +218,8 @@ def two_users(db):
         DailyReport(day=utc_now().date(), data={"revenue": 0}),
         IntegrityCheck(users_checked=3, mismatches=0),
         OtpCode(phone="+15550001111", code_hash=b"\0" * 32, expires_at=now),
+        UsageHourly(hour=now.replace(minute=0, second=0, microsecond=0), calls=1, credits=1),
+        UsageRetention(cohort_week=now.date(), week=now.date(), active=1),
     ])
     db.commit()
     return a, b, admin

@@ -100,7 +100,7 @@ def test_snapshot_matches_hand_computed_figures(db):
     users = build_data_set(db)
     data = stats.compute(db, now=NOW)
 
-    assert data["users"] == {"total": 5, "new_today": 2, "new_this_week": 2,
+    assert {k: v for k, v in data["users"].items() if k != "retention"} == {"total": 5, "new_today": 2, "new_this_week": 2,
                              "new_this_month": 4, "deactivated": 0}
     assert data["active_users"] == {"dau": 2, "wau": 4, "mau": 5}
     revenue = data["revenue"]
@@ -110,13 +110,15 @@ def test_snapshot_matches_hand_computed_figures(db):
     assert revenue["arpu_cents"] == {"EUR": 400.0, "USD": 320.0}
     assert [(d["day"], d["currency"], d["net_cents"]) for d in revenue["by_day"]] == [
         ("2026-11-01", "USD", 0), ("2026-11-22", "EUR", 2000), ("2026-11-23", "USD", 700)]
-    assert data["subscriptions"] == {
+    assert {k: v for k, v in data["subscriptions"].items()
+            if k not in ("tier_distribution", "changes")} == {
         "active_total": 2, "active_by_plan": [{"plan": "basic", "active": 1},
                                               {"plan": "pro", "active": 1}],
         "canceled_30d": 1, "churn_30d": 0.3333}
     assert data["payments"] == {"succeeded": 3, "failed": 1, "refunded": 2,
                                 "success_rate_30d": 0.75, "refund_rate_30d": 0.6667}
-    assert data["credits"] == {"credits_sold": 90, "credits_used": 30, "credits_outstanding": 60}
+    assert {k: v for k, v in data["credits"].items() if not k.startswith("avg_")} == {
+        "credits_sold": 90, "credits_used": 30, "credits_outstanding": 60}
     assert data["credits_by_endpoint_30d"] == [
         {"endpoint": "/v1/b", "calls": 2, "credits": 13},
         {"endpoint": "/v1/a", "calls": 4, "credits": 11}]

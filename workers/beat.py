@@ -35,6 +35,8 @@ LOCK_TTL_S = 30
 # A tick at least this often: the lock is renewed well before it expires, the heartbeat
 # stays fresh, and a standby notices a free lock quickly.
 TICK_MAX_S = 5.0
+# Sent once whenever this beat starts to lead.
+ON_START = "stats.snapshot"
 
 
 class LeaderScheduler(PersistentScheduler):
@@ -92,11 +94,21 @@ class LeaderScheduler(PersistentScheduler):
             log.info("beat: leading; sending the schedule (lock %s)", LOCK_KEY)
             if self.stood_by:
                 self._restart_schedule()
+            self._send_on_start()
         elif not held and (self.leading or not self.stood_by):
             log.info("beat: another beat leads; standing by")
         self.stood_by = self.stood_by or not held
         self.leading = held
         return held
+
+    def _send_on_start(self) -> None:
+        """A statistics snapshot at once: a fresh deployment shows figures on first open,
+        not after one ``BILLING_STATS_INTERVAL_S`` (the snapshot's own lock makes an extra
+        one harmless)."""
+        try:
+            self.app.send_task(ON_START, expires=float(get_settings().stats_interval_s))
+        except Exception as exc:  # noqa: BLE001 - the schedule sends it later anyway
+            log.warning("beat: could not send %s at start (%r)", ON_START, exc)
 
     def _take(self) -> bool:
         """Take the lock if it is free, or if it is this beat's from before a restart."""

@@ -2,6 +2,7 @@
 
 import * as api from "./api.js";
 import { dailySeries, revenueChart } from "./chart.js";
+import { changesPanel, peakPanel, retentionPanel, valuePanel } from "./insights.js";
 import {
   announce, formatMoney, formatNumber, formatRate, h, relativeTime, replace, table, timeEl,
 } from "/ui/dom.js";
@@ -104,7 +105,14 @@ function renderSnapshot(body, snapshot) {
       ],
     }));
 
-  replace(body, cards, h("div", { class: "panels" }, chartBox, creditsBox, endpoints, top));
+  const usage = d.usage || {};
+  const calls = usage.total_calls || {};
+  cards.append(card("API calls", formatNumber(calls.today),
+    `today; ${formatNumber(calls.last_7d)} in 7 days, ${formatNumber(calls.last_30d)} in 30,`
+    + ` ${formatNumber(calls.all_time)} all time`));
+  replace(body, cards, h("div", { class: "panels" }, chartBox, creditsBox, endpoints, top,
+    retentionPanel(users.retention), peakPanel(usage.peak_hours),
+    changesPanel(subs.changes), valuePanel(revenue.ltv, subs.tier_distribution, credits)));
 }
 
 /** The Overview page. */

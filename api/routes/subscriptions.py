@@ -10,14 +10,17 @@ from api.deps import CurrentUser, SessionDep, SettingsDep
 from api.idempotency import IdempotencyDep
 from api.schemas.stripe import (
     CancelIn,
+    PlanChangedOut,
+    PlanChangeIn,
+    PlanChangeOut,
     PlanOut,
     SubscribeIn,
     SubscribeOut,
     SubscriptionOut,
     SubscriptionStateOut,
 )
+from services.payments import plan_changes, subscriptions
 from services.payments import purchases as payments
-from services.payments import subscriptions
 
 router = APIRouter(prefix="/api/user-management", tags=["subscriptions"])
 
@@ -35,8 +38,10 @@ def get_subscription(user: CurrentUser, session: SessionDep) -> SubscriptionStat
     if row is None:
         return SubscriptionStateOut(subscription=None, plan=None)
     plan = subscriptions.get_plan(session, row.plan_id)
+    waiting = plan_changes.pending(session, row.id)
     return SubscriptionStateOut(
-        subscription=SubscriptionOut.model_validate(row), plan=PlanOut.model_validate(plan)
+        subscription=SubscriptionOut.model_validate(row), plan=PlanOut.model_validate(plan),
+        pending_change=PlanChangeOut.model_validate(waiting) if waiting is not None else None,
     )
 
 
@@ -101,3 +106,38 @@ def cancel_subscription(
     immediately = body.immediately if body is not None else False
     row = subscriptions.cancel(session, settings, user=user, immediately=immediately)
     return SubscriptionOut.model_validate(row)
+
+
+@router.post(
+    "/subscription/change",
+    response_model=PlanChangedOut,
+    summary="Change my subscription's plan",
+    responses={
+        400: {"description": "plan_inactive, plan_currency_mismatch or plan_not_sellable"},
+        404: {"description": "plan_not_found or no_subscription"},
+        409: {"description": "plan_unchanged, or an Idempotency-Key conflict"},
+        503: {"description": "Stripe is unavailable; nothing changed"},
+    },
+)
+def change_plan(
+    body: PlanChangeIn,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    idem: IdempotencyDep,
+) -> Any:
+    """An upgrade now, with Stripe's proration invoiced at once (its credits come with that
+    invoice's payment); a downgrade at the end of the paid period. The current plan's id calls
+    off a waiting downgrade."""
+
+    def work() -> PlanChangedOut:
+        changed = plan_changes.change(session, settings, user=user, plan_ref=body.plan_id)
+        row = changed.subscription
+        return PlanChangedOut(
+            subscription=SubscriptionOut.model_validate(row),
+            plan=PlanOut.model_validate(subscriptions.get_plan(session, row.plan_id)),
+            change=(PlanChangeOut.model_validate(changed.change)
+                    if changed.change is not None else None),
+        )
+
+    return idem.run(session, user_id=user.id, body=body, work=work, status_code=200)

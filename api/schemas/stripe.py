@@ -95,9 +95,38 @@ class SubscriptionOut(BaseModel):
     created_at: datetime
 
 
+class PlanChangeOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    from_plan_id: uuid.UUID
+    to_plan_id: uuid.UUID
+    direction: Literal["upgrade", "downgrade"]
+    status: Literal["applied", "scheduled", "superseded"] = Field(
+        description="applied (an upgrade, at once); scheduled (a downgrade, at the period's "
+                    "end); superseded (replaced by a later change before it took effect)")
+    effective_at: datetime
+    created_at: datetime
+
+
 class SubscriptionStateOut(BaseModel):
     subscription: SubscriptionOut | None
     plan: PlanOut | None
+    pending_change: PlanChangeOut | None = Field(
+        None, description="A downgrade waiting for the end of the period")
+
+
+class PlanChangeIn(_In):
+    plan_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
+        description="The new plan's id or slug; the current plan calls off a waiting downgrade"
+    )
+
+
+class PlanChangedOut(BaseModel):
+    subscription: SubscriptionOut
+    plan: PlanOut = Field(description="The plan in effect now")
+    change: PlanChangeOut | None = Field(
+        description="The change recorded; null when a waiting downgrade was called off")
 
 
 class SubscribeIn(_In):

@@ -1,6 +1,13 @@
 """All tables, imported here so that ``Base.metadata`` knows every one."""
 
-from db.models.billing import CreditPackage, CreditTransaction, Payment, Plan, Subscription
+from db.models.billing import (
+    CreditPackage,
+    CreditTransaction,
+    Payment,
+    Plan,
+    PlanChange,
+    Subscription,
+)
 from db.models.grants import CreditGrant, PromoCode, PromoRedemption
 from db.models.ops import (
     AdminActivityLog,
@@ -10,6 +17,9 @@ from db.models.ops import (
     IdempotencyKey,
     IntegrityCheck,
     UsageDaily,
+    UsageHourly,
+    UsageRetention,
+    UsageUserWeek,
 )
 from db.models.stripe import StripeEvent
 from db.models.topup import AutoTopupSettings, BalanceCrossing, SavedPaymentMethod, TopupAttempt
@@ -34,6 +44,7 @@ __all__ = [
     "OtpCode",
     "Payment",
     "Plan",
+    "PlanChange",
     "PromoCode",
     "PromoRedemption",
     "RefreshToken",
@@ -42,6 +53,9 @@ __all__ = [
     "Subscription",
     "TopupAttempt",
     "UsageDaily",
+    "UsageHourly",
+    "UsageRetention",
+    "UsageUserWeek",
     "User",
     "WebhookDelivery",
     "WebhookEndpoint",

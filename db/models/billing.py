@@ -225,3 +225,37 @@ class Subscription(Base):
     raw: Mapped[dict | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = created_at()
     updated_at: Mapped[datetime] = updated_at()
+
+
+PLAN_CHANGE_DIRECTIONS = ("upgrade", "downgrade")
+PLAN_CHANGE_STATUSES = ("applied", "scheduled", "superseded")
+
+
+class PlanChange(Base):
+    """A change of a subscription's plan: an upgrade applied at once, or a downgrade
+    ``scheduled`` for the period's end (applied by the renewal)."""
+
+    __tablename__ = "plan_changes"
+    __table_args__ = (
+        CheckConstraint(in_check("direction", PLAN_CHANGE_DIRECTIONS), name="direction_known"),
+        CheckConstraint(in_check("status", PLAN_CHANGE_STATUSES), name="status_known"),
+        Index("ix_plan_changes_created_at", "created_at"),
+        Index("ix_plan_changes_subscription_id", "subscription_id", "created_at"),
+        Index("uq_plan_changes_scheduled", "subscription_id", unique=True,
+              postgresql_where=text("status = 'scheduled'")),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE")
+    )
+    subscription_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("subscriptions.id", ondelete="CASCADE")
+    )
+    from_plan_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), ForeignKey("plans.id"))
+    to_plan_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), ForeignKey("plans.id"))
+    direction: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    effective_at: Mapped[datetime]
+    applied_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = created_at()

@@ -70,6 +70,40 @@ class UsageDaily(Base):
     errors: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
+class UsageHourly(Base):
+    """Usage per UTC hour (all users): written by the log drain in the statement that writes
+    ``usage_daily``; the snapshot's peak hours and total calls read it."""
+
+    __tablename__ = "usage_hourly"
+
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    credits: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+class UsageUserWeek(Base):
+    """A user with credits used in an ISO week (named by its Monday); the drain adds it the
+    first time, and counts it then in ``usage_retention``."""
+
+    __tablename__ = "usage_user_weeks"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    week: Mapped[date] = mapped_column(Date, primary_key=True)
+
+
+class UsageRetention(Base):
+    """Users of a sign-up week (``cohort_week``) with credits used in ``week``."""
+
+    __tablename__ = "usage_retention"
+
+    cohort_week: Mapped[date] = mapped_column(Date, primary_key=True)
+    week: Mapped[date] = mapped_column(Date, primary_key=True)
+    active: Mapped[int] = mapped_column(BigInteger)
+
+
 class AdminActivityLog(Base):
     """An operator's change, written in the same transaction as the change."""
 

@@ -254,6 +254,31 @@ _INSERT_USAGE = text(
         SET calls = d.calls + excluded.calls, credits = d.credits + excluded.credits,
             errors = d.errors + excluded.errors
         RETURNING 1
+    ), hourly AS (
+        -- The hourly rollup (peak hours, total calls), from the same inserted rows.
+        INSERT INTO usage_hourly AS h (hour, calls, credits, errors)
+        SELECT date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', count(*),
+               sum(credits), count(*) FILTER (WHERE status_code >= 400)
+        FROM inserted
+        GROUP BY 1
+        ON CONFLICT (hour) DO UPDATE
+        SET calls = h.calls + excluded.calls, credits = h.credits + excluded.credits,
+            errors = h.errors + excluded.errors
+        RETURNING 1
+    ), weeks AS (
+        -- Retention: a user's first credits used in a week count once in their cohort.
+        INSERT INTO usage_user_weeks (user_id, week)
+        SELECT DISTINCT user_id, (date_trunc('week', created_at AT TIME ZONE 'UTC'))::date
+        FROM inserted WHERE credits > 0
+        ON CONFLICT (user_id, week) DO NOTHING
+        RETURNING user_id, week
+    ), cohorts AS (
+        INSERT INTO usage_retention AS r (cohort_week, week, active)
+        SELECT (date_trunc('week', u.created_at AT TIME ZONE 'UTC'))::date, w.week, count(*)
+        FROM weeks w JOIN users u ON u.id = w.user_id
+        GROUP BY 1, 2
+        ON CONFLICT (cohort_week, week) DO UPDATE SET active = r.active + excluded.active
+        RETURNING 1
     )
     SELECT (SELECT count(*) FROM inserted)
     """
@@ -286,7 +311,7 @@ def _known_users(session: Session, ids: set[uuid.UUID]) -> set[uuid.UUID]:
 
 
 def write_usage(session: Session, records: list[UsageRecord]) -> tuple[int, list[UsageRecord]]:
-    """Insert usage records (and their daily rollup); returns (inserted, orphans refused)."""
+    """Insert usage records and their daily and hourly rollups: (inserted, orphans refused)."""
     known = _known_users(session, {r.user_id for r in records})
     rows = [r for r in records if r.user_id in known]
     orphans = [r for r in records if r.user_id not in known]

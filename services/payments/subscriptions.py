@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.base import utc_now
-from db.models import Payment, Plan, Subscription, User
+from db.models import Payment, Plan, PlanChange, Subscription, User
 from db.models.users import SUBSCRIPTION_STATUSES
 from services.admin import audit
 from services.credits import ledger
@@ -335,7 +335,7 @@ def apply_event_state(
         row = _upsert(session, sub, user_id=user_id, plan_id=plan.id)
     if not _is_newer(row, event_created=event_created, status=str(status)):
         return row
-    _apply_fields(session, row, sub, status=str(status))
+    _apply_fields(session, row, sub, status=str(status), event_created=event_created)
     row.stripe_event_created = max(event_created, row.stripe_event_created or 0)
     _sync_user(session, row.user_id)
     return row
@@ -472,8 +472,14 @@ def _upsert(
     return row
 
 
+def apply_answer(session: Session, row: Subscription, sub: StripeSubscription) -> None:
+    """Apply Stripe's answer to our own call (no event time: the watermark stays)."""
+    _apply_fields(session, row, sub, status=sub.status or row.status)
+    _sync_user(session, row.user_id)
+
+
 def _apply_fields(session: Session, row: Subscription, sub: StripeSubscription, *,
-                  status: str) -> None:
+                  status: str, event_created: int | None = None) -> None:
     row.status = status
     row.cancel_at_period_end = sub.cancel_at_period_end
     row.canceled_at = sub.canceled_at or (
@@ -483,9 +489,40 @@ def _apply_fields(session: Session, row: Subscription, sub: StripeSubscription, 
     row.current_period_end = sub.current_period_end or row.current_period_end
     plan = _plan_of(session, sub.price_ids)
     if plan is not None:
-        row.plan_id = plan.id
+        row.plan_id = _plan_in_effect(session, row, plan.id, sub, event_created)
     row.raw = sub.raw
     session.flush()
+
+
+def _plan_in_effect(session: Session, row: Subscription, named: uuid.UUID,
+                    sub: StripeSubscription, event_created: int | None) -> uuid.UUID:
+    """The plan a Stripe state naming plan ``named`` leaves the row on (plan changes).
+
+    A downgrade waits for its period's end: a state naming its plan before then keeps the
+    current one, and the first state of the new period applies it. A state older than an
+    applied change (its event created no later than the change) naming the plan the change
+    left never moves the row back.
+    """
+    scheduled = session.scalar(
+        select(PlanChange).where(PlanChange.subscription_id == row.id,
+                                 PlanChange.status == "scheduled")
+    )
+    if scheduled is not None and named == scheduled.to_plan_id:
+        start = sub.current_period_start
+        if start is None or start < scheduled.effective_at:
+            return row.plan_id
+        scheduled.status, scheduled.applied_at = "applied", utc_now()
+        return named
+    if event_created is not None:
+        latest = session.scalars(
+            select(PlanChange)
+            .where(PlanChange.subscription_id == row.id, PlanChange.status == "applied")
+            .order_by(PlanChange.created_at.desc()).limit(1)
+        ).first()
+        if (latest is not None and named == latest.from_plan_id
+                and event_created <= int((latest.applied_at or latest.created_at).timestamp())):
+            return row.plan_id
+    return named
 
 
 def _owner(

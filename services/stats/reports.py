@@ -21,8 +21,10 @@ from db.base import utc_now
 from db.models import DailyReport
 from services.errors import NotFound
 from services.pagination import Page, paginate
+from services.stats import figures
 
 TOP_ENDPOINTS = 10
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _LOCK_NAMESPACE = 0x5245_5054  # advisory lock space of report production ("REPT")
 _SUCCEEDED = ["succeeded", "partially_refunded", "refunded"]
 
@@ -84,6 +86,22 @@ def compute(session: Session, day: date) -> dict[str, Any]:
         "credits_sold": ledger["credits_sold"],
         "credits_used": ledger["credits_used"],
         "top_endpoints": endpoints,
+        "figures": _figures(session, b["end"] - timedelta(microseconds=1)),
+    }
+
+
+def _figures(session: Session, now: datetime) -> dict[str, Any]:
+    """The snapshot's issue-19 figures as of the day's last instant (tiers: as they are now,
+    subscriptions keep no history)."""
+    users = session.execute(text("SELECT count(*) FROM users WHERE created_at <= :now"),
+                            {"now": now}).scalar_one()
+    return {
+        "retention": figures.retention(session, now),
+        "credits": figures.credit_averages(session, now),
+        **figures.calls(session, now),
+        "tier_distribution": figures.tiers(session, now, total_users=users),
+        "plan_changes": figures.plan_changes(session, now),
+        "ltv": figures.lifetime_value(session, now),
     }
 
 
@@ -160,4 +178,31 @@ def to_csv(report: DailyReport) -> str:
     for row in data["top_endpoints"]:
         writer.writerow(["top_endpoints", f"{row['endpoint']}.calls", row["calls"]])
         writer.writerow(["top_endpoints", f"{row['endpoint']}.credits", row["credits"]])
+    if "figures" in data:  # reports produced before issue 19 have none
+        _figures_csv(writer, data["figures"])
     return out.getvalue()
+
+
+def _figures_csv(writer: SafeWriter, f: dict[str, Any]) -> None:
+    for cohort in f["retention"]["cohorts"]:
+        writer.writerow(["retention", f"{cohort['week']}.users", cohort["users"]])
+        for k, share in enumerate(cohort["share"]):
+            writer.writerow(["retention", f"{cohort['week']}.week{k}", share])
+    for key, value in f["credits"].items():
+        writer.writerow(["averages", key, value])
+    for key, value in f["total_calls"].items():
+        writer.writerow(["total_calls", key, value])
+    for weekday, hours in enumerate(f["peak_hours"]["calls"]):
+        for hour, calls in enumerate(hours):
+            writer.writerow(["peak_hours", f"{WEEKDAYS[weekday]}.{hour:02d}", calls])
+    for tier in f["tier_distribution"]:
+        writer.writerow(["tier_distribution", f"{tier['plan']}.users", tier["users"]])
+        writer.writerow(["tier_distribution", f"{tier['plan']}.share", tier["share"]])
+    for week in f["plan_changes"]:
+        writer.writerow(["plan_changes", f"{week['week']}.upgrades", week["upgrades"]])
+        writer.writerow(["plan_changes", f"{week['week']}.downgrades", week["downgrades"]])
+    for currency, row in f["ltv"]["overall"].items():
+        writer.writerow(["ltv", f"{currency}.ltv_cents", row["ltv_cents"]])
+    for row in f["ltv"]["by_signup_month"]:
+        writer.writerow(["ltv", f"{row['month']}.{row['currency']}.ltv_cents", row["ltv_cents"]])
+    writer.writerow(["ltv", "avg_paying_lifetime_days", f["ltv"]["avg_paying_lifetime_days"]])

@@ -15,6 +15,8 @@ Definitions (all UTC; weeks are ISO weeks starting Monday):
   refund rate (30 days): share of those succeeded payments with any amount refunded.
 - credits sold / used: all-time totals of the ledger (purchases and grants net of refunds;
   spends). Credits by endpoint and top users: last 30 days of usage.
+- retention, averages, total calls, peak hours, tiers, plan changes, lifetime value: see
+  ``services.stats.figures``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from sqlalchemy.orm import Session
 from db.aio import AsyncDatabase
 from db.base import utc_now
 from db.models import AdminStatsSnapshot
+from services.stats import figures
 
 TOP_USERS = 10
 WINDOW_DAYS = 30
@@ -91,12 +94,12 @@ def _users(session: Session, now: datetime) -> dict[str, Any]:
 def _active(session: Session, today: date) -> dict[str, int]:
     return _one(
         session,
-        """
+        f"""
         SELECT count(DISTINCT user_id) FILTER (WHERE day = :today) AS dau,
                count(DISTINCT user_id) FILTER (WHERE day > :today - 7) AS wau,
-               count(DISTINCT user_id) AS mau
+               count(DISTINCT user_id) AS mau, {figures.USED_30D}
         FROM usage_daily WHERE day > :today - 30 AND day <= :today
-        """,
+        """,  # noqa: S608 - a constant of the figures module
         today=today,
     )
 
@@ -212,15 +215,28 @@ def compute(session: Session, *, now: datetime | None = None) -> dict[str, Any]:
     now = now or utc_now()
     today = now.astimezone(UTC).date()
     users = _users(session, now)
+    active = _active(session, today)
     return {
         "as_of": now.isoformat(),
-        "users": {k: users[k] for k in
-                  ("total", "new_today", "new_this_week", "new_this_month", "deactivated")},
-        "active_users": _active(session, today),
-        "revenue": _revenue(session, now, users["total"]),
-        "subscriptions": _subscriptions(session, now),
+        "users": {
+            **{k: users[k] for k in
+               ("total", "new_today", "new_this_week", "new_this_month", "deactivated")},
+            "retention": figures.retention(session, now),
+        },
+        "active_users": {k: active[k] for k in ("dau", "wau", "mau")},
+        "revenue": {**_revenue(session, now, users["total"]),
+                    "ltv": figures.lifetime_value(session, now)},
+        "subscriptions": {
+            **_subscriptions(session, now),
+            "tier_distribution": figures.tiers(session, now, total_users=users["total"]),
+            "changes": figures.plan_changes(session, now),
+        },
         "payments": _payments(session, now),
-        "credits": {k: users[k] for k in ("credits_sold", "credits_used", "credits_outstanding")},
+        "credits": {
+            **{k: users[k] for k in ("credits_sold", "credits_used", "credits_outstanding")},
+            **figures.credit_averages(session, now, used=active),
+        },
+        "usage": figures.calls(session, now),
         **_usage(session, today),
     }
 

@@ -1,4 +1,5 @@
-// Subscription: the current plan (renewal or cancellation date), starting one, cancelling.
+// Subscription: the current plan (renewal or cancellation date), starting one, changing
+// plan (an upgrade now, with a prorated charge; a downgrade at the period's end), cancelling.
 // Its credits come with each paid invoice, through Stripe's events.
 
 import {
@@ -10,7 +11,53 @@ const ENDED = ["canceled", "incomplete_expired"];
 // Stripe's test card, for the local Stripe peer (development), which has no Checkout.
 const TEST_CARD = "pm_card_visa";
 
-function current(ctx, state, box) {
+function changePlan(ctx, state, plans, box) {
+  const { subscription: sub, plan, pending_change: pending } = state;
+  const others = plans.filter((p) => p.id !== plan.id && p.currency === plan.currency);
+  if (!others.length || sub.cancel_at_period_end || sub.canceled_at) return null;
+  const select = h("select", { id: "change-plan-select" }, others.map((p) => h("option", {
+    value: p.id, text: `${p.name}: ${formatNumber(p.monthly_credits)} credits a month for `
+      + `${formatMoney(p.price_cents, p.currency)}` })));
+  const button = h("button", { type: "button", class: "button", id: "change-plan",
+    text: "Change plan" });
+  button.addEventListener("click", async () => {
+    const target = others.find((p) => p.id === select.value);
+    button.disabled = true;
+    try {
+      const answer = await ctx.api.post(`${ctx.API}/subscription/change`, { plan_id: target.id });
+      announce(answer.change && answer.change.direction === "downgrade"
+        ? `${target.name} from the end of this period.`
+        : `Changed to ${target.name}; its extra credits come with the prorated charge.`);
+      await render(ctx);
+    } catch (err) {
+      ctx.handleError(err, box);
+    } finally {
+      button.disabled = false;
+    }
+  });
+  const waiting = pending ? plans.find((p) => p.id === pending.to_plan_id) : null;
+  const keep = pending ? h("button", { type: "button", class: "button", id: "keep-plan",
+    text: `Keep ${plan.name}` }) : null;
+  keep?.addEventListener("click", async () => {
+    keep.disabled = true;
+    try {
+      await ctx.api.post(`${ctx.API}/subscription/change`, { plan_id: plan.id });
+      announce(`You stay on ${plan.name}.`);
+      await render(ctx);
+    } catch (err) {
+      ctx.handleError(err, box);
+    }
+  });
+  return h("div", { class: "change-plan" },
+    pending ? h("p", { class: "hint" }, `Moves to ${waiting ? waiting.name : "another plan"} on `,
+      timeEl(pending.effective_at), ".") : null,
+    h("label", { for: "change-plan-select", text: "Change plan" }),
+    h("p", { class: "hint", text: "A dearer plan starts now, charged for the rest of the "
+      + "period; a cheaper one at the end of the period." }),
+    h("div", { class: "actions" }, select, button, keep));
+}
+
+function current(ctx, state, box, plans = []) {
   const { subscription: sub, plan } = state;
   const ends = sub.cancel_at_period_end || sub.canceled_at;
   const cancel = ends ? null : h("button", { type: "button", class: "button danger",
@@ -27,6 +74,7 @@ function current(ctx, state, box) {
       h("dt", { text: ends ? "Ends" : "Renews" }),
       h("dd", {}, timeEl(sub.current_period_end))),
     ends ? h("p", { class: "hint", text: "Cancelled: it stays active until then." }) : null,
+    changePlan(ctx, state, plans, box),
     h("div", { class: "actions" }, cancel), box);
 }
 
@@ -93,7 +141,7 @@ async function render(ctx) {
   const live = state.subscription && !ENDED.includes(state.subscription.status);
   let body;
   if (live) {
-    body = current(ctx, state, box);
+    body = current(ctx, state, box, plans);
   } else {
     body = h("section", { class: "panel", "aria-labelledby": "plans-title" },
       h("h2", { id: "plans-title", text: "Plans" }),
