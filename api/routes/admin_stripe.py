@@ -17,7 +17,7 @@ from api.schemas.stripe import (
     PlanCreateIn,
     PlanUpdateIn,
 )
-from services.payments import subscriptions
+from services.payments import plans
 from services.stripe_events import process as events
 
 router = APIRouter(prefix="/api/user-management/admin", tags=["admin"])
@@ -67,7 +67,7 @@ def retry_webhook_event(
 @router.get("/plans", response_model=list[AdminPlanOut], summary="All plans")
 def list_plans(admin: AdminUser, session: SessionDep) -> list[AdminPlanOut]:
     """Every plan, retired ones included."""
-    return [AdminPlanOut.model_validate(p) for p in subscriptions.all_plans(session)]
+    return [AdminPlanOut.model_validate(p) for p in plans.all_plans(session)]
 
 
 @router.post("/plans", response_model=AdminPlanOut, status_code=201, summary="Add a plan",
@@ -81,7 +81,7 @@ def create_plan(
     request_id: RequestIdDep,
 ) -> AdminPlanOut:
     """A new plan; without a Stripe price or plan id, a monthly Stripe plan is made for it."""
-    plan = subscriptions.create_plan(
+    plan = plans.create_plan(
         session,
         settings,
         admin_id=admin.id,
@@ -108,7 +108,7 @@ def update_plan(
     request_id: RequestIdDep,
 ) -> AdminPlanOut:
     """Rename, change the monthly or trial credits, or retire/restore (``active``) a plan."""
-    plan = subscriptions.update_plan(
+    plan = plans.update_plan(
         session,
         admin_id=admin.id,
         plan_ref=plan_id,
@@ -123,7 +123,7 @@ def retire_plan(
     plan_id: str, admin: AdminUser, session: SessionDep, request_id: RequestIdDep
 ) -> AdminPlanOut:
     """Stop selling a plan; existing subscriptions keep it."""
-    plan = subscriptions.update_plan(
+    plan = plans.update_plan(
         session,
         admin_id=admin.id,
         plan_ref=plan_id,

@@ -19,7 +19,7 @@ from api.schemas.stripe import (
     SubscriptionOut,
     SubscriptionStateOut,
 )
-from services.payments import plan_changes, subscriptions
+from services.payments import plan_changes, plans, subscriptions
 from services.payments import purchases as payments
 
 router = APIRouter(prefix="/api/user-management", tags=["subscriptions"])
@@ -28,7 +28,7 @@ router = APIRouter(prefix="/api/user-management", tags=["subscriptions"])
 @router.get("/plans", response_model=list[PlanOut], summary="Plans for sale")
 def list_plans(session: SessionDep) -> list[PlanOut]:
     """The subscription plans that can be bought now (public)."""
-    return [PlanOut.model_validate(p) for p in subscriptions.active_plans(session)]
+    return [PlanOut.model_validate(p) for p in plans.active_plans(session)]
 
 
 @router.get("/subscription", response_model=SubscriptionStateOut, summary="My subscription")
@@ -37,7 +37,7 @@ def get_subscription(user: CurrentUser, session: SessionDep) -> SubscriptionStat
     row = subscriptions.current(session, user.id)
     if row is None:
         return SubscriptionStateOut(subscription=None, plan=None)
-    plan = subscriptions.get_plan(session, row.plan_id)
+    plan = plans.get_plan(session, row.plan_id)
     waiting = plan_changes.pending(session, row.id)
     return SubscriptionStateOut(
         subscription=SubscriptionOut.model_validate(row), plan=PlanOut.model_validate(plan),
@@ -135,7 +135,7 @@ def change_plan(
         row = changed.subscription
         return PlanChangedOut(
             subscription=SubscriptionOut.model_validate(row),
-            plan=PlanOut.model_validate(subscriptions.get_plan(session, row.plan_id)),
+            plan=PlanOut.model_validate(plans.get_plan(session, row.plan_id)),
             change=(PlanChangeOut.model_validate(changed.change)
                     if changed.change is not None else None),
         )

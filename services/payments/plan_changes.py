@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from db.base import utc_now
 from db.models import Plan, PlanChange, Subscription, User
 from services.errors import Conflict, InvalidInput, NotFound
-from services.payments import stripe_gateway, subscriptions
+from services.payments import plans, stripe_gateway, subscriptions
 from services.payments.stripe_objects import StripeSubscription
 from settings import Settings
 
@@ -53,7 +53,7 @@ def pending(session: Session, subscription_id: uuid.UUID) -> PlanChange | None:
 
 def change(session: Session, settings: Settings, *, user: User, plan_ref: str) -> Changed:
     """Move the user's live subscription to another plan: now if dearer, else at period end."""
-    target = subscriptions.get_plan(session, plan_ref)
+    target = plans.get_plan(session, plan_ref)
     if not target.active:
         raise InvalidInput("this plan is retired", code="plan_inactive")
     row = session.scalars(
