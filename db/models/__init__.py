@@ -10,14 +10,18 @@ from db.models.ops import (
     IntegrityCheck,
     UsageDaily,
 )
+from db.models.metering import ApiKey, ApiKeySpend, CreditHold
 from db.models.stripe import StripeEvent
 from db.models.users import AuthIdentity, LoginHistory, OneTimeToken, OtpCode, RefreshToken, User
 
 __all__ = [
     "AdminActivityLog",
     "AdminStatsSnapshot",
+    "ApiKey",
+    "ApiKeySpend",
     "ApiUsageLog",
     "AuthIdentity",
+    "CreditHold",
     "CreditPackage",
     "CreditTransaction",
     "DailyReport",

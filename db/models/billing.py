@@ -31,6 +31,9 @@ LEDGER_KINDS = (
     "subscription_grant",
     "dispute",
     "dispute_reversal",
+    "promo",
+    "expiry",
+    "hold_capture",
 )
 PAYMENT_STATUSES = (
     "pending",
