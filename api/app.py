@@ -25,16 +25,19 @@ from api.routes import (
     admin,
     admin_credits,
     admin_stripe,
+    api_keys,
     auth,
     credits,
     dashboard,
     dev_payments,
     docs,
     health,
+    holds,
     portal,
     profile,
     receipts,
     subscriptions,
+    usage_events,
     webhooks,
 )
 from api.usage_middleware import UsageLogMiddleware
@@ -107,6 +110,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(profile.router)
     app.include_router(credits.router)
+    app.include_router(holds.router)
+    app.include_router(api_keys.router)
+    app.include_router(usage_events.router)
     app.include_router(receipts.router)
     app.include_router(admin_credits.router)
     app.include_router(admin.router)

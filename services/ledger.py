@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 import psycopg
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import TextClause, bindparam, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,6 +33,9 @@ PURCHASED_KINDS = frozenset(
     {"purchase", "subscription_grant", "refund", "dispute", "dispute_reversal"}
 )
 USAGE_KIND = "usage"
+HOLD_CAPTURE_KIND = "hold_capture"
+# Kinds that move the "used" total: usage, and a hold's capture (usage settled late).
+USED_KINDS = frozenset({USAGE_KIND, HOLD_CAPTURE_KIND})
 MAX_CREDITS = 2**31 - 1
 
 _POST = text(
@@ -40,10 +43,12 @@ _POST = text(
     WITH changed AS (
         UPDATE users
         SET credit_balance = credit_balance + :amount,
+            held_credits = held_credits + :held_delta,
             credits_purchased = credits_purchased + :purchased_delta,
             credits_used = credits_used + :used_delta
         WHERE id = :user_id
-          AND (:may_overdraw OR :amount > 0 OR credit_balance + :amount >= 0)
+          AND (:may_overdraw OR :amount > 0
+               OR credit_balance - held_credits + :amount - :held_delta >= 0)
           AND (is_active OR NOT :active_only)
           AND (CAST(:dedupe_key AS text) IS NULL OR NOT EXISTS (
               SELECT 1 FROM credit_transactions WHERE dedupe_key = :dedupe_key))
@@ -62,8 +67,8 @@ _POST = text(
 # already, the entry that applied it.
 _SPEND_REFUSED = text(
     """
-    SELECT u.credit_balance, u.is_active, t.id, t.amount, t.balance_after, t.created_at,
-           t.description, t.endpoint
+    SELECT u.credit_balance, u.held_credits, u.is_active, t.id, t.amount, t.balance_after,
+           t.created_at, t.description, t.endpoint
     FROM users u
     LEFT JOIN credit_transactions t
            ON t.dedupe_key = CAST(:dedupe_key AS text) AND t.user_id = u.id
@@ -99,12 +104,15 @@ def post(
     endpoint: str | None = None,
     may_overdraw: bool = False,
     serialized: bool = False,
+    held_delta: int = 0,
 ) -> Entry | None:
     """Apply ``amount`` to the balance and append its ledger row.
 
     Returns ``None`` when ``dedupe_key`` was already applied (nothing changes).
     Raises ``InsufficientCredits`` when a debit would take the balance below zero
-    and ``may_overdraw`` is false (refunds and disputes may record a debt).
+    and ``may_overdraw`` is false (refunds and disputes may record a debt): a debit takes
+    only what is available, the balance less the active holds. ``held_delta``: the change
+    to the held credits in the same statement (a hold's capture closes the hold).
 
     The statement itself skips a ``dedupe_key`` already applied. ``serialized``: the
     caller holds a lock that orders every post of the key (settlement holds the payment's
@@ -122,6 +130,7 @@ def post(
         dedupe_key=dedupe_key,
         description=description,
         endpoint=endpoint,
+        held_delta=held_delta,
     )
     if dedupe_key is None or serialized:
         row = session.execute(_POST, params).one_or_none()
@@ -151,6 +160,7 @@ async def spend(
     description: str | None = None,
     endpoint: str | None = None,
     dedupe_key: str | None = None,
+    then: tuple[TextClause, dict[str, Any]] | None = None,
 ) -> Entry:
     """Take ``credits`` from an active user's balance for usage: the one way to spend.
 
@@ -159,7 +169,10 @@ async def spend(
     the balance is short and ``NotFound`` when the user does not exist or is deactivated;
     nothing changes then. With ``dedupe_key`` the spend happens at most once: a retry gets
     the first spend's entry back (``replayed``), even while racing it, and the key reused
-    for a different spend is a ``Conflict``.
+    for a different spend is a ``Conflict``. The spend takes only what is available (the
+    balance less the active holds). ``then``: one more statement for the same transaction,
+    after the spend (an API key's spend counters); if it fails, the spend is undone and its
+    error raised.
     """
     _check_credits(credits)
     amount = -credits
@@ -168,7 +181,7 @@ async def spend(
         endpoint=endpoint, dedupe_key=dedupe_key, active_only=True,
     )
     try:
-        row = await db.fetchone(_POST, params, scope="user", user_id=user_id)
+        row = await db.fetchone(_POST, params, scope="user", user_id=user_id, then=then)
     except psycopg.errors.UniqueViolation as exc:
         if exc.diag.constraint_name != _DEDUPE_INDEX:
             raise
@@ -180,7 +193,7 @@ async def spend(
     if state is None or not state.is_active:
         raise NotFound("no such user", code="user_not_found")
     if state.id is None:
-        raise _insufficient(state.credit_balance, amount)
+        raise _insufficient(state.credit_balance, amount, held=state.held_credits)
     if (state.amount, state.description, state.endpoint) != (amount, description, endpoint):
         raise Conflict("this key was already used for a different spend (credits, "
                        "description or endpoint)", code="idempotency_key_reused")
@@ -207,10 +220,16 @@ def balance(session: Session, user_id: uuid.UUID) -> int:
 
 
 def _refuse(session: Session, *, user_id: uuid.UUID, amount: int) -> NoReturn:
-    raise _insufficient(balance(session, user_id), amount)
+    held = session.scalar(select(User.held_credits).where(User.id == user_id)) or 0
+    raise _insufficient(balance(session, user_id), amount, held=held)
 
 
-def _insufficient(current: int, amount: int) -> InsufficientCredits:
+def _insufficient(current: int, amount: int, *, held: int = 0) -> InsufficientCredits:
+    if held:
+        return InsufficientCredits(
+            f"available {current - held} (balance {current}, {held} held) cannot cover "
+            f"{-amount} credits", balance=current, available=current - held, required=-amount
+        )
     return InsufficientCredits(
         f"balance {current} cannot cover {-amount} credits", balance=current, required=-amount
     )
@@ -233,6 +252,7 @@ def _params(
     dedupe_key: str | None = None,
     description: str | None = None,
     endpoint: str | None = None,
+    held_delta: int = 0,
 ) -> dict[str, object]:
     if amount == 0:
         raise InvalidInput("a ledger entry cannot be zero", code="zero_amount")
@@ -241,7 +261,8 @@ def _params(
         "amount": amount,
         "kind": kind,
         "purchased_delta": amount if kind in PURCHASED_KINDS else 0,
-        "used_delta": -amount if kind == USAGE_KIND else 0,
+        "used_delta": -amount if kind in USED_KINDS else 0,
+        "held_delta": held_delta,
         "may_overdraw": may_overdraw,
         "active_only": active_only,
         "reference_type": reference_type,

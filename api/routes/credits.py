@@ -13,9 +13,9 @@ from api.deps import (
     SettingsDep,
     inactive_account,
     request_id_of,
-    signed_in_user_id,
 )
 from api.idempotency import IdempotencyDep, replay
+from api.keyauth import ReaderDep, principal_on_loop
 from api.schemas.credits import (
     BalanceOut,
     LedgerKind,
@@ -30,7 +30,8 @@ from api.schemas.credits import (
     TransactionPageOut,
 )
 from api.schemas.params import Cursor, Limit, Since, Until
-from services import credits, packages, payments
+from services import credits, holds, packages, payments
+from services.apikeys import keys as apikeys
 from services.errors import NotFound
 
 router = APIRouter(prefix="/api/user-management", tags=["credits"])
@@ -39,10 +40,13 @@ _IDEMPOTENT = {409: {"description": "Idempotency-Key reused with another body, o
 
 
 @router.get("/credits", response_model=BalanceOut, summary="The balance and its totals")
-def get_credits(user: CurrentUser, session: SessionDep) -> BalanceOut:
-    """The stored balance with the credits ever purchased and used."""
-    s = credits.summary(session, user.id)
-    return BalanceOut(balance=s.balance, purchased=s.purchased, used=s.used)
+def get_credits(who: ReaderDep, session: SessionDep) -> BalanceOut:
+    """The stored balance with the credits ever purchased and used, held and available."""
+    assert who.user_id is not None
+    holds.expire_user(session, user_id=who.user_id)  # holds past their time count no more
+    s = credits.summary(session, who.user_id)
+    return BalanceOut(balance=s.balance, purchased=s.purchased, used=s.used, held=s.held,
+                      available=s.available)
 
 
 @router.get("/credit-packages", response_model=list[PackageOut], summary="Packages for sale")
@@ -104,7 +108,9 @@ def purchase(
     "/credits/use",
     response_model=SpendOut,
     summary="Spend credits",
-    responses={**_IDEMPOTENT, 402: {"description": "insufficient_credits, with the balance"}},
+    responses={**_IDEMPOTENT, 402: {"description": "insufficient_credits (the available "
+                                    "credits, balance less holds, are short), with the "
+                                    "balance; key_limit_reached"}},
 )
 async def use_credits(
     request: Request, body: SpendIn, idem: IdempotencyDep, credentials: BearerDep
@@ -117,7 +123,9 @@ async def use_credits(
     a retry replays the first spend from the ledger. (The app's clients are read off the
     request: every dependency costs time.)
     """
-    user_id = await signed_in_user_id(request, credentials)
+    who = await principal_on_loop(request, credentials, scope=apikeys.SPEND)
+    user_id = who.user_id
+    assert user_id is not None
     try:
         entry = await credits.use(
             request.state.db,
@@ -128,6 +136,7 @@ async def use_credits(
             endpoint=body.endpoint,
             request_id=request_id_of(request),
             dedupe_key=idem.ledger_key(user_id),
+            key=who.key,
         )
     except NotFound:
         raise inactive_account() from None

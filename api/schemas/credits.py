@@ -32,6 +32,8 @@ class BalanceOut(BaseModel):
     balance: int
     purchased: int
     used: int
+    held: int = Field(0, description="Reserved by active holds")
+    available: int = Field(0, description="What a spend may take: balance less held")
 
 
 class SpendIn(_In):

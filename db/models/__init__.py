@@ -1,6 +1,7 @@
 """All tables, imported here so that ``Base.metadata`` knows every one."""
 
 from db.models.billing import CreditPackage, CreditTransaction, Payment, Plan, Subscription
+from db.models.metering import ApiKey, ApiKeySpend, CreditHold
 from db.models.ops import (
     AdminActivityLog,
     AdminStatsSnapshot,
@@ -10,7 +11,6 @@ from db.models.ops import (
     IntegrityCheck,
     UsageDaily,
 )
-from db.models.metering import ApiKey, ApiKeySpend, CreditHold
 from db.models.stripe import StripeEvent
 from db.models.users import AuthIdentity, LoginHistory, OneTimeToken, OtpCode, RefreshToken, User
 

@@ -1,4 +1,4 @@
-"""Housekeeping tasks run by beat: the ledger's integrity, expired idempotency keys."""
+"""Housekeeping tasks run by beat: the ledger's integrity, expired idempotency keys and holds."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from sqlalchemy.exc import OperationalError
 
 from db import rls
 from db.transaction import transaction
-from services import idempotency, integrity
+from services import holds, idempotency, integrity
 from workers.app import DbTask, app, settings
 
 
@@ -23,3 +23,11 @@ def purge_idempotency_keys() -> int:
     """Delete the Idempotency-Keys past their lifetime; returns how many."""
     with transaction(settings.database_url, acting_as=rls.OWNER) as session:
         return idempotency.purge_expired(session)
+
+
+@app.task(name="maintenance.expire_holds", base=DbTask,
+          autoretry_for=(OperationalError,), retry_backoff=True, max_retries=3)
+def expire_holds() -> int:
+    """Expire the holds past their time (their credits become available); returns how many."""
+    with transaction(settings.database_url, acting_as=rls.OWNER) as session:
+        return holds.expire_due(session)

@@ -86,7 +86,7 @@ BEGIN
     IF p_key IS NOT NULL AND (p_daily IS NOT NULL OR p_monthly IS NOT NULL) THEN
         -- The key's counters for this day and month, made if new and locked (after the
         -- accounts, as a single spend takes them), so its limits hold across batches.
-        key_user := p_users[1];
+        SELECT k.user_id INTO key_user FROM api_keys k WHERE k.id = p_key;
         INSERT INTO api_key_spend (key_id, user_id, period, spent, cap)
         SELECT p_key, key_user, p.period, 0, p.cap
           FROM (VALUES (day_key, p_daily), (month_key, p_monthly)) AS p(period, cap)
