@@ -70,10 +70,11 @@ BEGIN;
 WITH changed AS (
     UPDATE users
     SET credit_balance = credit_balance + -1,
+        held_credits = held_credits + 0,
         credits_purchased = credits_purchased + 0,
         credits_used = credits_used + 1
     WHERE id = ('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid
-      AND (false OR -1 > 0 OR credit_balance + -1 >= 0)
+      AND (false OR -1 > 0 OR credit_balance - held_credits + -1 - 0 >= 0)
       AND (is_active OR NOT true)
       AND (CAST(NULL AS text) IS NULL OR NOT EXISTS (
           SELECT 1 FROM credit_transactions WHERE dedupe_key = NULL))

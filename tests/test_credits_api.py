@@ -36,6 +36,8 @@ def test_balance_reports_balance_purchased_and_used(client, db):
         "balance": 25,
         "purchased": 0,
         "used": 15,
+        "held": 0,
+        "available": 25,
     }
 
 

@@ -106,6 +106,8 @@ def test_held_credits_are_not_available_to_events(client, db):
     ([{"id": "x" * 256, "credits": 1}], 422, "validation_error"),
     ([{"id": "x", "credits": 1, "user_id": "nobody"}], 422, "validation_error"),
     ([{"id": "x", "credits": 1, "extra": True}], 422, "validation_error"),
+    ([{"id": "x", "credits": 1, "timestamp": 0}], 422, "validation_error"),
+    ([{"id": "x", "credits": 1, "timestamp": "2026-12-06T06:00:00"}], 422, "validation_error"),
 ])
 def test_bad_batches_are_refused_whole_and_change_nothing(client, db, events, status, code):
     user = make_user(db, credits=10)

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from api.schemas.credits import Credits
 from services.holds import DEFAULT_TTL_S, MAX_TTL_S
@@ -16,6 +16,16 @@ Scope = Literal["credits:read", "credits:spend", "events:write"]
 Limit = Annotated[int, Field(strict=True, gt=0, le=2**31 - 1)]
 Description = Annotated[str, StringConstraints(max_length=500)]
 Endpoint = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+
+
+def _text_only(value: object) -> object:
+    # A number would be read as seconds since 1970: a timestamp is ISO 8601 text only.
+    if not isinstance(value, str):
+        raise ValueError("a timestamp is an ISO 8601 string with its time zone")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_text_only)]
 
 
 class _In(BaseModel):
@@ -112,7 +122,7 @@ class EventIn(_In):
     credits: Credits
     endpoint: Endpoint | None = None
     description: Description | None = None
-    timestamp: AwareDatetime | None = None
+    timestamp: Timestamp | None = None
 
 
 class EventsIn(_In):
