@@ -19,7 +19,8 @@
 
 import activity from "./activity.js";
 import credits from "./credits.js";
+import keys from "./keys.js";
 import profile from "./profile.js";
 import subscription from "./subscription.js";
 
-export default [credits, subscription, activity, profile];
+export default [credits, subscription, activity, keys, profile];
