@@ -43,7 +43,7 @@ from api.routes import (
 from api.usage_middleware import UsageLogMiddleware
 from db.aio import AsyncDatabase
 from logconfig import configure_logging
-from services import outbox
+from services import task_queue
 from settings import Settings, get_settings
 
 API_PREFIX = "/api"
@@ -71,8 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        producer = outbox.producer_app(settings.redis_url or "")
-        outbox.install_sender(outbox.celery_sender(producer))
+        producer = task_queue.producer_app(settings.redis_url or "")
+        task_queue.install_sender(task_queue.celery_sender(producer))
         # The hot paths (spend, webhook, stats) run on the event loop with these two. They
         # belong to the loop that serves, so they live in the lifespan's state (each request
         # sees them as ``request.state.db`` / ``request.state.aredis``).
@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield {"db": db, "aredis": aredis}
         finally:
-            await anyio.to_thread.run_sync(outbox.flush)  # tasks handed off, not yet sent
+            await anyio.to_thread.run_sync(task_queue.flush)  # tasks handed off, not yet sent
             await db.close()
             await aredis.aclose()
             app.state.redis.close()

@@ -12,7 +12,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services import logstream
+from services.logs import logstream
 
 
 class UsageLogMiddleware:

@@ -5,7 +5,7 @@ One command: ``.venv/bin/python -m bench.logs`` (``--help`` for knobs). It
 1. recreates the database ``billing_bench_logs`` on the machine's PostgreSQL and migrates it;
 2. uses a real Celery worker (``billing worker``, concurrency 2) on that database;
 3. hands off ``--records`` usage records as fast as one producer can, through
-   ``services.logstream`` exactly as a request does (XADD + kick, which sends the drain
+   ``services.logs.logstream`` exactly as a request does (XADD + kick, which sends the drain
    task), timing each hand-off call (the latency a request adds), with no worker running;
 4. starts the worker, times the drain of that backlog (first row to last row), and
    checks for loss and duplicates (row count, distinct ids, stream and pending list empty);
@@ -85,7 +85,7 @@ def produce(redis_url: str, users: list[uuid.UUID], n: int) -> tuple[float, list
     """Hand off ``n`` records through the real path; (seconds, per-call latencies in µs)."""
     import redis.asyncio
 
-    from services import logstream
+    from services.logs import logstream
 
     async def run() -> tuple[float, list[float]]:
         client = redis.asyncio.Redis.from_url(redis_url)
@@ -142,9 +142,9 @@ def main() -> None:
     env["BILLING_BROKER_VISIBILITY_TIMEOUT_S"] = "3600"
     # This process publishes the drain kicks as the API does.
     os.environ.update({k: v for k, v in env.items() if k.startswith("BILLING_")})
-    from services import outbox
+    from services import task_queue
 
-    outbox.install_sender(outbox.celery_sender(outbox.producer_app(redis_url)))
+    task_queue.install_sender(task_queue.celery_sender(task_queue.producer_app(redis_url)))
     # Phase 1, no worker: the hand-off alone (what a request pays), building a backlog.
     print(f"handing off {args.records:,} records ...", flush=True)
     produce_s, latencies = produce(redis_url, users, args.records)
@@ -179,7 +179,7 @@ def main() -> None:
         rows, distinct = conn.execute(
             "SELECT count(*), count(DISTINCT request_id) FROM api_usage_log").fetchone() or (0, 0)
         rolled = conn.execute("SELECT coalesce(sum(calls), 0) FROM usage_daily").fetchone()
-    from services import logstream
+    from services.logs import logstream
 
     backlog, pending = logstream.backlog(client, "usage"), logstream.pending(client, "usage")
     lost = args.records - distinct

@@ -9,7 +9,7 @@ One command: ``.venv/bin/python -m bench.spend`` (``--help`` for knobs). It
    2 cores; ``apt-get install wrk``) from many connections, rotating the users' tokens:
    peak requests/s with p50/p99, then p99 at about half the peak rate;
 5. stops the API and runs ``pgbench`` on the same database with the same SQL transaction
-   as ``services/ledger.py`` (conditional debit + ledger insert), the physical ceiling;
+   as ``services/credits/ledger.py`` (conditional debit + ledger insert), the physical ceiling;
 6. prints everything with the ratio and rewrites its section of ``bench/README.md``.
 
 With ``--baseline CHECKOUT`` (another checkout of the project, say of ``main``, with its
@@ -63,7 +63,7 @@ from db.engine import libpq_url
 
 BALANCE = 10**12  # never runs out during a run
 
-# The ledger's spend, as services/ledger.py issues it, for user number :n.
+# The ledger's spend, as services/credits/ledger.py issues it, for user number :n.
 PGBENCH_SCRIPT = """\
 \\set n random(1, {users})
 BEGIN;
@@ -114,7 +114,7 @@ def seed_users(database_url: str, count: int) -> None:
     """``count`` confirmed users, each granted ``BALANCE`` credits through the ledger."""
     from db import rls
     from db.transaction import transaction
-    from services import ledger
+    from services.credits import ledger
 
     with transaction(database_url, acting_as=rls.OWNER) as session:
         for n in range(1, count + 1):

@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 
 from api.schemas.credits import SpendIn, SpendOut
 from db.aio import AsyncDatabase
-from services import ledger
+from services.credits import ledger
 
 USERS = [uuid.UUID(f"00000000-0000-4000-8000-{n:012d}")
          for n in range(1, int(os.environ.get("BENCH_FLOOR_USERS", "200")) + 1)]

@@ -7,7 +7,7 @@ One command: ``.venv/bin/python -m bench.stats`` (``--help`` for knobs). It
    in chunks, with progress): usage spread over 90 days, 20 endpoints;
 3. builds the daily usage rollup from the raw rows in one statement (in production the log
    writer keeps it up to date as it inserts, in the same transaction);
-4. times one snapshot (``services.stats.take_snapshot``), cold and warm;
+4. times one snapshot (``services.stats.snapshot.take_snapshot``), cold and warm;
 5. serves the API (``billing api``, 2 workers) and measures ``GET /admin/stats``: p50/p99
    of 2,000 sequential requests, and with ``wrk`` at 8 connections;
 6. prints the figures and rewrites its section of ``bench/README.md``.
@@ -202,7 +202,7 @@ def generated(url: str, sizes: dict[str, int]) -> dict[str, float] | None:
 def time_snapshot(url: str) -> tuple[float, dict]:
     from db import rls
     from db.transaction import transaction
-    from services import stats
+    from services.stats import snapshot as stats
 
     started = time.perf_counter()
     with transaction(url, acting_as=rls.OWNER) as session:

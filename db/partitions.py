@@ -6,7 +6,7 @@ a row whose month has no partition (beat stopped for months, a clock far off, a 
 waited in Redis past the oldest month kept) is stored there instead of refused. When its
 month's partition is created, such rows move into it in the same transaction.
 
-The partitions are made ahead and dropped by scheduled work (``services.retention``) on the
+The partitions are made ahead and dropped by scheduled work (``services.logs.retention``) on the
 owner's connection, with a short lock timeout:
 - a new partition is attached (``ATTACH PARTITION``), which takes no lock that stops the log
   writer or a reader of the parent, only the default partition's, for the moment it takes to

@@ -8,8 +8,8 @@ import uuid
 from sqlalchemy.orm import Session
 
 from db.models import User
-from services import ledger
 from services.auth.tokens import create_access_token
+from services.credits import ledger
 from settings import get_settings
 
 _seq = itertools.count(1)
@@ -56,7 +56,7 @@ def make_payment(
     db: Session, user: User, *, package_id: str = "starter", flow: str = "payment_intent",
     stripe_client=None, payment_method: str | None = None,
 ):
-    """A committed pending payment for a package, as ``services.payments`` leaves it.
+    """A committed pending payment for a package, as ``services.payments.purchases`` leaves it.
 
     With ``stripe_client`` its PaymentIntent is created in localstripe (metadata included),
     confirmed at once with ``payment_method`` if given; otherwise the Stripe ids are made up.

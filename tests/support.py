@@ -95,7 +95,7 @@ def _die_with_parent() -> None:
 
 def answers_ping(broker_url: str) -> bool:
     """Whether some worker consuming ``broker_url`` answers a ping."""
-    from services.outbox import producer_app
+    from services.task_queue import producer_app
 
     app = producer_app(broker_url)
     try:

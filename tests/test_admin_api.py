@@ -20,7 +20,9 @@ from db.models import (
     Payment,
     User,
 )
-from services import logstream, reports, stats
+from services.logs import logstream
+from services.stats import reports
+from services.stats import snapshot as stats
 from tests.factories import auth_headers, make_user
 from tests.support import wait_for
 

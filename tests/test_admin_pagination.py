@@ -64,7 +64,7 @@ def test_cursor_round_trip():
 
 def test_a_single_column_key_pages_the_ledger_by_id(db):
     from db.models import CreditTransaction
-    from services import ledger
+    from services.credits import ledger
 
     user = make_user(db)
     for _ in range(5):

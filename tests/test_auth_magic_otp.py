@@ -22,13 +22,13 @@ PHONE = "+14155550123"
 @pytest.fixture
 def held_tasks(client):
     """Tasks the app sends, held back from the broker (so no worker takes them first)."""
-    from services import outbox
+    from services import task_queue
 
     held: list[tuple[str, tuple]] = []
-    previous = outbox._dispatcher.sender
-    outbox.install_sender(lambda name, args, options: held.append((name, args)))
+    previous = task_queue._dispatcher.sender
+    task_queue.install_sender(lambda name, args, options: held.append((name, args)))
     yield held
-    outbox._dispatcher.sender = previous
+    task_queue._dispatcher.sender = previous
 
 
 def _profile(client, pair):

@@ -32,7 +32,7 @@ from sqlalchemy import select as sql_select
 from sqlalchemy import text
 
 from db.models import Payment, StripeEvent, User
-from services.ledger import MAX_CREDITS
+from services.credits.ledger import MAX_CREDITS
 from tests.conftest import TEST_JWT_SECRET, TEST_STRIPE_KEY, TEST_WEBHOOK_SECRET
 from tests.factories import auth_headers, make_payment, make_user
 from tests.stripe_events import WEBHOOK_PATH, deliver, event, new_id, signature, stripe_object

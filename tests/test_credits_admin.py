@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from db.models import AdminActivityLog, CreditPackage, CreditTransaction, User
-from services import admin_credits
+from services.credits import adjustments as admin_credits
 from tests.factories import auth_headers, make_user
 
 ADMIN = "/api/user-management/admin"

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from db.base import utc_now
 from db.models import ApiUsageLog, CreditTransaction, IdempotencyKey, Payment, User
-from services import logstream
+from services.logs import logstream
 from tests.factories import auth_headers, make_user
 from tests.support import wait_for
 

@@ -86,7 +86,7 @@ def test_a_refused_request_stores_no_key_so_a_retry_runs_again(client, db):
     user = make_user(db, credits=1)
     headers = _keyed(user, "top-up-first")
     assert client.post(USE, json={"credits": 3}, headers=headers).status_code == 402
-    from services import ledger
+    from services.credits import ledger
 
     ledger.post(db, user_id=user.id, amount=5, kind="bonus")
     db.commit()

@@ -76,7 +76,7 @@ def test_checkout_flow_creates_session_in_payment_mode_from_package_table(
 
 
 def test_checkout_session_is_readable_through_the_sdk(client, db, settings):
-    from services import stripe_gateway
+    from services.payments import stripe_gateway
 
     user = make_user(db)
     body = _purchase(client, user, package_id="starter").json()

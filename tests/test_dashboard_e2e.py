@@ -15,8 +15,10 @@ from sqlalchemy import select
 
 from db.base import utc_now
 from db.models import AdminActivityLog, AdminStatsSnapshot, StripeEvent, User
-from services import ledger, reports, stats
 from services.auth.passwords import hash_password
+from services.credits import ledger
+from services.stats import reports
+from services.stats import snapshot as stats
 from tests.browser import (
     contrast,
     luminance,

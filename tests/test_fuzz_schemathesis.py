@@ -34,7 +34,8 @@ from schemathesis.specs.openapi.checks import (
 from api.app import create_app
 from db.base import utc_now
 from db.models import StripeEvent
-from services import reports, stats
+from services.stats import reports
+from services.stats import snapshot as stats
 from settings import get_settings
 from tests.factories import auth_headers, make_payment, make_plan, make_user
 

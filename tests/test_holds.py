@@ -14,7 +14,7 @@ from sqlalchemy import func, select, text
 from db import rls
 from db.models import CreditHold, CreditTransaction, User
 from db.transaction import transaction
-from services import holds
+from services.credits import holds
 from tests.factories import auth_headers, make_user
 from workers.schedule import beat_schedule
 

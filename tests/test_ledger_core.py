@@ -10,7 +10,7 @@ from sqlalchemy import func, select, text
 
 from db.engine import get_sessionmaker
 from db.models import CreditTransaction, User
-from services import ledger
+from services.credits import ledger
 from services.errors import Conflict, InsufficientCredits, NotFound
 from tests.factories import make_user
 from tests.support import on_event_loop

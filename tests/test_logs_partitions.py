@@ -24,7 +24,9 @@ from db.engine import get_engine
 from db.migrate import upgrade
 from db.models import ApiUsageLog, UsageDaily
 from db.transaction import transaction
-from services import admin_users, logstream, outbox, retention, usage
+from services import task_queue
+from services.admin import users as admin_users
+from services.logs import logstream, retention, usage
 from tests.factories import make_user
 from tests.support import wait_for
 
@@ -199,7 +201,7 @@ def test_admin_queries_use_the_partitions_indexes_and_skip_months_outside_their_
 
 
 def test_beats_partition_and_retention_tasks_run_on_a_worker(db, settings, celery_worker):
-    outbox.install_sender(outbox.celery_sender(outbox.producer_app(settings.redis_url)))
+    task_queue.install_sender(task_queue.celery_sender(task_queue.producer_app(settings.redis_url)))
     user = make_user(db)
     long_ago = utc_now() - timedelta(days=400)  # no partition: in the default one
     logstream.write_usage(db, [logstream.UsageRecord(
@@ -208,8 +210,8 @@ def test_beats_partition_and_retention_tasks_run_on_a_worker(db, settings, celer
     db.commit()
     ahead = partitions.add_months(partitions.month_of(utc_now()), retention.MONTHS_AHEAD)
 
-    outbox.send_now("logs.partitions")
-    outbox.send_now("logs.purge")
+    task_queue.send_now("logs.partitions")
+    task_queue.send_now("logs.purge")
 
     def done() -> bool:
         db.rollback()

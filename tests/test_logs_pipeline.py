@@ -15,7 +15,8 @@ from sqlalchemy import func, select, text
 from db import rls
 from db.models import ApiUsageLog, LoginHistory, UsageDaily
 from db.transaction import transaction
-from services import logstream, outbox
+from services import task_queue
+from services.logs import logstream
 from tests.factories import auth_headers, make_user
 from tests.support import wait_for
 
@@ -28,7 +29,7 @@ def rds(settings) -> redis.Redis:
 @pytest.fixture
 def sender(settings) -> None:
     """This process publishes tasks (the kick that starts a drain) like the API does."""
-    outbox.install_sender(outbox.celery_sender(outbox.producer_app(settings.redis_url)))
+    task_queue.install_sender(task_queue.celery_sender(task_queue.producer_app(settings.redis_url)))
 
 
 def _count(db, model) -> int:
@@ -58,7 +59,7 @@ def _hand_off(settings, records: list[dict]) -> None:
             await client.aclose()
 
     asyncio.run(run())
-    assert outbox.flush(timeout=10)  # the drain kick, sent from the background
+    assert task_queue.flush(timeout=10)  # the drain kick, sent from the background
 
 
 def test_burst_of_usage_records_is_written_once_each(db, rds, sender, settings, celery_worker):
@@ -198,7 +199,7 @@ def test_worker_killed_mid_batch_loses_no_record_and_writes_none_twice(
 
     def written_all() -> bool:
         # What beat does in production: a backstop drain every second.
-        outbox.send_now("logs.drain", "usage")
+        task_queue.send_now("logs.drain", "usage")
         return _count(db, ApiUsageLog) >= total and rds.xlen(logstream.USAGE_STREAM) == 0
 
     wait_for(written_all, timeout=90, interval=1.0, message="every record written")

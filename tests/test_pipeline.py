@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from db import rls
 from db.models import IntegrityCheck, User
 from db.transaction import transaction
-from services import outbox
+from services import task_queue
 from tests.support import wait_for
 
 
@@ -27,7 +27,7 @@ def test_task_enqueued_in_a_transaction_runs_after_commit(db, settings, celery_w
                                                           client):
     with transaction(settings.database_url, acting_as=rls.OWNER) as session:
         session.add(User(email="a@example.com", credit_balance=0))
-        outbox.enqueue(session, "maintenance.check_ledger")
+        task_queue.enqueue(session, "maintenance.check_ledger")
         session.flush()
         time.sleep(0.5)  # a task sent before the commit would have run by now
         assert _checks(db) == 0
@@ -42,11 +42,11 @@ def test_task_enqueued_in_a_rolled_back_transaction_is_never_sent(db, settings, 
                                                                    app, client):
     with pytest.raises(_RolledBack), transaction(settings.database_url,
                                                  acting_as=rls.OWNER) as session:
-        outbox.enqueue(session, "maintenance.check_ledger")
+        task_queue.enqueue(session, "maintenance.check_ledger")
         raise _RolledBack
     # A marker task sent afterwards proves the queue was drained past where the first would be.
     with transaction(settings.database_url, acting_as=rls.OWNER) as session:
-        outbox.enqueue(session, "maintenance.check_ledger")
+        task_queue.enqueue(session, "maintenance.check_ledger")
     wait_for(lambda: _checks(db) >= 1, timeout=15, message="the marker task")
     time.sleep(1)  # a wrongly sent first task would land right behind the marker
     assert _checks(db) == 1
@@ -68,7 +68,7 @@ def test_integrity_check_counts_a_balance_that_disagrees_with_the_ledger(db, set
                                                                          celery_worker, client):
     with transaction(settings.database_url, acting_as=rls.OWNER) as session:
         session.add(User(email="drift@example.com", credit_balance=7))
-        outbox.enqueue(session, "maintenance.check_ledger")
+        task_queue.enqueue(session, "maintenance.check_ledger")
     wait_for(lambda: _checks(db) == 1, timeout=15, message="the integrity check")
     row = db.scalars(select(IntegrityCheck)).one()
     assert row.mismatches == 1
@@ -88,12 +88,12 @@ def test_send_soon_sends_in_order_from_the_background_and_survives_a_refusing_br
         sent.append((name, args))
 
     try:
-        outbox.install_sender(refusing)
-        outbox.send_soon("demo.lost", 0)
-        outbox.install_sender(recording)
+        task_queue.install_sender(refusing)
+        task_queue.send_soon("demo.lost", 0)
+        task_queue.install_sender(recording)
         for n in range(1, 6):
-            outbox.send_soon("demo.kept", n)
-        assert outbox.flush(timeout=10)
+            task_queue.send_soon("demo.kept", n)
+        assert task_queue.flush(timeout=10)
     finally:
-        outbox.install_sender(outbox.celery_sender(outbox.producer_app(settings.redis_url)))
+        task_queue.install_sender(task_queue.celery_sender(task_queue.producer_app(settings.redis_url)))
     assert sent == [("demo.kept", (n,)) for n in range(1, 6)]

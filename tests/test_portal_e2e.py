@@ -438,7 +438,7 @@ def test_the_pages_answer_the_security_headers_and_their_csp(client):
 def test_credits_show_held_and_available_and_api_keys_are_made_shown_once_and_revoked(
     browser, portal, db
 ):
-    from services import ledger
+    from services.credits import ledger
 
     email = "grace@example.com"
     make_user(db, email=email, password_hash=password_hash(PASSWORD))

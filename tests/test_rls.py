@@ -320,7 +320,7 @@ def test_the_async_path_runs_as_the_role_for_its_user_only(settings, db):
     import asyncio
 
     from db.aio import AsyncDatabase
-    from services import ledger
+    from services.credits import ledger
 
     owner, other = make_user(db, credits=10), make_user(db, credits=10)
     debit_other = ledger._params(user_id=other.id, amount=-3, kind="usage", active_only=True)

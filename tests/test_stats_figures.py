@@ -11,7 +11,11 @@ from sqlalchemy import func, select
 from db.base import utc_now
 from db.engine import get_sessionmaker
 from db.models import DailyReport, IntegrityCheck, Payment, Plan, Subscription
-from services import ledger, logstream, outbox, reports, stats
+from services import task_queue
+from services.credits import ledger
+from services.logs import logstream
+from services.stats import reports
+from services.stats import snapshot as stats
 from tests.factories import make_user
 from tests.support import wait_for
 
@@ -194,11 +198,11 @@ def test_report_is_produced_once_when_run_twice_and_concurrently(db, settings):
 
 
 def test_report_task_fired_twice_by_beat_produces_one_report(db, settings, celery_worker):
-    outbox.install_sender(outbox.celery_sender(outbox.producer_app(settings.redis_url)))
-    outbox.send_now("reports.daily")
-    outbox.send_now("reports.daily")
+    task_queue.install_sender(task_queue.celery_sender(task_queue.producer_app(settings.redis_url)))
+    task_queue.send_now("reports.daily")
+    task_queue.send_now("reports.daily")
     wait_for(lambda: _reports(db) >= 1, timeout=30, message="yesterday's report")
-    outbox.send_now("maintenance.check_ledger")  # a marker behind both
+    task_queue.send_now("maintenance.check_ledger")  # a marker behind both
     wait_for(lambda: db.scalar(select(func.count()).select_from(IntegrityCheck)),
              timeout=30, message="the marker task")
     assert _reports(db) == 1

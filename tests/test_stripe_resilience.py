@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from db.models import CreditTransaction, Payment, StripeEvent, User
-from services import outbox
+from services import task_queue
 from tests import stripe_events as se
 from tests.factories import auth_headers, make_payment, make_user
 from tests.stripe_events import localstripe_webhooks  # noqa: F401 - fixtures
@@ -91,7 +91,7 @@ def test_reconciliation_finds_an_event_sent_while_the_endpoint_was_down(
     assert intent_id not in delivered  # the webhook never brought it
     assert _balance(db, user) == 0
 
-    outbox.send_now("stripe.reconcile", int(time.time()) - started_at + 5)
+    task_queue.send_now("stripe.reconcile", int(time.time()) - started_at + 5)
 
     wait_for(lambda: _balance(db, user) == 100, timeout=30, message="the reconciled event")
     assert _payment(db, payment_id).status == "succeeded"
@@ -121,7 +121,7 @@ def test_worker_killed_mid_burst_moves_each_payment_exactly_once(client, db, own
 
     def all_done() -> bool:
         # What beat does: a sweep now and then (redelivery of the killed tasks also comes).
-        outbox.send_now("stripe.sweep", 5)
+        task_queue.send_now("stripe.sweep", 5)
         return processed() == len(events)
 
     wait_for(all_done, timeout=120, interval=2.0, message="every event processed")
@@ -155,7 +155,7 @@ def test_events_arriving_while_redis_is_down_are_stored_and_swept_later(
     finally:
         broker.stop()
         # This test's app installed its broker as the process's sender: put the shared one back.
-        outbox.install_sender(outbox.celery_sender(outbox.producer_app(settings.redis_url)))
+        task_queue.install_sender(task_queue.celery_sender(task_queue.producer_app(settings.redis_url)))
 
     assert answers == [200] * 5
     db.expire_all()
@@ -163,7 +163,7 @@ def test_events_arriving_while_redis_is_down_are_stored_and_swept_later(
     assert statuses == ["pending"] * 5  # stored, never enqueued
     assert _balance(db, user) == 0
 
-    outbox.send_now("stripe.sweep", 0)  # beat's sweep, due now
+    task_queue.send_now("stripe.sweep", 0)  # beat's sweep, due now
 
     wait_for(lambda: _balance(db, user) == 500, timeout=30, message="the swept events")
     db.expire_all()

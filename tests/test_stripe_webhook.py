@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from db.models import StripeEvent
-from services import outbox
+from services import task_queue
 from tests.conftest import TEST_WEBHOOK_SECRET
 from tests.stripe_events import WEBHOOK_PATH, deliver, event, signature, stripe_object
 from tests.support import free_port
@@ -26,16 +26,16 @@ def _stored(db) -> int:
 @pytest.fixture
 def sent(settings) -> Iterator[list[tuple[str, tuple]]]:
     """The tasks this process sends, recorded (and still delivered to the broker)."""
-    real = outbox.celery_sender(outbox.producer_app(settings.redis_url))
+    real = task_queue.celery_sender(task_queue.producer_app(settings.redis_url))
     record: list[tuple[str, tuple]] = []
 
     def recording(name: str, args: tuple, options: dict) -> None:
         record.append((name, args))
         real(name, args, options)
 
-    outbox.install_sender(recording)
+    task_queue.install_sender(recording)
     yield record
-    outbox.install_sender(real)
+    task_queue.install_sender(real)
 
 
 def _plain_event():
@@ -53,7 +53,7 @@ def test_signed_event_is_stored_once_and_enqueued_only_when_new(client, db, sent
     assert row is not None and row.type == "customer.created"  # a running worker may process it
     assert row.payload == evt and row.stripe_created == evt["created"]
     assert _stored(db) == 1
-    assert outbox.flush(timeout=10)  # sent from the background after the answer
+    assert task_queue.flush(timeout=10)  # sent from the background after the answer
     assert sent == [("stripe.process_event", (evt["id"],))]
 
 
@@ -126,7 +126,7 @@ def test_database_down_answers_503_so_stripe_delivers_again(settings, sent):
         update={"database_url": f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none"}
     )
     with TestClient(create_app(dead), raise_server_exceptions=False) as down:
-        outbox.install_sender(lambda name, args, options: sent.append((name, args)))
+        task_queue.install_sender(lambda name, args, options: sent.append((name, args)))
         response = deliver(down, _plain_event())
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "database_unavailable"

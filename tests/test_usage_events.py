@@ -12,7 +12,7 @@ import redis
 from sqlalchemy import func, select
 
 from db.models import CreditTransaction, User
-from services import logstream
+from services.logs import logstream
 from tests.factories import auth_headers, make_user
 
 API = "/api/user-management"

@@ -14,7 +14,7 @@ from sqlalchemy import func, select, text
 from cli.embedded import EmbeddedRedis
 from db.engine import libpq_url
 from db.models import IntegrityCheck
-from services.outbox import producer_app
+from services.task_queue import producer_app
 from tests.conftest import ARTIFACTS
 from tests.support import ROOT, WorkerProcess, answers_ping, free_port, restart_redis, wait_for
 from workers import heartbeat

@@ -11,7 +11,7 @@ from celery.app import trace
 
 from db.engine import get_engine, get_sessionmaker
 from logconfig import configure_logging
-from services import outbox
+from services import task_queue
 from settings import Settings, get_settings
 from workers.broker import transport_for
 from workers.liveness import ConsumerHeartbeat, WorkerWatchdog
@@ -66,7 +66,7 @@ def create_celery(settings: Settings) -> Celery:
 
 settings = get_settings()
 app = create_celery(settings)
-outbox.install_sender(outbox.celery_sender(app))
+task_queue.install_sender(task_queue.celery_sender(app))
 
 
 class DbTask(BillingTask):

@@ -36,7 +36,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "idempotency-keys-purge": {
             "task": "maintenance.purge_idempotency_keys", "schedule": crontab(minute=17),
         },
-        # Holds also expire lazily whenever the available credits matter (services/holds.py).
+        # Holds also expire lazily when the available credits matter (services/credits/holds.py).
         "holds-expire": {
             "task": "maintenance.expire_holds", "schedule": 30.0, "options": {"expires": 30},
         },

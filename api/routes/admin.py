@@ -44,8 +44,14 @@ from api.schemas.credits import TransactionOut, TransactionPageOut
 from api.schemas.params import Cursor, IsoDate, Limit, Since, Until
 from db.models.billing import PAYMENT_STATUSES
 from db.models.users import ROLES, SUBSCRIPTION_STATUSES
-from services import admin_users, credits, outbox, payments, reports, stats, usage
+from services import task_queue
+from services.admin import users as admin_users
+from services.credits import balance as credits
 from services.errors import NotFound
+from services.logs import usage
+from services.payments import purchases as payments
+from services.stats import reports
+from services.stats import snapshot as stats
 
 router = APIRouter(prefix="/api/user-management/admin", tags=["admin"])
 
@@ -221,7 +227,7 @@ async def get_stats(request: Request, credentials: BearerDep) -> Response:
              summary="Recompute the statistics now")
 def refresh_stats(admin: AdminUser, session: SessionDep) -> RefreshOut:
     """Queue a snapshot computation; GET /stats shows it once its ``computed_at`` moves."""
-    outbox.enqueue(session, "stats.snapshot")
+    task_queue.enqueue(session, "stats.snapshot")
     return RefreshOut(status="queued")
 
 

@@ -16,7 +16,8 @@ from api.schemas.credits import (
     PackageCreateIn,
     PackagePriceIn,
 )
-from services import admin_credits, packages
+from services.credits import adjustments as admin_credits
+from services.credits import packages
 
 router = APIRouter(prefix="/api/user-management/admin", tags=["admin"])
 

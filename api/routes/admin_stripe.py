@@ -17,7 +17,7 @@ from api.schemas.stripe import (
     PlanCreateIn,
     PlanUpdateIn,
 )
-from services import subscriptions
+from services.payments import subscriptions
 from services.stripe_events import process as events
 
 router = APIRouter(prefix="/api/user-management/admin", tags=["admin"])

@@ -30,9 +30,11 @@ from api.schemas.credits import (
     TransactionPageOut,
 )
 from api.schemas.params import Cursor, Limit, Since, Until
-from services import credits, holds, packages, payments
 from services.apikeys import keys as apikeys
+from services.credits import balance as credits
+from services.credits import holds, packages
 from services.errors import NotFound
+from services.payments import purchases as payments
 
 router = APIRouter(prefix="/api/user-management", tags=["credits"])
 

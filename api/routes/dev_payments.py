@@ -1,7 +1,7 @@
 """Development only: pay a purchase with a Stripe test card on the local Stripe peer.
 
 Mounted only when ``BILLING_STRIPE_LOCAL_PEER`` is on (``billing dev`` sets it when it starts
-the peer; refused in production). See ``services/dev_payments.py`` for why this exists.
+the peer; refused in production). See ``services/payments/dev_payments.py`` for why this exists.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from fastapi import APIRouter
 
 from api.deps import CurrentUser, SessionDep, SettingsDep
 from api.schemas.credits import PaymentOut, TestCardIn
-from services import dev_payments
+from services.payments import dev_payments
 
 router = APIRouter(prefix="/api/dev", tags=["development"])
 

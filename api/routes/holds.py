@@ -18,7 +18,7 @@ from api.schemas.metering import (
     HoldOut,
     ReleaseOut,
 )
-from services import holds
+from services.credits import holds
 
 router = APIRouter(prefix="/api/user-management/credits/holds", tags=["credits"])
 

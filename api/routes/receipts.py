@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from api.deps import CurrentUser, SessionDep, SettingsDep
 from api.schemas.credits import CardOut, PaymentOut, ReceiptOut
-from services import receipts
+from services.payments import receipts
 
 router = APIRouter(prefix="/api/user-management", tags=["credits"])
 

@@ -16,7 +16,8 @@ from api.schemas.stripe import (
     SubscriptionOut,
     SubscriptionStateOut,
 )
-from services import payments, subscriptions
+from services.payments import purchases as payments
+from services.payments import subscriptions
 
 router = APIRouter(prefix="/api/user-management", tags=["subscriptions"])
 

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
 
 from db.models.billing import LEDGER_KINDS
-from services.ledger import MAX_CREDITS
+from services.credits.ledger import MAX_CREDITS
 
 # Strict: "5" and 5.0 are refused rather than coerced; a credit is a whole number.
 Credits = Annotated[int, Field(strict=True, gt=0, le=MAX_CREDITS)]

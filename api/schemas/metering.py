@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from api.schemas.credits import Credits
-from services.holds import DEFAULT_TTL_S, MAX_TTL_S
+from services.credits.holds import DEFAULT_TTL_S, MAX_TTL_S
 from services.metering.events import MAX_EVENTS
 
 Scope = Literal["credits:read", "credits:spend", "events:write"]

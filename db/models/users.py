@@ -76,11 +76,11 @@ class User(Base):
     email_confirmed_at: Mapped[datetime | None]
     phone_confirmed_at: Mapped[datetime | None]
     last_login_at: Mapped[datetime | None]
-    # Written only by services.ledger: the balance always equals the ledger sum.
+    # Written only by services.credits.ledger: the balance always equals the ledger sum.
     credit_balance: Mapped[int] = mapped_column(server_default="0")
     credits_purchased: Mapped[int] = mapped_column(server_default="0")
     credits_used: Mapped[int] = mapped_column(server_default="0")
-    # The sum of the active holds (services.holds): a spend may take only balance - held.
+    # The sum of the active holds (services.credits.holds): a spend may take only balance - held.
     held_credits: Mapped[int] = mapped_column(server_default="0")
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     subscription_status: Mapped[str | None] = mapped_column(String(32))

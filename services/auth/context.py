@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import redis
 
-from services import logstream
+from services.logs import logstream
 from settings import Settings
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.orm import Session
 
-from services import mail, outbox, sms
+from services import mail, sms, task_queue
 from settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def _store(
     sealed = _fernet(settings).encrypt(json.dumps(payload).encode())
     client.set(KEY_PREFIX + message_id, sealed, ex=ttl_s)
     # The id alone travels through the broker, and only once the token row is committed.
-    outbox.enqueue(session, task, message_id)
+    task_queue.enqueue(session, task, message_id)
     return message_id
 
 

@@ -21,9 +21,9 @@ import redis.asyncio
 from sqlalchemy import text
 
 from db.aio import AsyncDatabase
-from services import logstream
 from services.apikeys.keys import KeyInfo
 from services.errors import InvalidInput
+from services.logs import logstream
 
 MAX_EVENTS = 1000
 METHOD = "EVENT"

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from db.aio import AsyncDatabase
 from db.models import StripeEvent
-from services import outbox
+from services import task_queue
 from services.errors import InvalidInput, UpstreamUnavailable
 
 PROCESS_TASK = "stripe.process_event"
@@ -153,7 +153,7 @@ def store(session: Session, event: dict[str, Any]) -> Stored:
     inserted = session.execute(_INSERT, _row(event, json.dumps(event))).scalar_one_or_none()
     new = inserted is not None
     if new:
-        outbox.enqueue(session, PROCESS_TASK, event["id"])
+        task_queue.enqueue(session, PROCESS_TASK, event["id"])
     return Stored(event_id=event["id"], type=event["type"], new=new)
 
 
@@ -171,12 +171,12 @@ async def receive(
 
     On the event loop: the insert is a transaction of its own (one round trip, in the
     ``service`` scope); once it has committed, the event is handed to the background sender
-    (``outbox.send_soon``): the answer does not wait for the broker, and an event whose task
+    (``task_queue.send_soon``): the answer does not wait for the broker, and an event whose task
     is lost (a crash, a broker outage) is still stored and pending, so the sweep enqueues
     it. The body is stored as sent: it was just parsed and checked.
     """
     event = verify(payload, signature, secrets)
     row = await db.fetchone(_INSERT, _row(event, payload.decode()), scope="service")
     if row is not None:
-        outbox.send_soon(PROCESS_TASK, event["id"])
+        task_queue.send_soon(PROCESS_TASK, event["id"])
     return Stored(event_id=event["id"], type=event["type"], new=row is not None)

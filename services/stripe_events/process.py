@@ -20,13 +20,14 @@ from sqlalchemy.orm import Session
 
 from db.base import utc_now
 from db.models import StripeEvent
-from services import audit, outbox
+from services import task_queue
+from services.admin import audit
 from services.errors import Conflict, NotFound
 from services.pagination import Page, paginate
+from services.payments.stripe_objects import Skip
 from services.stripe_events.context import Event
 from services.stripe_events.handlers import HANDLERS
 from services.stripe_events.inbox import PROCESS_TASK
-from services.stripe_objects import Skip
 from settings import Settings
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ def retry(
         request_id=request_id,
     )
     session.flush()
-    outbox.enqueue(session, PROCESS_TASK, row.id)
+    task_queue.enqueue(session, PROCESS_TASK, row.id)
     return row
 
 

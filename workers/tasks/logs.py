@@ -9,7 +9,7 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 
-from services import logstream, retention
+from services.logs import logstream, retention
 from workers.app import DbTask, app, settings
 
 

@@ -6,7 +6,8 @@ from sqlalchemy.exc import OperationalError
 
 from db import rls
 from db.transaction import transaction
-from services import holds, idempotency, integrity
+from services import idempotency
+from services.credits import holds, integrity
 from workers.app import DbTask, app, settings
 
 

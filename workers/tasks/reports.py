@@ -8,7 +8,7 @@ from sqlalchemy.exc import OperationalError
 
 from db import rls
 from db.transaction import transaction
-from services import reports
+from services.stats import reports
 from workers.app import DbTask, app, settings
 
 

@@ -6,7 +6,7 @@ from sqlalchemy.exc import OperationalError
 
 from db import rls
 from db.transaction import transaction
-from services import stats
+from services.stats import snapshot as stats
 from workers.app import DbTask, app, settings
 
 

@@ -7,9 +7,9 @@ from sqlalchemy.exc import OperationalError
 
 from db import rls
 from db.transaction import transaction
-from services import reconcile, stripe_gateway
+from services.payments import reconcile, stripe_gateway
+from services.payments.stripe_objects import NotReady
 from services.stripe_events import process as events
-from services.stripe_objects import NotReady
 from workers.app import DbTask, app, settings
 
 # Worth another try later: the database or Stripe hiccupped, or the event came too early.

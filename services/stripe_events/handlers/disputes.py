@@ -10,9 +10,9 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from db.models import Payment
-from services import settlement
+from services.payments import settlement
+from services.payments.stripe_objects import Rejected, Skip, StripeObject, as_int, ref
 from services.stripe_events.context import Event, Handler
-from services.stripe_objects import Rejected, Skip, StripeObject, as_int, ref
 
 
 def _payment(session: Session, dispute: StripeObject) -> Payment:

@@ -5,9 +5,17 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from db.models import Payment
-from services import settlement
+from services.payments import settlement
+from services.payments.stripe_objects import (
+    Skip,
+    StripeObject,
+    as_int,
+    as_uuid,
+    currency,
+    metadata,
+    ref,
+)
 from services.stripe_events.context import Event, Handler
-from services.stripe_objects import Skip, StripeObject, as_int, as_uuid, currency, metadata, ref
 
 
 def _not_subscription(payment: Payment) -> None:

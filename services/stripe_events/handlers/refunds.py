@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from services import settlement, stripe_gateway, subscriptions
+from services.payments import settlement, stripe_gateway, subscriptions
+from services.payments.stripe_objects import (
+    NotReady,
+    Skip,
+    StripeObject,
+    as_int,
+    as_uuid,
+    metadata,
+    ref,
+)
 from services.stripe_events.context import Event, Handler
-from services.stripe_objects import NotReady, Skip, StripeObject, as_int, as_uuid, metadata, ref
 
 
 def _apply(session: Session, charge: StripeObject) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from services import subscriptions
+from services.payments import subscriptions
+from services.payments.stripe_objects import StripeInvoice, StripeSubscription
 from services.stripe_events.context import Event, Handler
-from services.stripe_objects import StripeInvoice, StripeSubscription
 
 
 def subscription_changed(session: Session, event: Event) -> None:

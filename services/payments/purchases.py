@@ -24,9 +24,10 @@ from urllib.parse import urlsplit
 from sqlalchemy.orm import Session
 
 from db.models import CreditPackage, Payment, User
-from services import packages, stripe_gateway
+from services.credits import packages
 from services.errors import InvalidInput
 from services.pagination import Page, newest_first
+from services.payments import stripe_gateway
 from settings import Settings
 
 FLOWS = ("checkout", "payment_intent")

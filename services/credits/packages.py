@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import CreditPackage
-from services import audit
+from services.admin import audit
 from services.errors import Conflict, NotFound
 
 

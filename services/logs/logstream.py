@@ -43,7 +43,7 @@ from db import rls
 from db.base import utc_now
 from db.models.users import LOGIN_METHODS
 from db.transaction import transaction
-from services import outbox
+from services import task_queue
 
 USAGE_STREAM = "billing:logs:usage"
 LOGIN_STREAM = "billing:logs:login"
@@ -116,7 +116,7 @@ def _xadd(client: redis.Redis, kind: str, record: dict[str, Any]) -> None:
     _queue(pipe, kind, record)
     _, kicked = pipe.execute()
     if kicked:
-        outbox.send_now(DRAIN_TASK, kind)
+        task_queue.send_now(DRAIN_TASK, kind)
 
 
 async def _xadd_async(client: redis.asyncio.Redis, kind: str, record: dict[str, Any]) -> None:
@@ -124,7 +124,7 @@ async def _xadd_async(client: redis.asyncio.Redis, kind: str, record: dict[str, 
     _queue(pipe, kind, record)
     _, kicked = await pipe.execute()
     if kicked:  # publishing blocks: off the event loop (beat's drain backs it up)
-        outbox.send_soon(DRAIN_TASK, kind)
+        task_queue.send_soon(DRAIN_TASK, kind)
 
 
 def _stamp(record: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +169,7 @@ async def record_usages(client: redis.asyncio.Redis, records: list[dict[str, Any
             _queue(pipe, "usage", _stamp(record))
         answers = await pipe.execute()
         if any(answers[1::2]):
-            outbox.send_soon(DRAIN_TASK, "usage")
+            task_queue.send_soon(DRAIN_TASK, "usage")
     except redis.RedisError:
         log.exception("%d usage records dropped: redis unavailable", len(records))
 
@@ -609,7 +609,7 @@ def drain(
     client.delete(_kick_key(stream))
     if result.more or _undelivered(client, stream):
         result.more = True
-        outbox.send_now(DRAIN_TASK, kind_name)
+        task_queue.send_now(DRAIN_TASK, kind_name)
     if result.read:
         log.info("logs drained", extra={"stream": stream, "read": result.read,
                                         "written": result.written, "parked": result.parked,

@@ -14,10 +14,11 @@ from sqlalchemy.orm import Session
 
 from db.aio import AsyncDatabase
 from db.models import CreditTransaction, User
-from services import holds, ledger, logstream
 from services.apikeys import limits
 from services.apikeys.keys import KeyInfo
+from services.credits import holds, ledger
 from services.errors import InsufficientCredits, InvalidInput, NotFound
+from services.logs import logstream
 from services.pagination import Page, paginate
 
 USE_METHOD = "POST"

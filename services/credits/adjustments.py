@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from db.models import User
-from services import audit, ledger
+from services.admin import audit
+from services.credits import ledger
 from services.errors import Conflict, InsufficientCredits, InvalidInput, NotFound
 
 ACTION = "credits.adjust"

@@ -32,7 +32,7 @@ class _Dispatcher:
 
 
 _dispatcher = _Dispatcher()
-_background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+_background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="task-queue")
 
 
 def install_sender(sender: Sender) -> None:
@@ -69,7 +69,7 @@ def send_now(task_name: str, *args: Any, **options: Any) -> bool:
 
 def _sender() -> Sender:
     if _dispatcher.sender is None:
-        raise RuntimeError("no task sender installed: call outbox.install_sender() at start-up")
+        raise RuntimeError("no task sender installed: call task_queue.install_sender() at start-up")
     return _dispatcher.sender
 
 

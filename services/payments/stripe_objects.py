@@ -4,7 +4,7 @@ Stripe objects change shape across API versions (an expandable field is an id or
 object; ``invoice.subscription`` moved under ``invoice.parent``), so they are read through
 these helpers instead of indexed blindly, and handlers pass typed values on: the payment
 handlers the fields they need, the subscription handlers a ``StripeSubscription`` or
-``StripeInvoice`` (parsed here, like the API's answers to ``services.subscriptions``).
+``StripeInvoice`` (parsed here, like the API's answers to ``services.payments.subscriptions``).
 """
 
 from __future__ import annotations

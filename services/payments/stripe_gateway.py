@@ -7,7 +7,7 @@
   payment method), each logged once without the request's data.
 - ``customer_of``: the user's Stripe customer, created at most once.
 
-How Stripe's objects read (events and answers alike) is ``services.stripe_objects``.
+How Stripe's objects read (events and answers alike) is ``services.payments.stripe_objects``.
 """
 
 from __future__ import annotations

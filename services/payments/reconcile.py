@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session
 
 from db.base import utc_now
 from db.models import StripeEvent
-from services import outbox, stripe_gateway
+from services import task_queue
 from services.errors import InvalidInput
+from services.payments import stripe_gateway
 from services.stripe_events.inbox import PROCESS_TASK, check, store_many
 from settings import Settings
 
@@ -44,7 +45,7 @@ def sweep(session: Session, *, older_than_s: float, limit: int = 1000) -> int:
         )
     )
     for event_id in ids:
-        outbox.enqueue(session, PROCESS_TASK, event_id)
+        task_queue.enqueue(session, PROCESS_TASK, event_id)
     if ids:
         log.info("stripe sweep re-enqueued events", extra={"count": len(ids)})
     return len(ids)

@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session
 
 from db.aio import AsyncDatabase
 from db.models import CreditHold, User
-from services import ledger
 from services.apikeys import limits
 from services.apikeys.keys import KeyInfo
+from services.credits import ledger
 from services.errors import Conflict, InsufficientCredits, InvalidInput, NotFound
 
 DEFAULT_TTL_S = 3600

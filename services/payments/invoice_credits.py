@@ -27,7 +27,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from db.models import Plan
-from services.stripe_objects import InvoiceLine, Rejected, StripeInvoice
+from services.payments.stripe_objects import InvoiceLine, Rejected, StripeInvoice
 
 
 @dataclass(frozen=True)

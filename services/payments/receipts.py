@@ -19,8 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import CreditPackage, Payment, Plan, User
-from services import stripe_gateway
 from services.errors import Conflict, NotFound
+from services.payments import stripe_gateway
 from settings import Settings
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ State comes from Stripe's subscription events. Events arrive out of order, so ea
 applied state records its event's ``created`` time (``stripe_event_created``) and an
 older event never overwrites a newer state; ``canceled`` is final whatever the order.
 Each paid invoice grants the credits it paid for once (dedupe key ``invoice:<id>``): the rule
-is ``services.invoice_credits``.
+is ``services.payments.invoice_credits``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from sqlalchemy.orm import Session
 from db.base import utc_now
 from db.models import Payment, Plan, Subscription, User
 from db.models.users import SUBSCRIPTION_STATUSES
-from services import audit, invoice_credits, ledger, stripe_gateway
+from services.admin import audit
+from services.credits import ledger
 from services.errors import Conflict, InvalidInput, NotFound
-from services.stripe_objects import (
+from services.payments import invoice_credits, stripe_gateway
+from services.payments.stripe_objects import (
     NotReady,
     Rejected,
     Skip,

@@ -3,7 +3,7 @@
 Every function here works on a payment row locked ``FOR UPDATE`` by ``find_payment`` (and
 read afresh with it), so two events about one payment are applied one after the other,
 never interleaved.
-Credits move only through ``services.ledger`` with a dedupe key per cause, so an event
+Credits move only through ``services.credits.ledger`` with a dedupe key per cause, so an event
 delivered twice, late or out of order moves money at most once:
 
 - the purchase grant: ``payment:<payment id>`` (whichever success event comes first);
@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 
 from db.base import utc_now
 from db.models import CreditTransaction, Payment, User
-from services import ledger
-from services.ledger import Entry
-from services.stripe_objects import NotReady, Rejected, Skip
+from services.credits import ledger
+from services.credits.ledger import Entry
+from services.payments.stripe_objects import NotReady, Rejected, Skip
 
 GRANTED = frozenset({"succeeded", "partially_refunded", "refunded"})
 # A payment that was never paid may still become paid (a retried card); these never change.

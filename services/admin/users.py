@@ -19,7 +19,7 @@ from db.models import (
     Subscription,
     User,
 )
-from services import audit
+from services.admin import audit
 from services.auth import refresh
 from services.errors import Conflict, InvalidInput, NotFound
 from services.pagination import Page, newest_first, paginate

@@ -15,8 +15,8 @@ import uuid
 from sqlalchemy.orm import Session
 
 from db.models import Payment
-from services import receipts, stripe_gateway
 from services.errors import Conflict, InvalidInput
+from services.payments import receipts, stripe_gateway
 from settings import Settings
 
 # Stripe's test payment methods, which localstripe knows too.
