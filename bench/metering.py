@@ -220,7 +220,8 @@ and one Redis pipeline for the usage records; the HTTP, JSON and auth cost is pa
 {args.batch} events. Each event id is new, so every event is applied (the dedupe check
 still runs for each). The holds run uses `bench/holds.lua`: each connection opens a hold of
 5 credits and captures 3 of it, rotating the users' tokens; holds run in worker threads
-with an ORM session (two transactions' worth of statements each), not on the event loop.
+with an ORM session, not on the event loop: each request is one transaction of a few
+statements (a capture locks the hold, runs the ledger's statement and closes the hold).
 No Celery worker ran (the usage records stay queued in Redis and are dropped afterwards).
 """
     print(section)
