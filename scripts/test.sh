@@ -19,4 +19,4 @@ fi
 
 python3 -m venv .venv
 .venv/bin/pip install -q -e '.[dev]'
-exec .venv/bin/pytest "$@"
+exec .venv/bin/pytest -n 2 "$@"

@@ -28,17 +28,19 @@ from sqlalchemy.orm import Session
 from tests.smtp import start_smtp_server
 from tests.stripe_stub import StripeStub
 from tests.support import (
-    ROOT,
+    ARTIFACTS,
     WorkerProcess,
+    own_database,
+    own_redis_db,
     scratch_session,
     served,
     start_localstripe,
+    xdist_controller,
 )
 
 TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 32
 TEST_STRIPE_KEY = "sk_test_localstripe_key_for_tests"
 TEST_WEBHOOK_SECRET = "whsec_test_secret_for_tests"
-ARTIFACTS = ROOT / "test-artifacts"
 pytest_plugins = ["tests.conftest_auth", "tests.secrets_scan", "tests.browser"]
 
 
@@ -62,7 +64,7 @@ SERVERS = _Servers()
 def _database_url() -> str:
     url = os.environ.get("BILLING_TEST_DATABASE_URL")
     if url:
-        return url
+        return own_database(url)
     from cli.embedded import EmbeddedPostgres
 
     pg = EmbeddedPostgres(SERVERS.tmp / "embedded", database="billing_test")
@@ -73,7 +75,7 @@ def _database_url() -> str:
 def _redis_url() -> str:
     url = os.environ.get("BILLING_TEST_REDIS_URL")
     if url:
-        return url
+        return own_redis_db(url)
     from cli.embedded import EmbeddedRedis
 
     server = EmbeddedRedis(SERVERS.tmp / "embedded", persist=False)
@@ -100,6 +102,8 @@ def _start_localstripe() -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if xdist_controller(config):
+        return  # each xdist worker starts its own servers
     SERVERS.tmp = Path(tempfile.mkdtemp(prefix="billing-tests-"))
     SERVERS.embedded = []
     SERVERS.database_url = _recreate_database(_database_url())
@@ -108,7 +112,7 @@ def pytest_configure(config: pytest.Config) -> None:
     SERVERS.localstripe_url = _start_localstripe()
     SERVERS.stripe_stub = StripeStub(SERVERS.localstripe_url).start()
     SERVERS.smtp = start_smtp_server(SERVERS.tmp / "mail")
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for key in [k for k in os.environ if k.startswith("BILLING_") and
                 not k.startswith(("BILLING_TEST_", "BILLING_BENCH_"))]:
         del os.environ[key]

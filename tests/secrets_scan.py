@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+from tests.support import ARTIFACTS, xdist_controller
 
 TOKEN_PATTERNS: dict[str, re.Pattern[str]] = {
     "JWT": re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
@@ -148,6 +148,8 @@ def _scan_task(sender: Any = None, body: Any = None, headers: Any = None, **_: A
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    if xdist_controller(session.config):
+        return  # the workers scan; they hand their findings over (pytest_testnodedown)
     from celery.signals import before_task_publish
 
     from settings import get_settings
@@ -171,15 +173,34 @@ def pytest_runtest_logstart(nodeid: str, location: Any) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    from celery.signals import before_task_publish
+    if xdist_controller(session.config):
+        report = "\n".join(_WORKER_REPORTS)
+        if report:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    else:
+        from celery.signals import before_task_publish
 
-    logging.Logger.handle = _original_handle  # type: ignore[method-assign]
-    before_task_publish.disconnect(_scan_task)
-    SCANNER.current_test = "(worker processes)"
-    SCANNER.scan_files(ARTIFACTS.glob("worker*.log"), _OFFSETS)
-    report = fail_session(session, SCANNER)
+        logging.Logger.handle = _original_handle  # type: ignore[method-assign]
+        before_task_publish.disconnect(_scan_task)
+        SCANNER.current_test = "(worker processes)"
+        SCANNER.scan_files(ARTIFACTS.glob("worker*.log"), _OFFSETS)
+        report = fail_session(session, SCANNER)
+        workeroutput = getattr(session.config, "workeroutput", None)
+        if report and workeroutput is not None:
+            workeroutput["secrets_report"] = report
     if report:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_sep("=", "secrets in logs", red=True)
             reporter.write_line(report)
+
+
+_WORKER_REPORTS: list[str] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist: collect what each worker's scan found, to fail the whole run with it."""
+    report = getattr(node, "workeroutput", {}).get("secrets_report")
+    if report:
+        _WORKER_REPORTS.append(report)

@@ -19,6 +19,41 @@ from sqlalchemy.orm import Session
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
+# Under pytest-xdist each worker process ("gw0", "gw1", ...) runs its share of the tests
+# against servers of its own: its own database, Redis database number, localstripe, mail
+# server, Celery worker and artifacts folder. Without xdist this is "".
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+ARTIFACTS = ROOT / "test-artifacts" / XDIST_WORKER if XDIST_WORKER else ROOT / "test-artifacts"
+
+
+def xdist_controller(config: Any) -> bool:
+    """True in the process that only hands tests to xdist workers (it starts no servers)."""
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
+def own_database(url: str) -> str:
+    """``url`` with this xdist worker's database name (``billing_ci`` -> ``billing_ci_gw1``)."""
+    if not XDIST_WORKER:
+        return url
+    from sqlalchemy import make_url
+
+    parsed = make_url(url)
+    return parsed.set(database=f"{parsed.database}_{XDIST_WORKER}").render_as_string(False)
+
+
+def own_redis_db(url: str) -> str:
+    """``url`` with this xdist worker's Redis database number (base + worker index)."""
+    if not XDIST_WORKER:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    base = int(parts.path.strip("/") or 0)
+    number = base + int(XDIST_WORKER.removeprefix("gw"))
+    if number > 15:
+        raise RuntimeError(f"Redis database {number} does not exist: lower the base of {url}")
+    return urlunsplit(parts._replace(path=f"/{number}"))
+
 
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""

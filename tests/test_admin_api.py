@@ -27,9 +27,11 @@ from tests.factories import auth_headers, make_user
 from tests.support import wait_for
 
 BASE = "/api/user-management/admin"
-ADMIN_GETS = ["/users", f"/users/{uuid.uuid4()}", "/payments", "/audit-log", "/usage",
+# Fixed ids: parametrized ids must be the same in every collection (pytest-xdist compares them).
+NOBODY = "00000000-0000-4000-8000-000000000001"
+ADMIN_GETS = ["/users", f"/users/{NOBODY}", "/payments", "/audit-log", "/usage",
               "/stats", "/reports", "/reports/1"]
-ADMIN_POSTS = [f"/users/{uuid.uuid4()}/deactivate", f"/users/{uuid.uuid4()}/activate",
+ADMIN_POSTS = [f"/users/{NOBODY}/deactivate", f"/users/{NOBODY}/activate",
                "/stats/refresh"]
 
 
