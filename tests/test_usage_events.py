@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
-from db.models import CreditTransaction, User
+from db.models import CreditHold, CreditTransaction, User
 from services.logs import logstream
 from tests.factories import auth_headers, make_user
 
@@ -88,13 +88,23 @@ def test_a_server_key_meters_for_many_users_and_unknown_ones_are_invalid(client,
     assert [db.get(User, u.id).credit_balance for u in (alice, bob, gone)] == [0, 2, 5]
 
 
-def test_held_credits_are_not_available_to_events(client, db):
+def test_held_credits_are_not_available_to_events_until_their_hold_is_due(client, db):
     user = make_user(db, credits=10)
     headers = auth_headers(user)
-    client.post(f"{API}/credits/holds", json={"credits": 8}, headers=headers)
+    hold_id = client.post(f"{API}/credits/holds", json={"credits": 8},
+                          headers=headers).json()["hold_id"]
     results = client.post(f"{API}/usage/events", headers=headers, json={"events": [
         {"id": "a", "credits": 3}, {"id": "b", "credits": 2}]}).json()["results"]
     assert [r["status"] for r in results] == ["insufficient_credits", "applied"]
+    db.execute(text("UPDATE credit_holds SET expires_at = now() - interval '1 second' "
+                    "WHERE id = :id"), {"id": hold_id})
+    db.commit()
+    results = client.post(f"{API}/usage/events", headers=headers, json={"events": [
+        {"id": "a", "credits": 3}]}).json()["results"]
+    assert [(r["status"], r["balance"]) for r in results] == [("applied", 5)]
+    db.expire_all()
+    assert (db.get(User, user.id).held_credits, db.get(CreditHold, hold_id).status) == (
+        0, "expired")
 
 
 @pytest.mark.parametrize("events, status, code", [

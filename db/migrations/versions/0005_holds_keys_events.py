@@ -17,7 +17,7 @@ Create Date: 2026-12-06 06:30:00
 - ``apply_usage_events``: a batch of metered events in one call (one round trip, one
   transaction): the accounts locked in id order first (concurrent batches never deadlock),
   then each event checked against its dedupe key, the account and the key's limits, and
-  applied as a ledger ``usage`` row, in order.
+  applied as a ledger ``usage`` row, in order (after the accounts' due holds expire).
 - The ledger's kinds gain ``hold_capture`` (with the grants work's ``promo`` and ``expiry``).
 
 Self-contained on purpose: a migration keeps doing what it did when later code changes.
@@ -83,6 +83,21 @@ BEGIN
     -- Every account of the batch, locked in id order: batches over the same accounts queue
     -- up instead of deadlocking, and the dedupe checks below see what the last one wrote.
     PERFORM 1 FROM users u WHERE u.id = ANY(p_users) ORDER BY u.id FOR UPDATE;
+    -- Holds past their time count no more (lazily, as for a single spend). Those a capture
+    -- holds locked are skipped: waiting for them here, holding the accounts, could deadlock.
+    WITH due AS (
+        SELECT h.id FROM credit_holds h
+         WHERE h.user_id = ANY(p_users) AND h.status = 'active' AND h.expires_at <= now()
+         FOR UPDATE SKIP LOCKED
+    ), closed AS (
+        UPDATE credit_holds h SET status = 'expired', closed_at = now()
+          FROM due WHERE h.id = due.id
+        RETURNING h.user_id, h.credits
+    ), freed AS (
+        SELECT c.user_id, sum(c.credits) AS credits FROM closed c GROUP BY c.user_id
+    )
+    UPDATE users u SET held_credits = u.held_credits - freed.credits
+      FROM freed WHERE u.id = freed.user_id;
     IF p_key IS NOT NULL AND (p_daily IS NOT NULL OR p_monthly IS NOT NULL) THEN
         -- The key's counters for this day and month, made if new and locked (after the
         -- accounts, as a single spend takes them), so its limits hold across batches.
