@@ -9,6 +9,7 @@ user of its own) works only where a request may name the user: ``POST /usage/eve
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -50,7 +51,7 @@ async def _claims_unless_key(request: Request, credentials: BearerDep) -> Access
     return await token_claims(request, credentials)
 
 
-def _principal(scope: str):  # type: ignore[no-untyped-def]
+def _principal(scope: str) -> Callable[..., Principal]:
     def principal(
         request: Request,
         session: SessionDep,

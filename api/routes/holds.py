@@ -22,7 +22,7 @@ from services.credits import holds
 
 router = APIRouter(prefix="/api/user-management/credits/holds", tags=["credits"])
 
-_CLOSED = {404: {"description": "hold_not_found (also another user's hold)"},
+_CLOSED: dict[int | str, dict[str, Any]] = {404: {"description": "hold_not_found (also another user's hold)"},
            409: {"description": "hold_closed | hold_expired, or an Idempotency-Key conflict"}}
 
 
@@ -31,18 +31,19 @@ _CLOSED = {404: {"description": "hold_not_found (also another user's hold)"},
                         409: {"description": "Idempotency-Key conflict"}})
 def create_hold(body: HoldIn, who: SpenderDep, session: SessionDep, idem: IdempotencyDep) -> Any:
     """Hold ``credits`` of the available ones for ``ttl_s`` seconds (default an hour)."""
-    assert who.user_id is not None
+    user_id = who.user_id
+    assert user_id is not None
 
     def work() -> HoldOut:
         opened = holds.create(
-            session, user_id=who.user_id, credits=body.credits, ttl_s=body.ttl_s,  # type: ignore[arg-type]
+            session, user_id=user_id, credits=body.credits, ttl_s=body.ttl_s,
             description=body.description, endpoint=body.endpoint, key=who.key,
         )
         return HoldOut(hold_id=opened.hold_id, credits=opened.credits,
                        expires_at=opened.expires_at, balance=opened.balance,
                        available=opened.available)
 
-    return idem.run(session, user_id=who.user_id, body=body, work=work, status_code=201)
+    return idem.run(session, user_id=user_id, body=body, work=work, status_code=201)
 
 
 @router.get("", response_model=list[ActiveHoldOut], summary="The active holds")
@@ -59,18 +60,19 @@ def list_holds(who: ReaderDep, session: SessionDep) -> list[ActiveHoldOut]:
 def capture_hold(hold_id: uuid.UUID, who: SpenderDep, session: SessionDep,
                  idem: IdempotencyDep, body: CaptureIn | None = None) -> Any:
     """Spend ``credits`` (default: all) of the hold and release the rest; a ledger entry."""
-    assert who.user_id is not None
+    user_id = who.user_id
+    assert user_id is not None
     wanted = body.credits if body is not None else None
 
     def work() -> CaptureOut:
-        closed = holds.capture(session, user_id=who.user_id,  # type: ignore[arg-type]
-                               hold_id=hold_id, credits=wanted, key=who.key)
+        closed = holds.capture(session, user_id=user_id, hold_id=hold_id, credits=wanted,
+                               key=who.key)
         assert closed.transaction_id is not None and closed.captured is not None
         return CaptureOut(hold_id=hold_id, transaction_id=closed.transaction_id,
                           captured=closed.captured, balance=closed.balance,
                           available=closed.available)
 
-    return idem.run(session, user_id=who.user_id, body={"credits": wanted}, work=work)
+    return idem.run(session, user_id=user_id, body={"credits": wanted}, work=work)
 
 
 @router.post("/{hold_id}/release", response_model=ReleaseOut, summary="Release a hold",
