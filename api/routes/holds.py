@@ -22,8 +22,10 @@ from services.credits import holds
 
 router = APIRouter(prefix="/api/user-management/credits/holds", tags=["credits"])
 
-_CLOSED: dict[int | str, dict[str, Any]] = {404: {"description": "hold_not_found (also another user's hold)"},
-           409: {"description": "hold_closed | hold_expired, or an Idempotency-Key conflict"}}
+_CLOSED: dict[int | str, dict[str, Any]] = {
+    404: {"description": "hold_not_found (also another user's hold)"},
+    409: {"description": "hold_closed | hold_expired, or an Idempotency-Key conflict"},
+}
 
 
 @router.post("", response_model=HoldOut, status_code=201, summary="Reserve credits",
