@@ -2,6 +2,7 @@
 
 from db.models.billing import CreditPackage, CreditTransaction, Payment, Plan, Subscription
 from db.models.grants import CreditGrant, PromoCode, PromoRedemption
+from db.models.metering import ApiKey, ApiKeySpend, CreditHold
 from db.models.ops import (
     AdminActivityLog,
     AdminStatsSnapshot,
@@ -19,11 +20,14 @@ from db.models.webhooks import WebhookDelivery, WebhookEndpoint, WebhookEvent
 __all__ = [
     "AdminActivityLog",
     "AdminStatsSnapshot",
+    "ApiKey",
+    "ApiKeySpend",
     "ApiUsageLog",
     "AuthIdentity",
     "AutoTopupSettings",
     "BalanceCrossing",
     "CreditGrant",
+    "CreditHold",
     "CreditPackage",
     "CreditTransaction",
     "DailyReport",
