@@ -6,15 +6,17 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import httpx
 import pytest
 from sqlalchemy import func, select, text
 
 from db import rls
-from db.models import CreditHold, CreditTransaction, User
+from db.base import utc_now
+from db.models import CreditGrant, CreditHold, CreditTransaction, User
 from db.transaction import transaction
-from services.credits import holds
+from services.credits import holds, integrity, ledger
 from tests.factories import auth_headers, make_user
 from workers.schedule import beat_schedule
 
@@ -93,6 +95,36 @@ def test_capture_spends_part_through_the_ledger_and_releases_the_rest(client, db
     _error(client.post(f"{API}/credits/holds/{hold_id}/release", headers=headers),
            409, "hold_closed")
     assert _state(db, user.id) == (75, 0, 75)
+
+
+def test_a_capture_burns_grants_like_a_spend_and_holds_never_reserve_expired_credits(
+    client, db, settings
+):
+    user = make_user(db)
+    purchase = ledger.post(db, user_id=user.id, amount=40, kind="purchase").grant_id
+    promo = ledger.post(db, user_id=user.id, amount=20, kind="promo",
+                        expires_at=utc_now() + timedelta(days=2)).grant_id
+    lapsed = ledger.post(db, user_id=user.id, amount=10, kind="bonus",
+                         expires_at=utc_now() + timedelta(days=1)).grant_id
+    db.execute(text("UPDATE credit_grants SET expires_at = now() - interval '1 second' "
+                    "WHERE id = :id"), {"id": lapsed})
+    db.commit()
+    headers = auth_headers(user)
+    # 70 stored, but the lapsed 10 leave before the hold is weighed: 60 can be held.
+    _error(client.post(f"{API}/credits/holds", json={"credits": 61}, headers=headers),
+           402, "insufficient_credits")
+    hold = client.post(f"{API}/credits/holds", json={"credits": 50}, headers=headers).json()
+    assert (hold["balance"], hold["available"]) == (60, 10)
+    body = client.post(f"{API}/credits/holds/{hold['hold_id']}/capture", json={"credits": 30},
+                       headers=headers).json()
+    assert (body["balance"], body["available"]) == (30, 30)
+    entry = db.get(CreditTransaction, body["transaction_id"])
+    assert [(m["grant_id"], m["credits"]) for m in entry.grants] == [(promo, -20),
+                                                                     (purchase, -10)]
+    db.expire_all()
+    assert [db.get(CreditGrant, g).remaining for g in (promo, purchase, lapsed)] == [0, 30, 0]
+    with transaction(settings.database_url, acting_as=rls.OWNER) as session:
+        assert integrity.check_ledger(session).mismatches == []
 
 
 def test_capture_without_amount_takes_it_all_and_release_spends_nothing(client, db):

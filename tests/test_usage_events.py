@@ -5,13 +5,18 @@ from __future__ import annotations
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import httpx
 import pytest
 import redis
 from sqlalchemy import func, select, text
 
-from db.models import CreditHold, CreditTransaction, User
+from db import rls
+from db.base import utc_now
+from db.models import BalanceCrossing, CreditGrant, CreditHold, CreditTransaction, User
+from db.transaction import transaction
+from services.credits import integrity, ledger
 from services.logs import logstream
 from tests.factories import auth_headers, make_user
 
@@ -105,6 +110,68 @@ def test_held_credits_are_not_available_to_events_until_their_hold_is_due(client
     db.expire_all()
     assert (db.get(User, user.id).held_credits, db.get(CreditHold, hold_id).status) == (
         0, "expired")
+
+
+def _grant(db, user, amount: int, kind: str, *, expires_in: timedelta | None = None) -> int:
+    entry = ledger.post(db, user_id=user.id, amount=amount, kind=kind,
+                        expires_at=utc_now() + expires_in if expires_in else None)
+    db.commit()
+    assert entry is not None and entry.grant_id is not None
+    return entry.grant_id
+
+
+def test_a_batch_burns_grants_in_burn_down_order_and_keeps_balance_equal_to_grants(
+    client, db, settings
+):
+    user = make_user(db)
+    purchase = _grant(db, user, 50, "purchase")  # priority 30, never expires
+    subscription = _grant(db, user, 30, "subscription_grant",
+                          expires_in=timedelta(days=20))  # priority 20
+    promo = _grant(db, user, 10, "promo", expires_in=timedelta(days=2))  # priority 10
+    lapsed = _grant(db, user, 7, "bonus", expires_in=timedelta(days=1))
+    db.execute(text("UPDATE credit_grants SET expires_at = now() - interval '1 second' "
+                    "WHERE id = :id"), {"id": lapsed})  # its time passed; no sweep ran yet
+    db.commit()
+    results = client.post(f"{API}/usage/events", headers=auth_headers(user), json={"events": [
+        {"id": "e1", "credits": 6}, {"id": "e2", "credits": 9}, {"id": "e3", "credits": 40},
+        {"id": "e4", "credits": 50},
+    ]}).json()["results"]
+    # The lapsed grant's 7 leave first (97 -> 90); then promo, subscription, purchase.
+    assert [(r["status"], r["balance"]) for r in results] == [
+        ("applied", 84), ("applied", 75), ("applied", 35), ("insufficient_credits", 35)]
+    taken = [[(m["grant_id"], m["credits"]) for m in db.get(CreditTransaction,
+                                                             r["transaction_id"]).grants]
+             for r in results[:3]]
+    assert taken == [[(promo, -6)], [(promo, -4), (subscription, -5)],
+                     [(subscription, -25), (purchase, -15)]]
+    db.expire_all()
+    assert [db.get(CreditGrant, g).remaining for g in (promo, subscription, purchase, lapsed)] \
+        == [0, 0, 35, 0]
+    assert db.scalar(select(func.count()).select_from(CreditTransaction).where(
+        CreditTransaction.user_id == user.id, CreditTransaction.kind == "expiry")) == 1
+    with transaction(settings.database_url, acting_as=rls.OWNER) as session:
+        assert integrity.check_ledger(session).mismatches == []
+
+
+def test_a_capture_and_a_batch_crossing_the_low_balance_alert_record_crossings(client, db):
+    user = make_user(db, credits=100, low_balance_alert=50)
+    headers = auth_headers(user)
+    hold = client.post(f"{API}/credits/holds", json={"credits": 60}, headers=headers).json()
+    captured = client.post(f"{API}/credits/holds/{hold['hold_id']}/capture",
+                           json={"credits": 55}, headers=headers)
+    assert captured.json()["balance"] == 45, captured.text  # 100 -> 45: below 50
+    ledger.post(db, user_id=user.id, amount=55, kind="bonus", reference_type="test")
+    db.commit()  # 100 again, above the alert
+    results = client.post(f"{API}/usage/events", headers=headers, json={"events": [
+        {"id": "a", "credits": 30}, {"id": "b", "credits": 25}, {"id": "c", "credits": 45},
+    ]}).json()["results"]
+    assert [r["balance"] for r in results] == [70, 45, 0]
+    crossings = db.execute(select(BalanceCrossing.kind, BalanceCrossing.balance_before,
+                                  BalanceCrossing.balance_after)
+                           .where(BalanceCrossing.user_id == user.id)
+                           .order_by(BalanceCrossing.id)).all()
+    assert [tuple(c) for c in crossings] == [("low", 100, 45), ("low", 70, 45),
+                                              ("depleted", 45, 0)]
 
 
 @pytest.mark.parametrize("events, status, code", [
