@@ -215,8 +215,10 @@ CPU per request: single spend API {spend.api_ms:.2f} ms + PostgreSQL {spend.pg_m
 per batch of {args.batch} events API {batches.api_ms:.2f} ms + PostgreSQL
 {batches.pg_ms:.2f} ms, that is {per_event}. A batch is one
 call of `apply_usage_events` (one round trip, one transaction: the accounts locked in id
-order, then each event's dedupe check, conditional debit and ledger row inside PostgreSQL)
-and one Redis pipeline for the usage records; the HTTP, JSON and auth cost is paid once per
+order, then for each event its dedupe check and the ledger's own function, `ledger_post`,
+which lets expired grants leave, checks the available credits, burns grants and writes the
+ledger row, all inside PostgreSQL; each user here holds one grant) and one Redis pipeline
+for the usage records; the HTTP, JSON and auth cost is paid once per
 {args.batch} events. Each event id is new, so every event is applied (the dedupe check
 still runs for each). The holds run uses `bench/holds.lua`: each connection opens a hold of
 5 credits and captures 3 of it, rotating the users' tokens; holds run in worker threads
