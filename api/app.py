@@ -26,6 +26,7 @@ from api.routes import (
     admin_credits,
     admin_stripe,
     admin_webhooks,
+    api_keys,
     auth,
     credits,
     dashboard,
@@ -33,6 +34,7 @@ from api.routes import (
     docs,
     grants,
     health,
+    holds,
     metrics,
     monitoring,
     portal,
@@ -40,6 +42,7 @@ from api.routes import (
     receipts,
     subscriptions,
     topup,
+    usage_events,
     webhooks,
 )
 from api.usage_middleware import UsageLogMiddleware
@@ -117,6 +120,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(profile.router)
     app.include_router(credits.router)
+    app.include_router(holds.router)
+    app.include_router(api_keys.router)
+    app.include_router(usage_events.router)
     app.include_router(receipts.router)
     app.include_router(admin_credits.router)
     app.include_router(grants.router)

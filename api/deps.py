@@ -16,6 +16,7 @@ from api.client import auth_context
 from db import rls
 from db.models import User
 from db.transaction import transaction
+from services.apikeys import keys as apikeys
 from services.auth import external
 from services.auth.tokens import AccessClaims, decode_access_token, is_revoked
 from services.errors import Forbidden, Unauthorized
@@ -74,7 +75,10 @@ async def token_claims(request: Request, credentials: BearerDep) -> AccessClaims
     ``None`` for a token an outside provider may have issued (``current_user`` asks it).
     Whether the account is still active is for the caller to check.
     """
-    claims = _own_claims(request.app.state.settings, _bearer_token(credentials))
+    token = bearer_token(credentials)
+    if apikeys.is_key(token):
+        raise key_not_accepted()
+    claims = _own_claims(request.app.state.settings, token)
     if claims is not None and await is_revoked(request.state.aredis, claims):
         raise Unauthorized("access token was signed out", code="token_revoked")
     return claims
@@ -93,7 +97,7 @@ def current_user(
     if claims is None:
         # Finding (or creating) the account of an outside identity looks across accounts.
         rls.set_context(session, scope="service")
-        user = external.authenticate(session, auth_context(request), _bearer_token(credentials))
+        user = external.authenticate(session, auth_context(request), bearer_token(credentials))
         if user is not None:
             rls.set_context(session, scope="user", user_id=user.id)
     else:
@@ -146,11 +150,16 @@ def inactive_account() -> Unauthorized:
     return Unauthorized("access token is invalid", code="invalid_token")
 
 
+def key_not_accepted() -> Forbidden:
+    return Forbidden("API keys are not accepted on this route; sign in",
+                     code="api_key_not_accepted")
+
+
 def not_admin() -> Forbidden:
     return Forbidden("this operation needs the admin role", code="admin_required")
 
 
-def _bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
+def bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("a bearer access token is required", code="not_authenticated")
     return credentials.credentials

@@ -87,22 +87,25 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def wrk(url: str, tokens: Path, *, connections: int, seconds: int, delay_ms: int = 0,
-        script: bool = True, lockstep: bool = False) -> WrkResult:
-    """``wrk`` over the spend route; with ``delay_ms`` each connection pauses that long on
-    average (exponentially distributed), or exactly that long with ``lockstep``."""
-    env = {**os.environ, "BENCH_TOKENS": str(tokens), "BENCH_DELAY_MS": str(delay_ms),
-           "BENCH_DELAY_FIXED": "1" if lockstep else "0"}
-    threads = min(2, connections)
+        script: bool = True, lockstep: bool = False, lua: Path = LUA,
+        env: dict[str, str] | None = None, threads: int = 2) -> WrkResult:
+    """``wrk`` over the spend route (or the route of another ``lua`` script, with its ``env``);
+    with ``delay_ms`` each connection pauses that long on average (exponentially
+    distributed), or exactly that long with ``lockstep``."""
+    env = {**os.environ, **(env or {}), "BENCH_TOKENS": str(tokens),
+           "BENCH_DELAY_MS": str(delay_ms), "BENCH_DELAY_FIXED": "1" if lockstep else "0"}
+    threads = min(threads, connections)
     out = subprocess.run(  # noqa: S603
         ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
-         "--timeout", "10s", *(["-s", str(LUA)] if script else []), url],  # noqa: S607
+         "--timeout", "10s", *(["-s", str(lua)] if script else []), url],  # noqa: S607
         env=env, capture_output=True, text=True, check=True,
     ).stdout
     return parse_wrk(out)
 
 
 def half_load(url: str, tokens: Path, *, target: float, seconds: int,
-              p50_ms: float) -> tuple[WrkResult, int]:
+              p50_ms: float, lua: Path = LUA,
+              env: dict[str, str] | None = None) -> tuple[WrkResult, int]:
     """Hold about ``target`` requests/s: connections pause between requests (closed loop).
 
     The pauses are random (exponential), so the 16 connections arrive independently, as
@@ -111,12 +114,14 @@ def half_load(url: str, tokens: Path, *, target: float, seconds: int,
     connections = 16
     delay = max(1, round(connections * 1000 / target - p50_ms))
     for _ in range(3):  # calibrate the pause on short runs, then measure
-        probe = wrk(url, tokens, connections=connections, seconds=4, delay_ms=delay)
+        probe = wrk(url, tokens, connections=connections, seconds=4, delay_ms=delay, lua=lua,
+                    env=env)
         if abs(probe.rps - target) / target < 0.07:
             break
         per_request = connections * 1000 / probe.rps  # ms between a connection's requests
         delay = max(1, round(delay + per_request * (probe.rps / target - 1)))
-    return wrk(url, tokens, connections=connections, seconds=seconds, delay_ms=delay), delay
+    return wrk(url, tokens, connections=connections, seconds=seconds, delay_ms=delay, lua=lua,
+               env=env), delay
 
 
 def process_tree(pid: int) -> list[psutil.Process]:

@@ -67,14 +67,14 @@ from db.engine import libpq_url
 
 BALANCE = 10**12  # never runs out during a run
 
-# The ledger's spend, as services/credits/ledger.py issues it (the function of migration
-# 0004), for user number :n.
+# The ledger's spend, as services/credits/ledger.py issues it (the function of migrations
+# 0004 and 0005), for user number :n.
 PGBENCH_SCRIPT = """\
 \\set n random(1, {users})
 BEGIN;
 SELECT id, balance_after, created_at, grant_id FROM ledger_post(
     ('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid, -1, 'usage', 0, 1,
-    false, true, NULL, NULL, NULL, 'bench', '/v1/bench', NULL, NULL, NULL, NULL, NULL);
+    false, true, NULL, NULL, NULL, 'bench', '/v1/bench', NULL, NULL, NULL, NULL, NULL, 0);
 END;
 """
 # Three grants per user (``--grants``): a promo and a subscription grant that expire, and a

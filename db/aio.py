@@ -84,6 +84,8 @@ class AsyncDatabase:
         *,
         scope: rls.Scope,
         user_id: uuid.UUID | None = None,
+        then: tuple[TextClause, dict[str, Any]] | None = None,
+        every: bool = False,
     ) -> Any:
         """Run ``statement`` as a transaction of its own; its first row (a named tuple) or None.
 
@@ -92,6 +94,8 @@ class AsyncDatabase:
         server runs them as one implicit transaction, committed at the Sync (or rolled back,
         if the statement fails, and the error raised), so the context applies to the
         statement and ends with it. One round trip, no BEGIN or COMMIT of their own.
+        ``then``: one more statement in the same transaction, after ``statement`` (its
+        failure undoes both).
         """
         async with self.pool.connection() as conn:
             try:
@@ -99,6 +103,8 @@ class AsyncDatabase:
                     await conn.execute(render(rls.SET_CONTEXT), rls.params(scope=scope,
                                                                            user_id=user_id))
                     cursor = await conn.execute(render(statement), params)
+                    if then is not None:
+                        await conn.execute(render(then[0]), then[1])
             except psycopg.OperationalError:
                 if conn.broken:
                     # The server went away (restart, failover): the idle connections went
@@ -106,4 +112,17 @@ class AsyncDatabase:
                     self._checks.add(task := asyncio.create_task(self.pool.check()))
                     task.add_done_callback(self._checks.discard)
                 raise
-            return await cursor.fetchone()
+            return await (cursor.fetchall() if every else cursor.fetchone())
+
+    async def fetchall(
+        self,
+        statement: TextClause,
+        params: dict[str, Any],
+        *,
+        scope: rls.Scope,
+        user_id: uuid.UUID | None = None,
+    ) -> list[Any]:
+        """``fetchone``, with every row of the result."""
+        rows: list[Any] = await self.fetchone(statement, params, scope=scope, user_id=user_id,
+                                              every=True)
+        return rows

@@ -6,7 +6,8 @@ test code), every Celery task this process publishes (arguments included), and a
 the lines the worker processes appended to ``test-artifacts/worker*.log``. It looks for the
 configured secrets (every ``SecretStr`` setting: JWT secret, Stripe key, webhook secrets,
 SMTP password, Twilio token, ...) and for token formats: JWTs, refresh/one-time tokens
-(``secrets.token_urlsafe(32)``), ``sk_``/``rk_``/``whsec_`` keys and Stripe client secrets.
+(``secrets.token_urlsafe(32)``), ``sk_``/``rk_``/``whsec_`` keys, ``bk_`` API keys and
+Stripe client secrets.
 If anything is found the run fails (exit status 1) with a report naming the test and the
 logger. Tests pass tokens around freely: only what is logged or enqueued is scanned.
 """
@@ -35,6 +36,7 @@ TOKEN_PATTERNS: dict[str, re.Pattern[str]] = {
     ),
     "Stripe secret key": re.compile(r"\b[sr]k_(test|live)_[A-Za-z0-9_]{8,}"),
     "webhook signing secret": re.compile(r"\bwhsec_[A-Za-z0-9_]{8,}"),
+    "API key": re.compile(r"\bbk_[A-Za-z0-9_-]{20,}"),
     "Stripe client secret": re.compile(r"\b(pi|seti)_[A-Za-z0-9]+_secret_[A-Za-z0-9]{8,}"),
 }
 # Shorter values would match by accident (and are no real secrets).

@@ -468,3 +468,61 @@ def test_the_pages_answer_the_security_headers_and_their_csp(client):
         refused = client.get(path)
         assert refused.status_code == 404, path
         assert refused.json()["error"]["code"] == "not_found"
+
+
+# --- holds and API keys -------------------------------------------------------------------------
+
+
+def test_credits_show_held_and_available_and_api_keys_are_made_shown_once_and_revoked(
+    browser, portal, db
+):
+    from services.credits import ledger
+
+    email = "grace@example.com"
+    make_user(db, email=email, password_hash=password_hash(PASSWORD))
+    user = user_by_email(db, email)
+    ledger.post(db, user_id=user.id, amount=100, kind="bonus", reference_type="test")
+    db.commit()
+    page, problems = open_page(browser, width=375, height=800, color_scheme="dark")
+    page.goto(f"{portal}/account/")
+    sign_in_with_password(page, email)
+    bearer = {"Authorization": f"Bearer {access_token(page)}"}
+    held = httpx.post(f"{portal}{API}/credits/holds", headers=bearer,
+                      json={"credits": 30, "endpoint": "/v1/chat"})
+    assert held.status_code == 201, held.text
+    page.reload()
+    expect(page.locator("#held")).to_have_text("30")
+    expect(page.locator("#available")).to_have_text("70")
+    expect(page.locator("#holds")).to_contain_text("/v1/chat")
+    assert overflow(page) <= 375
+    screenshot(page, "portal-375-dark-holds")
+
+    # A key, made from the keyboard: its secret shown once, then working for its user.
+    page.get_by_role("link", name="API keys").click()
+    expect(heading(page, "API keys")).to_be_visible()
+    tab_to(page, "key-name")
+    page.keyboard.type("production server")
+    page.get_by_label("Daily limit (credits, optional)").fill("50")
+    page.get_by_role("button", name="Create key").click()
+    secret_field = page.locator("#new-key-secret")
+    expect(secret_field).to_be_focused()
+    secret = secret_field.input_value()
+    assert secret.startswith("bk_")
+    expect(page.locator("#keys-list")).to_contain_text(secret[:12])
+    assert overflow(page) <= 375
+    screenshot(page, "portal-375-dark-keys")
+    spent = httpx.post(f"{portal}{API}/credits/use", json={"credits": 5},
+                       headers={"Authorization": f"Bearer {secret}"})
+    assert spent.status_code == 200 and spent.json()["balance"] == 95, spent.text
+
+    # Shown once: not on the page when it is opened again.
+    page.reload()
+    expect(page.locator("#keys-list")).to_contain_text("production server")
+    assert secret not in page.content()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Revoke the key production server").click()
+    expect(page.locator("#keys-list")).to_contain_text("revoked")
+    refused = httpx.post(f"{portal}{API}/credits/use", json={"credits": 5},
+                         headers={"Authorization": f"Bearer {secret}"})
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "api_key_revoked"
+    assert problems.errors == []

@@ -43,6 +43,7 @@ def test_configured_secrets_cover_every_secret_setting(settings):
         (_record("key sk_live_abcdefgh12345678 in use"), "Stripe secret key"),
         (_record("secret whsec_0123456789abcdef"), "webhook signing secret"),
         (_record("intent pi_3Abc_secret_Zyx987654321"), "Stripe client secret"),
+        (_record("key bk_Q2x9aB3cD4eF5gH6iJ7kL8mN9 used"), "API key"),
     ],
 )
 def test_scanner_finds_secrets_and_token_formats(settings, record, what):

@@ -36,6 +36,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "idempotency-keys-purge": {
             "task": "maintenance.purge_idempotency_keys", "schedule": crontab(minute=17),
         },
+        # Holds also expire lazily when the available credits matter (services/credits/holds.py).
+        "holds-expire": {
+            "task": "maintenance.expire_holds", "schedule": 30.0, "options": {"expires": 30},
+        },
         "ledger-integrity-check": {
             "task": "maintenance.check_ledger",
             "schedule": float(settings.integrity_check_interval_s),

@@ -13,9 +13,9 @@ from api.deps import (
     SettingsDep,
     inactive_account,
     request_id_of,
-    signed_in_user_id,
 )
 from api.idempotency import IdempotencyDep, replay
+from api.keyauth import ReaderDep, principal_on_loop
 from api.schemas.credits import (
     ActiveGrant,
     BalanceOut,
@@ -31,8 +31,9 @@ from api.schemas.credits import (
     TransactionPageOut,
 )
 from api.schemas.params import Cursor, Limit, Since, Until
+from services.apikeys import keys as apikeys
 from services.credits import balance as credits
-from services.credits import grants, packages
+from services.credits import grants, holds, packages
 from services.errors import NotFound
 from services.payments import purchases as payments
 
@@ -42,17 +43,18 @@ _IDEMPOTENT = {409: {"description": "Idempotency-Key reused with another body, o
 
 
 @router.get("/credits", response_model=BalanceOut, summary="The balance and its totals")
-def get_credits(user: CurrentUser, session: SessionDep) -> BalanceOut:
+def get_credits(who: ReaderDep, session: SessionDep) -> BalanceOut:
     """The balance with the credits ever purchased and used, what is held and available, and
     the grants that hold it (in the order spends burn them). Grants whose expiry has passed
-    leave first (their ``expiry`` ledger rows), so the balance never counts them."""
-    grants.expire_user(session, user.id)
-    s = credits.summary(session, user.id)
-    held = grants.held(session, user.id)
+    leave first (their ``expiry`` ledger rows), and holds past their time count no more."""
+    assert who.user_id is not None
+    grants.expire_user(session, who.user_id)
+    holds.expire_user(session, user_id=who.user_id)
+    s = credits.summary(session, who.user_id)
     return BalanceOut(
-        balance=s.balance, purchased=s.purchased, used=s.used, held=held,
-        available=s.balance - held,
-        grants=[ActiveGrant.model_validate(g) for g in grants.active(session, user.id)],
+        balance=s.balance, purchased=s.purchased, used=s.used, held=s.held,
+        available=s.available,
+        grants=[ActiveGrant.model_validate(g) for g in grants.active(session, who.user_id)],
     )
 
 
@@ -115,7 +117,9 @@ def purchase(
     "/credits/use",
     response_model=SpendOut,
     summary="Spend credits",
-    responses={**_IDEMPOTENT, 402: {"description": "insufficient_credits, with the balance"}},
+    responses={**_IDEMPOTENT, 402: {"description": "insufficient_credits (the available "
+                                    "credits, balance less holds, are short), with the "
+                                    "balance; key_limit_reached"}},
 )
 async def use_credits(
     request: Request, body: SpendIn, idem: IdempotencyDep, credentials: BearerDep
@@ -128,7 +132,9 @@ async def use_credits(
     a retry replays the first spend from the ledger. (The app's clients are read off the
     request: every dependency costs time.)
     """
-    user_id = await signed_in_user_id(request, credentials)
+    who = await principal_on_loop(request, credentials, scope=apikeys.SPEND)
+    user_id = who.user_id
+    assert user_id is not None
     try:
         entry = await credits.use(
             request.state.db,
@@ -139,6 +145,7 @@ async def use_credits(
             endpoint=body.endpoint,
             request_id=request_id_of(request),
             dedupe_key=idem.ledger_key(user_id),
+            key=who.key,
         )
     except NotFound:
         raise inactive_account() from None

@@ -49,7 +49,7 @@ class BalanceOut(BaseModel):
     balance: int
     purchased: int
     used: int
-    held: int = Field(0, description="Reserved by open holds")
+    held: int = Field(0, description="Reserved by active holds")
     available: int = Field(0, description="What a spend may take now: balance less held")
     grants: list[ActiveGrant] = Field(
         default_factory=list, description="Grants holding credits, in the order spends burn them"

@@ -177,6 +177,11 @@ export function createClient(storageKey) {
       return json(await authorized("PUT", path, { body }));
     },
 
+    /** DELETE with the signed-in user's token; returns the parsed answer. */
+    async del(path) {
+      return json(await authorized("DELETE", path, {}));
+    },
+
     /** GET a file with the signed-in user's token, as a Blob. */
     async getBlob(path, query) {
       const response = await authorized("GET", withQuery(path, query),

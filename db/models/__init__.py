@@ -9,6 +9,7 @@ from db.models.billing import (
     Subscription,
 )
 from db.models.grants import CreditGrant, PromoCode, PromoRedemption
+from db.models.metering import ApiKey, ApiKeySpend, CreditHold
 from db.models.ops import (
     AdminActivityLog,
     AdminStatsSnapshot,
@@ -29,11 +30,14 @@ from db.models.webhooks import WebhookDelivery, WebhookEndpoint, WebhookEvent
 __all__ = [
     "AdminActivityLog",
     "AdminStatsSnapshot",
+    "ApiKey",
+    "ApiKeySpend",
     "ApiUsageLog",
     "AuthIdentity",
     "AutoTopupSettings",
     "BalanceCrossing",
     "CreditGrant",
+    "CreditHold",
     "CreditPackage",
     "CreditTransaction",
     "DailyReport",

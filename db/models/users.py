@@ -42,6 +42,7 @@ class User(Base):
         CheckConstraint(in_check("role", ROLES), name="role_known"),
         CheckConstraint("credits_purchased >= 0", name="credits_purchased_non_negative"),
         CheckConstraint("credits_used >= 0", name="credits_used_non_negative"),
+        CheckConstraint("held_credits >= 0", name="held_credits_non_negative"),
         CheckConstraint("email = lower(email)", name="email_lower_case"),
         CheckConstraint("phone ~ '^\\+[1-9][0-9]{6,14}$'", name="phone_e164"),
         CheckConstraint("username ~ '^[a-z0-9_][a-z0-9_.-]{2,31}$'", name="username_format"),
@@ -79,6 +80,8 @@ class User(Base):
     credit_balance: Mapped[int] = mapped_column(server_default="0")
     credits_purchased: Mapped[int] = mapped_column(server_default="0")
     credits_used: Mapped[int] = mapped_column(server_default="0")
+    # The sum of the active holds (services.credits.holds): a spend may take only balance - held.
+    held_credits: Mapped[int] = mapped_column(server_default="0")
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     subscription_status: Mapped[str | None] = mapped_column(String(32))
     subscription_plan_id: Mapped[uuid.UUID | None] = mapped_column(

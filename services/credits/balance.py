@@ -7,14 +7,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 import redis.asyncio
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.aio import AsyncDatabase
 from db.models import CreditTransaction, User
-from services.credits import ledger
-from services.errors import InvalidInput, NotFound
+from services.apikeys import limits
+from services.apikeys.keys import KeyInfo
+from services.credits import holds, ledger
+from services.errors import InsufficientCredits, InvalidInput, NotFound
 from services.logs import logstream
 from services.pagination import Page, paginate
 
@@ -27,18 +30,24 @@ class Balance:
     balance: int
     purchased: int
     used: int
+    held: int = 0
+
+    @property
+    def available(self) -> int:
+        """What a spend may take: the balance less the active holds."""
+        return self.balance - self.held
 
 
 def summary(session: Session, user_id: uuid.UUID) -> Balance:
-    """The stored balance and the purchased/used totals of ``user_id``."""
+    """The stored balance, the purchased/used totals and the credits held of ``user_id``."""
     row = session.execute(
-        select(User.credit_balance, User.credits_purchased, User.credits_used).where(
-            User.id == user_id
-        )
+        select(
+            User.credit_balance, User.credits_purchased, User.credits_used, User.held_credits
+        ).where(User.id == user_id)
     ).one_or_none()
     if row is None:
         raise NotFound("no such user", code="user_not_found")
-    return Balance(balance=row[0], purchased=row[1], used=row[2])
+    return Balance(balance=row[0], purchased=row[1], used=row[2], held=row[3])
 
 
 async def use(
@@ -51,16 +60,38 @@ async def use(
     endpoint: str | None,
     request_id: str | None = None,
     dedupe_key: str | None = None,
+    key: KeyInfo | None = None,
 ) -> ledger.Entry:
     """Spend ``credits`` for one API call, then hand its usage record off.
 
     The spend is ``ledger.spend`` (see there for refusals and ``dedupe_key``); a replayed
-    spend records no usage again.
+    spend records no usage again. Made with an API ``key`` that has limits, the key's
+    counters are raised in the spend's transaction (``limits``), and a spend past them is
+    refused (``KeyLimitReached``) and changes nothing.
     """
-    entry = await ledger.spend(
-        db, user_id=user_id, credits=credits, description=description, endpoint=endpoint,
-        dedupe_key=dedupe_key,
-    )
+    then = None
+    if key is not None and key.limited:
+        # The counters count the ledger row this transaction wrote: it needs a key to find.
+        dedupe_key = dedupe_key or f"key-spend:{uuid.uuid4()}"
+        then = limits.charge(key, credits=credits, dedupe_key=dedupe_key)
+    try:
+        try:
+            entry = await ledger.spend(
+                db, user_id=user_id, credits=credits, description=description,
+                endpoint=endpoint, dedupe_key=dedupe_key, then=then,
+            )
+        except InsufficientCredits:
+            # Holds past their time still count until expired: expire them, then try again.
+            if not await holds.expire_user_async(db, user_id=user_id):
+                raise
+            entry = await ledger.spend(
+                db, user_id=user_id, credits=credits, description=description,
+                endpoint=endpoint, dedupe_key=dedupe_key, then=then,
+            )
+    except psycopg.errors.CheckViolation as exc:
+        if key is not None and limits.is_limit_error(exc):
+            raise limits.limit_reached(key, credits) from None
+        raise
     if not entry.replayed:
         await logstream.record_usage(client, **_usage(entry, endpoint, request_id))
     return entry

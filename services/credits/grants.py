@@ -81,11 +81,6 @@ def active(session: Session, user_id: uuid.UUID) -> list[CreditGrant]:
     return list(session.scalars(_ACTIVE, {"user_id": user_id}))
 
 
-def held(session: Session, user_id: uuid.UUID) -> int:
-    """Credits reserved by open holds (none until holds exist)."""
-    return 0
-
-
 def list_grants(
     session: Session, *, user_id: uuid.UUID, limit: int = 50, cursor: str | None = None
 ) -> Page[CreditGrant]:

@@ -6,10 +6,11 @@ resulting ``balance_after``: the stored balance always equals the ledger sum.
 Credits are held in grants (``credit_grants``): a credit makes one, a debit burns them by
 priority, soonest expiry, then age, and expired remainders leave through ``expiry`` rows;
 for every user, balance = sum of the grants' remaining − debt (a negative balance). The
-statement is a server-side function (migration 0004) that takes the user's row lock first,
-so concurrent spends queue there and cannot overspend; a debit that must not overdraw and
-is not covered changes nothing. A ``dedupe_key``
-(unique in the ledger) makes a change happen at most once per cause.
+statement is a server-side function (migration 0004, aware of holds since 0005) that takes
+the user's row lock first, so concurrent spends queue there and cannot overspend; a debit
+that must not overdraw and is not covered by the available credits (the balance less the
+active holds, ``users.held_credits``) changes nothing. A ``dedupe_key`` (unique in the
+ledger) makes a change happen at most once per cause.
 
 Two ways in, one statement: ``spend`` (usage, from the event loop through ``db.aio``: the
 spend route, with or without an ``Idempotency-Key``) and ``post`` (every other change, in
@@ -24,7 +25,7 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 import psycopg
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import TextClause, bindparam, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -40,6 +41,9 @@ PURCHASED_KINDS = frozenset(
      "refund_reversal"}
 )
 USAGE_KIND = "usage"
+HOLD_CAPTURE_KIND = "hold_capture"
+# Kinds that move the "used" total: usage, and a hold's capture (usage settled late).
+USED_KINDS = frozenset({USAGE_KIND, HOLD_CAPTURE_KIND})
 MAX_CREDITS = 2**31 - 1
 # The grant a credit of each kind makes, and its default priority (lower burns first).
 GRANT_SOURCE = {
@@ -53,10 +57,11 @@ GRANT_SOURCE = {
 }
 DEFAULT_PRIORITY = {"promo": 10, "bonus": 10, "subscription": 20, "purchase": 30, "admin": 30}
 
-# Every change is this one call of the server-side function of migration 0004: it locks the
-# user's row, lets expired grants leave (their ``expiry`` rows), refuses an uncovered debit,
-# burns grants (or makes the credit's grant), updates the balance and appends the ledger row
-# with the grants it changed. One statement, one round trip.
+# Every change is this one call of the server-side function of migrations 0004 and 0005: it
+# locks the user's row, lets expired grants leave (their ``expiry`` rows), refuses a debit
+# the available credits (balance less holds) do not cover, burns grants (or makes the
+# credit's grant), updates the balance (and the held credits: a capture closes its hold) and
+# appends the ledger row with the grants it changed. One statement, one round trip.
 _POST = text(
     """
     SELECT id, balance_after, created_at, grant_id FROM ledger_post(
@@ -66,15 +71,16 @@ _POST = text(
         CAST(:reference_type AS text), CAST(:reference_id AS text), CAST(:dedupe_key AS text),
         CAST(:description AS text), CAST(:endpoint AS text), CAST(:source AS text),
         CAST(:priority AS integer), CAST(:expires_at AS timestamptz),
-        CAST(:prefer_type AS text), CAST(:prefer_id AS text))
+        CAST(:prefer_type AS text), CAST(:prefer_id AS text),
+        CAST(:held_delta AS bigint))
     """
 )
 # Why a spend changed nothing: the account's state and, if its dedupe key was applied
 # already, the entry that applied it.
 _SPEND_REFUSED = text(
     """
-    SELECT u.credit_balance, u.is_active, t.id, t.amount, t.balance_after, t.created_at,
-           t.description, t.endpoint
+    SELECT u.credit_balance, u.held_credits, u.is_active, t.id, t.amount, t.balance_after,
+           t.created_at, t.description, t.endpoint
     FROM users u
     LEFT JOIN credit_transactions t
            ON t.dedupe_key = CAST(:dedupe_key AS text) AND t.user_id = u.id
@@ -114,6 +120,7 @@ def post(
     expires_at: datetime | None = None,
     priority: int | None = None,
     prefer: tuple[str, str] | None = None,
+    held_delta: int = 0,
 ) -> Entry | None:
     """Apply ``amount`` to the balance and append its ledger row.
 
@@ -122,7 +129,9 @@ def post(
     ``prefer`` (reference type, id) first. Returns ``None`` when ``dedupe_key`` was already
     applied (nothing changes).
     Raises ``InsufficientCredits`` when a debit would take the balance below zero
-    and ``may_overdraw`` is false (refunds and disputes may record a debt).
+    and ``may_overdraw`` is false (refunds and disputes may record a debt): a debit takes
+    only what is available, the balance less the active holds. ``held_delta``: the change
+    to the held credits in the same statement (a hold's capture closes the hold).
 
     The statement itself skips a ``dedupe_key`` already applied. ``serialized``: the
     caller holds a lock that orders every post of the key (settlement holds the payment's
@@ -143,6 +152,7 @@ def post(
         expires_at=expires_at,
         priority=priority,
         prefer=prefer,
+        held_delta=held_delta,
     )
     if dedupe_key is None or serialized:
         row = session.execute(_POST, params).one_or_none()
@@ -178,6 +188,7 @@ async def spend(
     description: str | None = None,
     endpoint: str | None = None,
     dedupe_key: str | None = None,
+    then: tuple[TextClause, dict[str, Any]] | None = None,
 ) -> Entry:
     """Take ``credits`` from an active user's balance for usage: the one way to spend.
 
@@ -186,7 +197,10 @@ async def spend(
     the balance is short and ``NotFound`` when the user does not exist or is deactivated;
     nothing changes then. With ``dedupe_key`` the spend happens at most once: a retry gets
     the first spend's entry back (``replayed``), even while racing it, and the key reused
-    for a different spend is a ``Conflict``.
+    for a different spend is a ``Conflict``. The spend takes only what is available (the
+    balance less the active holds). ``then``: one more statement for the same transaction,
+    after the spend (an API key's spend counters); if it fails, the spend is undone and its
+    error raised.
     """
     _check_credits(credits)
     amount = -credits
@@ -195,7 +209,7 @@ async def spend(
         endpoint=endpoint, dedupe_key=dedupe_key, active_only=True,
     )
     try:
-        row = await db.fetchone(_POST, params, scope="user", user_id=user_id)
+        row = await db.fetchone(_POST, params, scope="user", user_id=user_id, then=then)
     except psycopg.errors.UniqueViolation as exc:
         if exc.diag.constraint_name != _DEDUPE_INDEX:
             raise
@@ -209,7 +223,7 @@ async def spend(
         raise NotFound("no such user", code="user_not_found")
     if state.id is None:
         metrics.insufficient_credits("spend")
-        raise _insufficient(state.credit_balance, amount)
+        raise _insufficient(state.credit_balance, amount, held=state.held_credits)
     if (state.amount, state.description, state.endpoint) != (amount, description, endpoint):
         raise Conflict("this key was already used for a different spend (credits, "
                        "description or endpoint)", code="idempotency_key_reused")
@@ -236,10 +250,16 @@ def balance(session: Session, user_id: uuid.UUID) -> int:
 
 
 def _refuse(session: Session, *, user_id: uuid.UUID, amount: int) -> NoReturn:
-    raise _insufficient(balance(session, user_id), amount)
+    held = session.scalar(select(User.held_credits).where(User.id == user_id)) or 0
+    raise _insufficient(balance(session, user_id), amount, held=held)
 
 
-def _insufficient(current: int, amount: int) -> InsufficientCredits:
+def _insufficient(current: int, amount: int, *, held: int = 0) -> InsufficientCredits:
+    if held:
+        return InsufficientCredits(
+            f"available {current - held} (balance {current}, {held} held) cannot cover "
+            f"{-amount} credits", balance=current, available=current - held, required=-amount
+        )
     return InsufficientCredits(
         f"balance {current} cannot cover {-amount} credits", balance=current, required=-amount
     )
@@ -265,6 +285,7 @@ def _params(
     expires_at: datetime | None = None,
     priority: int | None = None,
     prefer: tuple[str, str] | None = None,
+    held_delta: int = 0,
 ) -> dict[str, object]:
     if amount == 0:
         raise InvalidInput("a ledger entry cannot be zero", code="zero_amount")
@@ -276,7 +297,8 @@ def _params(
         "amount": amount,
         "kind": kind,
         "purchased_delta": amount if kind in PURCHASED_KINDS else 0,
-        "used_delta": -amount if kind == USAGE_KIND else 0,
+        "used_delta": -amount if kind in USED_KINDS else 0,
+        "held_delta": held_delta,
         "may_overdraw": may_overdraw,
         "active_only": active_only,
         "reference_type": reference_type,
@@ -313,7 +335,8 @@ def _sync(session: Session, user_id: uuid.UUID) -> None:
     balance."""
     user = session.identity_map.get(session.identity_key(User, user_id))
     if user is not None:
-        session.expire(user, ["credit_balance", "credits_purchased", "credits_used"])
+        session.expire(user, ["credit_balance", "held_credits", "credits_purchased",
+                              "credits_used"])
 
 
 def forget_balance(session: Session, user_id: uuid.UUID) -> None:

@@ -156,6 +156,24 @@ async def record_usage(client: redis.asyncio.Redis, **fields: Any) -> None:
         log.exception("usage record dropped: redis unavailable")
 
 
+async def record_usages(client: redis.asyncio.Redis, records: list[dict[str, Any]]) -> None:
+    """Hand off many usage records in one round trip (a batch of metered events)."""
+    if not records:
+        return
+    box = REQUEST_USAGE.get()
+    if box is not None:
+        box.recorded = True
+    try:
+        pipe = client.pipeline(transaction=False)
+        for record in records:
+            _queue(pipe, "usage", _stamp(record))
+        answers = await pipe.execute()
+        if any(answers[1::2]):
+            task_queue.send_soon(DRAIN_TASK, "usage")
+    except redis.RedisError:
+        log.exception("%d usage records dropped: redis unavailable", len(records))
+
+
 # --- validation -----------------------------------------------------------------------------
 
 

@@ -1,5 +1,5 @@
 """Housekeeping tasks run by beat: the ledger's integrity, expired idempotency keys, expired
-grants."""
+grants and holds."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from sqlalchemy.exc import OperationalError
 from db import rls
 from db.transaction import transaction
 from services import idempotency
-from services.credits import grants, integrity
+from services.credits import grants, holds, integrity
 from workers.app import DbTask, app, settings
 
 
@@ -32,3 +32,11 @@ def purge_idempotency_keys() -> int:
 def expire_grants() -> int:
     """Let every grant past its expiry leave (one ``expiry`` row each); returns how many."""
     return grants.expire_due(lambda: transaction(settings.database_url, acting_as=rls.OWNER))
+
+
+@app.task(name="maintenance.expire_holds", base=DbTask,
+          autoretry_for=(OperationalError,), retry_backoff=True, max_retries=3)
+def expire_holds() -> int:
+    """Expire the holds past their time (their credits become available); returns how many."""
+    with transaction(settings.database_url, acting_as=rls.OWNER) as session:
+        return holds.expire_due(session)

@@ -1,4 +1,5 @@
-// Credits: the balance with what was purchased and used, and buying a package. With real
+// Credits: the balance with what was purchased, used, held by holds (reserved for calls in
+// progress) and available to spend, the active holds, and buying a package. With real
 // Stripe a purchase goes through Stripe Checkout; on the local Stripe peer (development)
 // it is paid here with a test card (see services/dev_payments.py). Below the balance: the
 // grants that hold it, in the order spends use them, each with when it expires; and a form
@@ -19,7 +20,28 @@ function balanceCards(balance) {
   return h("div", { class: "cards", id: "balance-cards" },
     card("Balance", balance.balance, "balance"),
     card("Purchased", balance.purchased, "purchased"),
-    card("Used", balance.used, "used"));
+    card("Used", balance.used, "used"),
+    card("Held", balance.held, "held"),
+    card("Available", balance.available, "available"));
+}
+
+/** Holds reserve credits for calls still running; they are captured, released or expire. */
+function holdsSection(holds) {
+  if (!holds.length) return null;
+  return h("section", { class: "panel", "aria-labelledby": "holds-title", id: "holds" },
+    h("h2", { id: "holds-title", text: "Held for calls in progress" }),
+    h("p", { class: "hint", text: "Held credits are reserved, not spent: when a call ends, "
+      + "what it used is taken and the rest is released. A hold not settled in time "
+      + "expires by itself." }),
+    table({
+      caption: "Active holds",
+      columns: [
+        { label: "Credits", numeric: true, cell: (hold) => formatNumber(hold.credits) },
+        { label: "For", cell: (hold) => hold.endpoint || hold.description || "—" },
+        { label: "Expires", cell: (hold) => timeEl(hold.expires_at) },
+      ],
+      rows: holds,
+    }));
 }
 
 const SOURCES = {
@@ -171,14 +193,16 @@ function packageCard(ctx, pack, box) {
 }
 
 async function render(ctx) {
-  const [balance, packages] = await Promise.all([
+  const [balance, packages, holds] = await Promise.all([
     ctx.api.get(`${ctx.API}/credits`),
     ctx.api.get(`${ctx.API}/credit-packages`),
+    ctx.api.get(`${ctx.API}/credits/holds`),
   ]);
   const box = h("div", { id: "purchase", "aria-live": "polite" });
   replace(ctx.root,
     h("div", { class: "page-head" }, h("h1", { text: "Credits" })),
     balanceCards(balance),
+    holdsSection(holds),
     grantsSection(balance),
     h("section", { class: "panel", "aria-labelledby": "buy-title" },
       h("h2", { id: "buy-title", text: "Buy credits" }),

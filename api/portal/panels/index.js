@@ -19,8 +19,9 @@
 
 import activity from "./activity.js";
 import credits from "./credits.js";
+import keys from "./keys.js";
 import profile from "./profile.js";
 import subscription from "./subscription.js";
 import topup from "./topup.js";
 
-export default [credits, topup, subscription, activity, profile];
+export default [credits, topup, subscription, activity, keys, profile];

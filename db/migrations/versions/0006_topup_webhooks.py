@@ -1,7 +1,7 @@
 """saved payment methods, auto top-up, low-balance alerts, outgoing webhooks
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-06 06:50:00
 
 - ``payment_methods``: our copy of a user's saved Stripe payment methods (kept in step by
@@ -27,7 +27,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0006"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

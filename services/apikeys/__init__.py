@@ -1,0 +1,1 @@
+"""API keys: ``bk_`` secrets for a seller's servers, with scopes and spend limits."""
