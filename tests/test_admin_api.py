@@ -20,7 +20,7 @@ from db.models import (
     Payment,
     User,
 )
-from services.logs import logstream
+from services.logs import logstream, writer
 from services.stats import reports
 from services.stats import snapshot as stats
 from tests.factories import auth_headers, make_user
@@ -110,7 +110,7 @@ def test_user_detail_shows_balance_payments_usage_and_logins(client, db, admin):
                         ip="198.51.100.7"))
     record = logstream.UsageRecord(id=uuid.uuid4(), created_at=datetime.now(UTC),
                                    user_id=user.id, endpoint="/v1/x", credits=3, status_code=200)
-    logstream.write_usage(db, [record])
+    writer.write_usage(db, [record])
     db.commit()
 
     body = client.get(f"{BASE}/users/{user.id}", headers=auth_headers(admin)).json()
@@ -205,7 +205,7 @@ def test_usage_lists_records_and_aggregates_by_endpoint_and_day(client, db, admi
     day2 = datetime(2026, 5, 2, 0, 1, tzinfo=UTC)
     rows = [(user, day1, "/v1/a", 2, 200), (user, day2, "/v1/a", 3, 200),
             (other, day2, "/v1/b", 7, 500), (other, day2, "/v1/a", 1, 200)]
-    logstream.write_usage(db, [
+    writer.write_usage(db, [
         logstream.UsageRecord(id=uuid.uuid4(), created_at=when, user_id=who.id, endpoint=ep,
                               credits=c, status_code=s) for who, when, ep, c, s in rows])
     db.commit()

@@ -18,7 +18,7 @@ from db.base import utc_now
 from db.models import AdminActivityLog, AdminStatsSnapshot, StripeEvent, User
 from services.auth.passwords import hash_password
 from services.credits import ledger
-from services.logs import logstream
+from services.logs import logstream, writer
 from services.stats import reports
 from services.stats import snapshot as stats
 from tests.browser import (
@@ -336,7 +336,7 @@ def test_overview_shows_retention_peak_hours_plan_changes_and_ltv(browser, live_
     now = utc_now()
     record = logstream.UsageRecord(id=uuid.uuid4(), created_at=now, user_id=data["alice"].id,
                                    endpoint="/v1/x", credits=3, status_code=200)
-    logstream.write_usage(db, [record])
+    writer.write_usage(db, [record])
     stats.take_snapshot(db)
     db.commit()
     page, problems = open_page(browser)

@@ -26,7 +26,7 @@ from db.models import ApiUsageLog, UsageDaily
 from db.transaction import transaction
 from services import task_queue
 from services.admin import users as admin_users
-from services.logs import logstream, retention, usage
+from services.logs import logstream, retention, usage, writer
 from tests.factories import make_user
 from tests.support import wait_for
 
@@ -55,11 +55,11 @@ def _user(url: str) -> uuid.UUID:
 def _write(url: str, user_id: uuid.UUID, *moments: datetime) -> None:
     """Usage and sign-in records at ``moments``, written as the log drain writes them."""
     with _owner(url) as session:
-        logstream.write_usage(session, [
+        writer.write_usage(session, [
             logstream.UsageRecord(id=uuid.uuid4(), created_at=at, user_id=user_id,
                                   endpoint="/v1/a", credits=1, status_code=200)
             for at in moments])
-        logstream.write_logins(session, [
+        writer.write_logins(session, [
             logstream.LoginRecord(id=uuid.uuid4(), created_at=at, user_id=user_id,
                                   method="password", success=True)
             for at in moments])
@@ -95,10 +95,10 @@ def test_a_re_delivered_record_is_written_once_whichever_partition_holds_it(logs
     record = logstream.UsageRecord(id=uuid.uuid4(), created_at=datetime(2031, 6, 2, tzinfo=UTC),
                                    user_id=user, endpoint="/v1/a", credits=3, status_code=200)
     with _owner(logs_db) as session:
-        assert logstream.write_usage(session, [record]) == (1, [])  # into the default
+        assert writer.write_usage(session, [record]) == (1, [])  # into the default
     retention.prepare(logs_db, now=NOW)  # June's partition takes it over
     with _owner(logs_db) as session:
-        assert logstream.write_usage(session, [record]) == (0, [])
+        assert writer.write_usage(session, [record]) == (0, [])
     with _owner(logs_db) as session:
         assert session.scalar(select(func.sum(UsageDaily.calls))) == 1
 
@@ -204,7 +204,7 @@ def test_beats_partition_and_retention_tasks_run_on_a_worker(db, settings, celer
     task_queue.install_sender(task_queue.celery_sender(task_queue.producer_app(settings.redis_url)))
     user = make_user(db)
     long_ago = utc_now() - timedelta(days=400)  # no partition: in the default one
-    logstream.write_usage(db, [logstream.UsageRecord(
+    writer.write_usage(db, [logstream.UsageRecord(
         id=uuid.uuid4(), created_at=long_ago, user_id=user.id, endpoint="/v1/a",
         status_code=200)])
     db.commit()

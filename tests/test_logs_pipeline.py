@@ -16,7 +16,7 @@ from db import rls
 from db.models import ApiUsageLog, LoginHistory, UsageDaily
 from db.transaction import transaction
 from services import task_queue
-from services.logs import logstream
+from services.logs import consumer, logstream, writer
 from tests.factories import auth_headers, make_user
 from tests.support import wait_for
 
@@ -43,8 +43,8 @@ def _hand_off_quietly(rds, **fields) -> None:
     rds.xadd(logstream.USAGE_STREAM, {"r": json.dumps(logstream._stamp(fields), default=str)})
 
 
-def _drain_in_process(settings, rds, kind: str = "usage", **kw) -> logstream.DrainResult:
-    return logstream.drain(settings.database_url, rds, kind, **kw)
+def _drain_in_process(settings, rds, kind: str = "usage", **kw) -> consumer.DrainResult:
+    return consumer.drain(settings.database_url, rds, kind, **kw)
 
 
 def _hand_off(settings, records: list[dict]) -> None:
@@ -139,14 +139,14 @@ def test_entries_of_a_consumer_that_died_before_acknowledging_are_written_once(
     for i in range(50):
         _hand_off_quietly(rds, user_id=str(user.id), endpoint="/v1/a", credits=2,
                                    status_code=200, request_id=f"r{i}")
-    logstream.ensure_group(rds, logstream.USAGE_STREAM)
+    consumer.ensure_group(rds, logstream.USAGE_STREAM)
     # A consumer reads the batch, writes it, commits, and dies before XACK.
     delivered = rds.xreadgroup(logstream.GROUP, "dead-consumer", {logstream.USAGE_STREAM: ">"},
                                count=100)[0][1]
-    pairs, _ = logstream._parse_entries(logstream._KINDS["usage"], delivered)
+    pairs, _ = consumer._parse_entries(writer.KINDS["usage"], delivered)
     records = [record for _, record in pairs]
     with transaction(settings.database_url, acting_as=rls.OWNER) as session:
-        logstream.write_usage(session, records[:30])
+        writer.write_usage(session, records[:30])
     assert logstream.pending(rds, "usage") == 50
 
     # Within the idle time the entries still belong to the (maybe alive) consumer.

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 
 from db.models import ApiUsageLog, Payment, Plan, PlanChange, Subscription, UsageHourly
-from services.logs import logstream
+from services.logs import logstream, writer
 from services.stats import snapshot as stats
 from tests.factories import make_user
 
@@ -25,7 +25,7 @@ def use(db, user, when: str, credits: int = 1, *, record_id: uuid.UUID | None = 
     record = logstream.UsageRecord(id=record_id or uuid.uuid4(), created_at=at(when),
                                    user_id=user.id, endpoint="/v1/x", credits=credits,
                                    status_code=200)
-    logstream.write_usage(db, [record])
+    writer.write_usage(db, [record])
     db.commit()
 
 

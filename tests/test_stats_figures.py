@@ -13,7 +13,7 @@ from db.engine import get_sessionmaker
 from db.models import DailyReport, IntegrityCheck, Payment, Plan, Subscription
 from services import task_queue
 from services.credits import ledger
-from services.logs import logstream
+from services.logs import logstream, writer
 from services.stats import reports
 from services.stats import snapshot as stats
 from tests.factories import make_user
@@ -31,7 +31,7 @@ def usage(db, user, when: str, endpoint: str, credits: int, *, status: int = 200
     """A usage record written through the batch writer, with its producer timestamp."""
     record = logstream.UsageRecord(id=uuid.uuid4(), created_at=at(when), user_id=user.id,
                                    endpoint=endpoint, credits=credits, status_code=status)
-    logstream.write_usage(db, [record])
+    writer.write_usage(db, [record])
     db.commit()
 
 

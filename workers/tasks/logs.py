@@ -9,7 +9,7 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 
-from services.logs import logstream, retention
+from services.logs import consumer, logstream, retention
 from workers.app import DbTask, app, settings
 
 
@@ -31,7 +31,7 @@ def drain(kind: str) -> int:
         raise ValueError(f"unknown log stream {kind!r}")
     assert settings.database_url is not None
     budget = max(1.0, min(10.0, settings.task_time_limit_s / 2))
-    result = logstream.drain(settings.database_url, _redis(), kind,
+    result = consumer.drain(settings.database_url, _redis(), kind,
                              batch_size=settings.log_batch_size, budget_s=budget)
     return result.read
 
