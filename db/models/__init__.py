@@ -1,6 +1,7 @@
 """All tables, imported here so that ``Base.metadata`` knows every one."""
 
 from db.models.billing import CreditPackage, CreditTransaction, Payment, Plan, Subscription
+from db.models.grant_notices import GrantNotice
 from db.models.grants import CreditGrant, PromoCode, PromoRedemption
 from db.models.ops import (
     AdminActivityLog,
@@ -27,6 +28,7 @@ __all__ = [
     "CreditPackage",
     "CreditTransaction",
     "DailyReport",
+    "GrantNotice",
     "IdempotencyKey",
     "IntegrityCheck",
     "LoginHistory",

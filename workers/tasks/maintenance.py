@@ -1,5 +1,5 @@
 """Housekeeping tasks run by beat: the ledger's integrity, expired idempotency keys, expired
-grants."""
+grants, and the announcement of grants made and expired."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from sqlalchemy.exc import OperationalError
 from db import rls
 from db.transaction import transaction
 from services import idempotency
-from services.credits import grants, integrity
+from services.credits import events, grants, integrity
 from workers.app import DbTask, app, settings
 
 
@@ -32,3 +32,17 @@ def purge_idempotency_keys() -> int:
 def expire_grants() -> int:
     """Let every grant past its expiry leave (one ``expiry`` row each); returns how many."""
     return grants.expire_due(lambda: transaction(settings.database_url, acting_as=rls.OWNER))
+
+
+@app.task(name="credits.announce", base=DbTask, autoretry_for=(OperationalError,),
+          retry_backoff=True, max_retries=3)
+def announce_grants() -> int:
+    """Announce the grants made and expired since the last run (their webhook events); how
+    many."""
+    total = 0
+    while True:
+        with transaction(settings.database_url, acting_as=rls.OWNER) as session:
+            done = events.announce_pending(session)
+        total += done
+        if done < events.BATCH:
+            return total
