@@ -188,6 +188,16 @@ class Settings(BaseSettings):
     topup_daily_limit: int = Field(5, ge=1, le=100)
     topup_max_failures: int = Field(3, ge=1, le=20)
     balance_watch_interval_s: float = Field(1.0, gt=0)
+    # Prometheus metrics (services/monitoring): on unless turned off; each process writes its
+    # figures to METRICS_DIR (default: DATA_DIR/metrics), which /metrics on the API reads, so
+    # the workers and beat must share it with the API (one host, or one shared volume).
+    # With METRICS_TOKEN set, /metrics wants `Authorization: Bearer <token>`; without it,
+    # only a client on the loopback interface may scrape.
+    metrics: bool = True
+    metrics_dir: Path | None = None
+    metrics_token: SecretStr | None = None
+    # OpenTelemetry traces (FastAPI and Celery) to this OTLP/HTTP endpoint; off when unset.
+    otel_endpoint: AnyHttpUrl | None = None
 
     @field_validator("cors_origins", "trusted_proxies", "admin_emails", mode="before")
     @classmethod
@@ -301,6 +311,8 @@ class Settings(BaseSettings):
             problems.append("BILLING_STRIPE_SECRET_KEY is a placeholder")
         if not self.stripe_webhook_secret:
             problems.append("BILLING_STRIPE_WEBHOOK_SECRET must be set")
+        if self.metrics_token is not None and len(self.metrics_token.get_secret_value()) < 16:
+            problems.append("BILLING_METRICS_TOKEN must be at least 16 characters when set")
         if problems:
             raise ValueError(f"refused outside development: {'; '.join(problems)}")
         return self
@@ -309,6 +321,11 @@ class Settings(BaseSettings):
     def docs_enabled(self) -> bool:
         """True when /docs and /openapi.json are served (``BILLING_DOCS``, else in dev only)."""
         return self.docs if self.docs is not None else self.environment == "development"
+
+    @property
+    def metrics_path(self) -> Path:
+        """Where this process's metrics files go (``METRICS_DIR``, else DATA_DIR/metrics)."""
+        return self.metrics_dir if self.metrics_dir is not None else self.data_dir / "metrics"
 
     @property
     def stripe_key_configured(self) -> bool:

@@ -33,6 +33,8 @@ from api.routes import (
     docs,
     grants,
     health,
+    metrics,
+    monitoring,
     portal,
     profile,
     receipts,
@@ -44,6 +46,8 @@ from api.usage_middleware import UsageLogMiddleware
 from db.aio import AsyncDatabase
 from logconfig import configure_logging
 from services import task_queue
+from services.monitoring import metrics as recorded
+from services.monitoring import tracing
 from settings import Settings, get_settings
 
 API_PREFIX = "/api"
@@ -68,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "(`billing dev` sets them for the embedded default)"
         )
     configure_logging(level=settings.log_level, json=settings.log_json)
+    recorded.configure(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -107,6 +112,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_error_docs(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(monitoring.router)
     app.include_router(auth.router)
     app.include_router(profile.router)
     app.include_router(credits.router)
@@ -144,4 +151,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost: its headers also go on refusals of the middleware inside (413, CORS).
     app.add_middleware(SecurityHeadersMiddleware,
                        hsts=str(settings.public_base_url).startswith("https://"))
+    tracing.instrument_api(app, settings)
     return app

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request ids with access logs, and a request body limit."""
+"""Pure ASGI middleware: request ids with access logs and metrics, and a request body limit."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response
+from services.monitoring import metrics
 
 log = logging.getLogger("billing.access")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -46,15 +47,19 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
             log.info(
                 "request",
                 extra={
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "duration_ms": round(elapsed * 1000, 2),
                 },
             )
+            # The route's template (set by the router), never the raw path: bounded labels.
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            metrics.http_request(scope["method"], route, status, elapsed)
 
 
 class BodyLimitMiddleware:

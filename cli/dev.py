@@ -18,6 +18,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -277,6 +278,10 @@ class DevStack:
         # Create the dev JWT secret now: the API and the worker would otherwise
         # race to create the same file on their first token.
         settings.jwt_signing_key()
+        # Every process that wrote metrics there is gone (a second dev is refused, a killed
+        # one's children were stopped): start the counters afresh, as prometheus-client
+        # asks of its multiprocess directory.
+        shutil.rmtree(settings.metrics_path, ignore_errors=True)
         try:
             wait_for_database(os.environ["BILLING_DATABASE_URL"], who="billing dev")
         except ServerDown as exc:

@@ -9,6 +9,7 @@ loop's routes).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -91,7 +92,10 @@ def send_soon(task_name: str, *args: Any) -> None:
     through the broker installed when they were handed off.
     """
     sender = _sender()
-    _dispatcher.latest = _background.submit(_send, sender, task_name, args, {})
+    # In the caller's context, so the task carries the request id bound there.
+    _dispatcher.latest = _background.submit(
+        contextvars.copy_context().run, _send, sender, task_name, args, {}
+    )
 
 
 def flush(timeout: float = 5.0) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import structlog
@@ -12,6 +13,7 @@ from celery.app import trace
 from db.engine import get_engine, get_sessionmaker
 from logconfig import configure_logging
 from services import task_queue
+from services.monitoring import metrics, tracing
 from settings import Settings, get_settings
 from workers.broker import transport_for
 from workers.liveness import ConsumerHeartbeat, WorkerWatchdog
@@ -45,6 +47,8 @@ def create_celery(settings: Settings) -> Celery:
             "BILLING_DATABASE_URL and BILLING_REDIS_URL must be set for a worker "
             "(`billing dev` sets them for the embedded default)"
         )
+    metrics.configure(settings)
+    tracing.install()
     app = Celery("billing", task_cls=BillingTask)
     app.config_from_object("celeryconfig")
     app.conf.update(
@@ -89,6 +93,7 @@ def _fresh_pool_after_fork(**_: Any) -> None:
     # Connections inherited from the parent must never be shared across processes.
     get_sessionmaker.cache_clear()
     get_engine.cache_clear()
+    tracing.instrument_worker(settings)
 
 
 # Tasks that run once per incoming event. Celery's "received" and "succeeded" lines at INFO
@@ -125,3 +130,22 @@ def _logging(**_: Any) -> None:
 def _bind_task_id(task_id: str | None = None, task: Task | None = None, **_: Any) -> None:
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(task_id=task_id, task=task.name if task else None)
+    request_id = tracing.request_id_of(task)
+    if request_id:  # the request that enqueued this task: its id follows into the logs
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+    _started[task_id] = time.perf_counter()
+
+
+# When each running task of this process started (task id -> perf_counter), for its duration.
+_started: dict[str | None, float] = {}
+_OUTCOMES = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried",
+             "REJECTED": "rejected", "IGNORED": "ignored"}
+
+
+@signals.task_postrun.connect
+def _count_task(task_id: str | None = None, task: Task | None = None,
+                state: str | None = None, **_: Any) -> None:
+    started = _started.pop(task_id, None)
+    if task is not None and started is not None:
+        metrics.task_finished(task.name, _OUTCOMES.get(state or "", "other"),
+                              time.perf_counter() - started)

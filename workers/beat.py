@@ -23,6 +23,7 @@ import redis
 from celery.beat import PersistentScheduler
 from redis.exceptions import LockError
 
+from services.monitoring import metrics
 from settings import get_settings
 from workers.heartbeat import heartbeat_path
 from workers.liveness import Watchdog
@@ -62,6 +63,7 @@ class LeaderScheduler(PersistentScheduler):
         self.watchdog.record()
         if not self._lead():
             return TICK_MAX_S
+        metrics.heartbeat("beat")  # the leader's tick: the schedule is being sent
         return min(float(super().tick(*args, **kwargs)), TICK_MAX_S)
 
     def close(self) -> None:

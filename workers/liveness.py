@@ -24,6 +24,7 @@ from typing import Any
 import redis
 from celery import bootsteps
 
+from services.monitoring import metrics
 from settings import get_settings
 from workers.heartbeat import heartbeat_path, touch
 
@@ -51,8 +52,9 @@ class Watchdog:
 
     def __init__(self, path: Path, *, limit_s: float, loop: str,
                  may_exit: Callable[[], bool] = lambda: True,
-                 interval_s: float = HEARTBEAT_INTERVAL_S) -> None:
+                 interval_s: float = HEARTBEAT_INTERVAL_S, role: str = "") -> None:
         self.path = path
+        self.role = role  # whose heartbeat the metrics get ("": recorded by the caller)
         self.limit_s = limit_s
         self.interval_s = interval_s
         self.loop = loop
@@ -64,6 +66,7 @@ class Watchdog:
         """The loop's heartbeat."""
         self.last = time.monotonic()
         touch(self.path)
+        metrics.heartbeat(self.role)
 
     def start(self) -> None:
         """Watch from a daemon thread."""
@@ -119,6 +122,7 @@ class WorkerWatchdog(bootsteps.StartStopStep):
         w.watchdog = self.watchdog = Watchdog(
             heartbeat_path(settings, "worker"), limit_s=settings.heartbeat_stale_s,
             loop="the task consumer (while the broker answers)", may_exit=self._broker_answers,
+            role="worker",
         )
 
     def start(self, w: Any) -> None:

@@ -3,6 +3,7 @@
 import * as api from "./api.js";
 import { h, replace } from "/ui/dom.js";
 import { fetchConfig, showView, wireShell } from "/ui/shell.js";
+import { healthView } from "./health.js";
 import { auditView, paymentsView, reportsView, webhooksView } from "./lists.js";
 import { endpointView, outgoingView } from "./outgoing.js";
 import { overviewView } from "./overview.js";
@@ -93,6 +94,7 @@ async function signOut() {
 
 const routes = [
   [/^\/overview$/, overviewView, "overview"],
+  [/^\/health$/, healthView, "health"],
   [/^\/users$/, usersView, "users"],
   [/^\/users\/([0-9a-f-]{36})$/, userView, "users"],
   [/^\/payments$/, paymentsView, "payments"],

@@ -173,3 +173,53 @@ class ReportPageOut(BaseModel):
 
 class ReportOut(ReportSummaryOut):
     data: dict[str, Any]
+
+
+class HealthProblemOut(BaseModel):
+    """Something that needs an operator, and the dashboard list that fixes it."""
+
+    code: str
+    message: str
+    link: str | None = None
+
+
+class HealthEventsOut(BaseModel):
+    pending: int | None
+    oldest_pending_age_s: float | None
+    failed: int | None
+    sweep_window_s: int
+
+
+class HealthQueuesOut(BaseModel):
+    broker_depth: int | None
+    log_backlog: dict[str, int]
+    log_pending: dict[str, int]
+    dead_letters: dict[str, int]
+
+
+class HealthIntegrityOut(BaseModel):
+    checked_at: datetime
+    accounts_checked: int
+    mismatched_accounts: int
+    mismatched_user_ids: list[str]
+    interval_s: int
+
+
+class HealthLoopOut(BaseModel):
+    last_at: datetime | None
+    age_s: float | None
+    stale_after_s: float
+
+
+class HealthOut(BaseModel):
+    """The health page: the figures an operator needs at a glance."""
+
+    ok: bool
+    checked_at: datetime
+    dependencies: dict[str, bool]
+    events: HealthEventsOut
+    queues: HealthQueuesOut
+    integrity: HealthIntegrityOut | None
+    beat: HealthLoopOut
+    workers: HealthLoopOut
+    problems: list[HealthProblemOut]

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from db.aio import AsyncDatabase
 from db.models import CreditTransaction, User
 from services.errors import Conflict, InsufficientCredits, InvalidInput, NotFound
+from services.monitoring import metrics
 
 # Kinds that move the "purchased" total, and the one that moves "used".
 PURCHASED_KINDS = frozenset(
@@ -159,6 +160,7 @@ def post(
             return None
         _refuse(session, user_id=user_id, amount=amount)
     _sync(session, user_id)
+    metrics.credits_posted(session, kind, amount)
     return _entry(row, user_id=user_id, amount=amount, kind=kind)
 
 
@@ -193,12 +195,14 @@ async def spend(
             raise
         row = None  # a twin with the same key committed while this one waited: replay it
     if row is not None:
+        metrics.spent(credits)
         return _entry(row, user_id=user_id, amount=amount, kind=USAGE_KIND)
     state = await db.fetchone(_SPEND_REFUSED, {"user_id": user_id, "dedupe_key": dedupe_key},
                               scope="user", user_id=user_id)
     if state is None or not state.is_active:
         raise NotFound("no such user", code="user_not_found")
     if state.id is None:
+        metrics.insufficient_credits("spend")
         raise _insufficient(state.credit_balance, amount)
     if (state.amount, state.description, state.endpoint) != (amount, description, endpoint):
         raise Conflict("this key was already used for a different spend (credits, "

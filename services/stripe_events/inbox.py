@@ -25,6 +25,7 @@ from db.aio import AsyncDatabase
 from db.models import StripeEvent
 from services import task_queue
 from services.errors import InvalidInput, UpstreamUnavailable
+from services.monitoring import metrics
 
 PROCESS_TASK = "stripe.process_event"
 TOLERANCE_S = 300
@@ -179,4 +180,5 @@ async def receive(
     row = await db.fetchone(_INSERT, _row(event, payload.decode()), scope="service")
     if row is not None:
         task_queue.send_soon(PROCESS_TASK, event["id"])
+    metrics.stripe_event_received(event["type"], new=row is not None)
     return Stored(event_id=event["id"], type=event["type"], new=row is not None)

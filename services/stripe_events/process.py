@@ -23,6 +23,7 @@ from db.models import StripeEvent
 from services import task_queue
 from services.admin import audit
 from services.errors import Conflict, NotFound
+from services.monitoring import metrics
 from services.pagination import Page, paginate
 from services.payments.stripe_objects import Skip
 from services.stripe_events.context import Event
@@ -50,7 +51,8 @@ _CLAIM = (
     )
     .values(status="processed", attempts=StripeEvent.attempts + 1, last_error=None,
             processed_at=bindparam("now"))
-    .returning(StripeEvent.type, StripeEvent.stripe_created, StripeEvent.payload)
+    .returning(StripeEvent.type, StripeEvent.stripe_created, StripeEvent.payload,
+               StripeEvent.received_at)
     .execution_options(synchronize_session=False)
 )
 
@@ -68,7 +70,8 @@ def process(session: Session, *, event_id: str, settings: Settings) -> str:
         # it), held by another worker, or unknown.
         status = session.scalar(select(StripeEvent.status).where(StripeEvent.id == event_id))
         return "missing" if status is None else "busy" if status == "pending" else str(status)
-    event_type, created, payload = row
+    event_type, created, payload, received_at = row
+    metrics.stripe_event_lag(session, received_at)
     handler = HANDLERS.get(event_type)
     if handler is None:
         return _ignore(session, event_id, f"no handler for {event_type}")
@@ -108,6 +111,7 @@ def record_failure(
     row.last_error = describe(error)
     if final or row.attempts >= max_attempts:
         row.status = "failed"
+        metrics.stripe_event_parked(session)
         log.warning(
             "stripe event parked as failed",
             extra={"event_id": event_id, "event_type": row.type, "attempts": row.attempts},

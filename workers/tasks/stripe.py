@@ -7,6 +7,7 @@ from sqlalchemy.exc import OperationalError
 
 from db import rls
 from db.transaction import transaction
+from services.monitoring import metrics
 from services.payments import reconcile, stripe_gateway
 from services.payments.stripe_objects import NotReady
 from services.stripe_events import process as events
@@ -21,9 +22,11 @@ def process_event(self: Task, event_id: str) -> None:
     """Process one stored event; transient errors retry with backoff, then the event is parked."""
     try:
         with transaction(settings.database_url, acting_as=rls.OWNER) as session:
-            events.process(session, event_id=event_id, settings=settings)
+            status = events.process(session, event_id=event_id, settings=settings)
+        metrics.stripe_event_handled(status)
     except RETRY_LATER as exc:
         if not _count_failure(event_id, exc, final=False):
+            metrics.stripe_event_handled("retried")
             countdown = min(settings.task_retry_max_s, 2 ** self.request.retries)
             raise self.retry(exc=exc, countdown=countdown) from None
     except Exception as exc:
@@ -55,7 +58,9 @@ def sweep(older_than_s: float | None = None) -> int:
     """Re-enqueue events left pending; returns how many."""
     delay = settings.stripe_event_sweep_delay_s if older_than_s is None else older_than_s
     with transaction(settings.database_url, acting_as=rls.OWNER) as session:
-        return reconcile.sweep(session, older_than_s=delay)
+        count = reconcile.sweep(session, older_than_s=delay)
+    metrics.sweep_requeued(count)
+    return count
 
 
 @app.task(
@@ -67,4 +72,6 @@ def reconcile_events(window_s: int | None = None) -> int:
     """Store the events Stripe lists that the webhook never delivered; returns how many."""
     window = settings.stripe_reconcile_window_s if window_s is None else window_s
     with transaction(settings.database_url, acting_as=rls.OWNER) as session:
-        return reconcile.reconcile(session, settings, window_s=window)
+        found = reconcile.reconcile(session, settings, window_s=window)
+    metrics.reconciliation_found(found)
+    return found
