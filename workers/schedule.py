@@ -49,6 +49,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "credits-expire-grants": {
             "task": "credits.expire_grants", "schedule": 60.0, "options": {"expires": 60},
         },
+        # Grants made and expired are recorded by a trigger with their ledger rows; this
+        # announces them (``credits.granted`` / ``credits.expired``) within about a second.
+        "credits-announce": {
+            "task": "credits.announce", "schedule": settings.balance_watch_interval_s,
+            "options": {"expires": max(1.0, settings.balance_watch_interval_s * 5)},
+        },
         "stripe-sweep": {
             "task": "stripe.sweep",
             "schedule": float(settings.event_sweep_interval_s),

@@ -8,6 +8,7 @@ from db.models.billing import (
     PlanChange,
     Subscription,
 )
+from db.models.grant_notices import GrantNotice
 from db.models.grants import CreditGrant, PromoCode, PromoRedemption
 from db.models.metering import ApiKey, ApiKeySpend, CreditHold
 from db.models.ops import (
@@ -41,6 +42,7 @@ __all__ = [
     "CreditPackage",
     "CreditTransaction",
     "DailyReport",
+    "GrantNotice",
     "IdempotencyKey",
     "IntegrityCheck",
     "LoginHistory",

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from db.base import utc_now
 from db.models import CreditGrant, User
 from services.admin import audit
-from services.credits import events, ledger
+from services.credits import ledger
 from services.errors import InvalidInput, NotFound
 from services.pagination import Page, paginate
 
@@ -105,18 +105,17 @@ def history(
                             created_at=r.created_at) for r in rows]
 
 
-def expire_user(session: Session, user_id: uuid.UUID) -> list[events.Expired]:
-    """Let the expired remainders of ``user_id`` leave now (one ``expiry`` row per grant).
+def expire_user(session: Session, user_id: uuid.UUID) -> int:
+    """Let the expired remainders of ``user_id`` leave now (one ``expiry`` row per grant); how
+    many grants expired.
 
     Cheap when none is due (one index probe, no lock). Exactly once: the function takes the
     user's row lock and a grant that left has nothing remaining; each row's dedupe key
-    (``expiry:<grant id>``) backs it."""
-    rows = session.execute(_EXPIRE, {"user_id": user_id}).all()
-    gone = [events.Expired(user_id=user_id, grant_id=r.grant_id, transaction_id=r.transaction_id,
-                           credits=r.credits) for r in rows]
+    (``expiry:<grant id>``) backs it. Each expiry is announced from its ledger row
+    (``services.credits.events``), as one found by a spend is."""
+    gone = len(session.execute(_EXPIRE, {"user_id": user_id}).all())
     if gone:
         ledger.forget_balance(session, user_id)
-        events.expired(session, gone)
     return gone
 
 
@@ -133,8 +132,7 @@ def expire_due(
         done = 0
         for user_id in users:
             with open_transaction() as session:
-                gone = expire_user(session, user_id)
-            done += len(gone)
+                done += expire_user(session, user_id)
         total += done
         if done == 0:  # every user listed was expired by a twin meanwhile
             return total

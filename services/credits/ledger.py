@@ -31,7 +31,6 @@ from sqlalchemy.orm import Session
 
 from db.aio import AsyncDatabase
 from db.models import CreditTransaction, User
-from services.credits import events
 from services.errors import Conflict, InsufficientCredits, InvalidInput, NotFound
 from services.monitoring import metrics
 
@@ -172,12 +171,7 @@ def post(
         _refuse(session, user_id=user_id, amount=amount)
     _sync(session, user_id)
     metrics.credits_posted(session, kind, amount)
-    entry = _entry(row, user_id=user_id, amount=amount, kind=kind)
-    if entry.grant_id is not None:
-        events.granted(session, events.Granted(
-            user_id=user_id, grant_id=entry.grant_id, transaction_id=entry.id, credits=amount,
-            source=GRANT_SOURCE[kind]))
-    return entry
+    return _entry(row, user_id=user_id, amount=amount, kind=kind)
 
 
 async def spend(

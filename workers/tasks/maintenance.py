@@ -1,5 +1,5 @@
 """Housekeeping tasks run by beat: the ledger's integrity, expired idempotency keys, expired
-grants and holds."""
+grants and holds, and the announcement of grants made and expired."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from sqlalchemy.exc import OperationalError
 from db import rls
 from db.transaction import transaction
 from services import idempotency
-from services.credits import grants, holds, integrity
+from services.credits import events, grants, holds, integrity
 from workers.app import DbTask, app, settings
 
 
@@ -40,3 +40,17 @@ def expire_holds() -> int:
     """Expire the holds past their time (their credits become available); returns how many."""
     with transaction(settings.database_url, acting_as=rls.OWNER) as session:
         return holds.expire_due(session)
+
+
+@app.task(name="credits.announce", base=DbTask, autoretry_for=(OperationalError,),
+          retry_backoff=True, max_retries=3)
+def announce_grants() -> int:
+    """Announce the grants made and expired since the last run (their webhook events); how
+    many."""
+    total = 0
+    while True:
+        with transaction(settings.database_url, acting_as=rls.OWNER) as session:
+            done = events.announce_pending(session)
+        total += done
+        if done < events.BATCH:
+            return total
