@@ -4,11 +4,13 @@ value) on hand-built data with known answers, empty data included."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from db.models import ApiUsageLog, Payment, Plan, PlanChange, Subscription, UsageHourly
+from db.base import utc_now
+from db.models import ApiUsageLog, CreditGrant, Payment, Plan, PlanChange, Subscription, UsageHourly
+from services.credits import grants, ledger
 from services.logs import logstream, writer
 from services.stats import snapshot as stats
 from tests.factories import make_user
@@ -208,6 +210,27 @@ def test_tiers_plan_changes_and_lifetime_value(db):
         ("2026-11", "EUR", 1, 2000.0), ("2026-11", "USD", 1, 500.0)]
     # Live subscriptions run to now: u1 50.5 days, u2 22.5, u3 14.5; u4 ended: 10.
     assert ltv["avg_paying_lifetime_days"] == round((50.5 + 22.5 + 14.5 + 10) / 4, 2)
+
+
+def test_credits_expired_and_outstanding_by_source_come_from_the_grants(db):
+    user, other = make_user(db), make_user(db)
+    soon = utc_now() + timedelta(days=1)
+    ledger.post(db, user_id=user.id, amount=100, kind="purchase")
+    ledger.post(db, user_id=user.id, amount=40, kind="bonus", expires_at=soon)
+    ledger.post(db, user_id=other.id, amount=25, kind="promo", expires_at=soon)
+    ledger.post(db, user_id=user.id, amount=-50, kind="usage")  # burns the bonus (40), then 10
+    db.commit()
+    # The promo grant lapses: its expiry row takes its 25 out.
+    db.execute(update(CreditGrant).where(CreditGrant.user_id == other.id)
+               .values(expires_at=utc_now() - timedelta(seconds=1)))
+    assert grants.expire_user(db, other.id) == 1
+    db.commit()
+    figures = stats.compute(db)["credits"]["grants"]
+    assert figures == {"expired_30d": 25, "expired_total": 25,
+                       "outstanding_by_source": {"purchase": 90}}
+    # Forty days on, the expiry is outside the 30-day window but still in the total.
+    later = stats.compute(db, now=utc_now() + timedelta(days=40))["credits"]["grants"]
+    assert (later["expired_30d"], later["expired_total"]) == (0, 25)
 
 
 def test_the_daily_report_carries_the_figures_in_json_and_csv(db):

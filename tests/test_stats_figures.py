@@ -118,7 +118,9 @@ def test_snapshot_matches_hand_computed_figures(db):
     assert data["payments"] == {"succeeded": 3, "failed": 1, "refunded": 2,
                                 "success_rate_30d": 0.75, "refund_rate_30d": 0.6667}
     assert {k: v for k, v in data["credits"].items() if not k.startswith("avg_")} == {
-        "credits_sold": 90, "credits_used": 30, "credits_outstanding": 60}
+        "credits_sold": 90, "credits_used": 30, "credits_outstanding": 60,
+        # what is outstanding, by the source of the grants that hold it
+        "grants": {"expired_30d": 0, "expired_total": 0, "outstanding_by_source": {"purchase": 60}}}
     assert data["credits_by_endpoint_30d"] == [
         {"endpoint": "/v1/b", "calls": 2, "credits": 13},
         {"endpoint": "/v1/a", "calls": 4, "credits": 11}]

@@ -1,5 +1,6 @@
 """The snapshot's figures of issue 19: retention, averages, calls, peak hours, plan tiers and
-changes, lifetime value. Each reads rollups or small tables, never the raw usage log.
+changes, lifetime value; and the grants' (issue 16): credits expired, outstanding by
+source. Each reads rollups or small tables, never the raw usage log.
 
 Definitions (UTC; weeks are ISO weeks starting Monday, named by their Monday):
 - retention: the users who signed up in each of the last 12 weeks (this week included) form a
@@ -18,6 +19,8 @@ Definitions (UTC; weeks are ISO weeks starting Monday, named by their Monday):
   overall and by the month the users signed up. Average paying lifetime: days from a user's
   first succeeded payment to their last one, or to now while a subscription of theirs is live,
   averaged over paying users.
+- grants: credits that expired (the grants whose expiry fell in the 30 days ending now, and all
+  time), and the credits outstanding by source (the remaining of grants unexpired at ``now``).
 """
 
 from __future__ import annotations
@@ -265,3 +268,29 @@ def lifetime_value(session: Session, now: datetime) -> dict[str, Any]:
         "by_signup_month": by_month,
         "avg_paying_lifetime_days": round(float(days), 2) if days is not None else None,
     }
+
+
+def grants(session: Session, now: datetime) -> dict[str, Any]:
+    """Credits expired (30 days, all time) and outstanding by grant source, from the grants."""
+    expired = _one(
+        session,
+        """
+        SELECT coalesce(sum(expired) FILTER (WHERE expires_at > :since), 0)::bigint
+                 AS expired_30d,
+               coalesce(sum(expired), 0)::bigint AS expired_total
+        FROM credit_grants WHERE expired > 0 AND expires_at <= :now
+        """,
+        since=now - timedelta(days=WINDOW_DAYS), now=now,
+    )
+    outstanding = _rows(
+        session,
+        """
+        SELECT source, sum(remaining)::bigint AS credits
+        FROM credit_grants
+        WHERE remaining > 0 AND (expires_at IS NULL OR expires_at > :now)
+        GROUP BY source ORDER BY source
+        """,
+        now=now,
+    )
+    return {**expired,
+            "outstanding_by_source": {row["source"]: row["credits"] for row in outstanding}}

@@ -235,6 +235,7 @@ def compute(session: Session, *, now: datetime | None = None) -> dict[str, Any]:
         "credits": {
             **{k: users[k] for k in ("credits_sold", "credits_used", "credits_outstanding")},
             **figures.credit_averages(session, now, used=active),
+            "grants": figures.grants(session, now),
         },
         "usage": figures.calls(session, now),
         **_usage(session, today),
