@@ -23,7 +23,7 @@ from db.models.ops import (
     UsageRetention,
     UsageUserWeek,
 )
-from db.models.stripe import StripeEvent
+from db.models.stripe import StripeEvent, StripeRefund
 from db.models.topup import AutoTopupSettings, BalanceCrossing, SavedPaymentMethod, TopupAttempt
 from db.models.users import AuthIdentity, LoginHistory, OneTimeToken, OtpCode, RefreshToken, User
 from db.models.webhooks import WebhookDelivery, WebhookEndpoint, WebhookEvent
@@ -56,6 +56,7 @@ __all__ = [
     "RefreshToken",
     "SavedPaymentMethod",
     "StripeEvent",
+    "StripeRefund",
     "Subscription",
     "TopupAttempt",
     "UsageDaily",

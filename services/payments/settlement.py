@@ -7,7 +7,9 @@ Credits move only through ``services.credits.ledger`` with a dedupe key per caus
 delivered twice, late or out of order moves money at most once:
 
 - the purchase grant: ``payment:<payment id>`` (whichever success event comes first);
-- refunds: cumulative, from the payment's refunded amount, ``refund:<payment id>:<level>``;
+- refunds: cumulative, from the payment's refunded amount, ``refund:<payment id>:<level>``
+  (``…:<level>:<n>`` after ``n`` refund reversals, so a level can be taken again);
+- a refund that failed or was canceled after it was counted: ``refund_reversal:<refund id>``;
 - disputes: ``dispute:<dispute id>`` and ``dispute_reversal:<dispute id>``.
 """
 
@@ -21,7 +23,7 @@ from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from db.base import utc_now
-from db.models import CreditTransaction, Payment, User
+from db.models import CreditTransaction, Payment, StripeRefund, User
 from services.credits import grants, ledger
 from services.credits.ledger import Entry
 from services.payments.stripe_objects import NotReady, Rejected, Skip
@@ -29,6 +31,8 @@ from services.payments.stripe_objects import NotReady, Rejected, Skip
 GRANTED = frozenset({"succeeded", "partially_refunded", "refunded"})
 # A payment that was never paid may still become paid (a retried card); these never change.
 FINAL_UNPAID = frozenset({"canceled"})
+# A refund in one of these states gives back what it took and never counts again.
+REFUND_ENDED = frozenset({"failed", "canceled"})
 
 
 def find_payment(
@@ -188,6 +192,74 @@ def record_refund(session: Session, payment: Payment, *, refunded_cents: int) ->
     _apply_refunds(session, payment)
 
 
+def refund_ended(session: Session, refund_id: str) -> bool:
+    """True when refund ``refund_id`` is known to have failed or been canceled."""
+    status = session.scalar(select(StripeRefund.status).where(StripeRefund.id == refund_id))
+    return status in REFUND_ENDED
+
+
+def note_refund(session: Session, payment: Payment, *, refund_id: str, amount_cents: int) -> None:
+    """Remember that refund ``refund_id`` is counted in ``payment.refunded_cents`` (Stripe's
+    ``amount_refunded`` counts pending and succeeded refunds), so its failure gives it back."""
+    if session.get(StripeRefund, refund_id, populate_existing=True) is None:
+        session.add(StripeRefund(id=refund_id, payment_id=payment.id,
+                                 amount_cents=max(0, amount_cents), counted=True,
+                                 status="counted"))
+        session.flush()
+
+
+def end_refund(
+    session: Session, payment: Payment, *, refund_id: str, amount_cents: int, status: str
+) -> Entry | None:
+    """Refund ``refund_id`` failed or was canceled: give back what it took, once.
+
+    Only a refund that was counted gives anything back; one that ends before it was counted
+    is recorded as ended, so that its late ``refund.created`` never takes credits. The
+    payment's ``refunded_cents`` and ``credits_refunded`` go down with it, so a later genuine
+    refund can still take back at most what the payment granted.
+    """
+    row = session.get(StripeRefund, refund_id, populate_existing=True)
+    if row is not None and row.status in REFUND_ENDED:
+        return None  # ended before: this is a repeat
+    counted = row is not None and row.counted
+    if row is None:
+        row = StripeRefund(id=refund_id, payment_id=payment.id,
+                           amount_cents=max(0, amount_cents), counted=False, status=status)
+        session.add(row)
+    row.status = status
+    session.flush()
+    if not counted:
+        return None
+    payment.refunded_cents = max(0, payment.refunded_cents - row.amount_cents)
+    if payment.status not in GRANTED:
+        return None  # nothing was taken yet: the grant will see the lower figure
+    target = _refund_target(session, payment) if payment.refunded_cents else 0
+    back = payment.credits_refunded - target
+    entry = None
+    if back > 0:
+        ref_type, ref_id = _grant_ref(payment)
+        entry = ledger.post(
+            session,
+            user_id=payment.user_id,
+            amount=back,
+            kind="refund_reversal",
+            reference_type="payment",
+            reference_id=str(payment.id),
+            dedupe_key=f"refund_reversal:{refund_id}",
+            serialized=True,
+            # The credits come back on the terms of the grant they were taken from.
+            expires_at=grants.expiry_of(session, reference_type=ref_type, reference_id=ref_id),
+            description=f"refund {refund_id} {status}, credits returned",
+        )
+        payment.credits_refunded = target
+    if payment.refunded_cents == 0:
+        payment.status = "succeeded"
+    else:
+        full = payment.refunded_cents >= payment.amount_cents
+        payment.status = "refunded" if full else "partially_refunded"
+    return entry
+
+
 def open_dispute(
     session: Session, payment: Payment, *, dispute_id: str, amount_cents: int
 ) -> None:
@@ -273,6 +345,28 @@ def _disputed(session: Session, payment: Payment) -> int:
     return int(session.scalar(_DISPUTED, {"payment_id": str(payment.id)}) or 0)
 
 
+def _refund_target(session: Session, payment: Payment) -> int:
+    """The credits the refunds should hold taken back now, less what disputes took."""
+    return min(
+        payment.credits - _disputed(session, payment),
+        _share(payment.credits, payment.refunded_cents, payment.amount_cents),
+    )
+
+
+_REVERSALS = select(func.count()).where(
+    CreditTransaction.reference_type == "payment",
+    CreditTransaction.reference_id == bindparam("payment_id"),
+    CreditTransaction.kind == "refund_reversal",
+)
+
+
+def _reversals_suffix(session: Session, payment: Payment) -> str:
+    """``:<n>`` after ``n`` refund reversals of the payment (none before the first): a level
+    given back by a failed refund may be taken again by a later one."""
+    n = int(session.scalar(_REVERSALS, {"payment_id": str(payment.id)}) or 0)
+    return f":{n}" if n else ""
+
+
 def _apply_refunds(session: Session, payment: Payment) -> None:
     """Take back the refunded share of the credits, less what disputes already took.
 
@@ -282,10 +376,7 @@ def _apply_refunds(session: Session, payment: Payment) -> None:
     """
     if payment.status not in GRANTED or payment.refunded_cents == 0:
         return
-    target = min(
-        payment.credits - _disputed(session, payment),
-        _share(payment.credits, payment.refunded_cents, payment.amount_cents),
-    )
+    target = _refund_target(session, payment)
     delta = target - payment.credits_refunded
     if delta > 0:
         # The user may have spent them already: the balance may go negative as a recorded
@@ -297,7 +388,7 @@ def _apply_refunds(session: Session, payment: Payment) -> None:
             kind="refund",
             reference_type="payment",
             reference_id=str(payment.id),
-            dedupe_key=f"refund:{payment.id}:{target}",
+            dedupe_key=f"refund:{payment.id}:{target}{_reversals_suffix(session, payment)}",
             serialized=True,
             prefer=_grant_ref(payment),
             description=f"refund of {payment.refunded_cents} {payment.currency} minor units",
