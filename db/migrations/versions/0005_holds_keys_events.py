@@ -26,7 +26,9 @@ Create Date: 2026-12-06 06:30:00
 Self-contained on purpose: a migration keeps doing what it did when later code changes.
 """
 
+import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import op
@@ -159,101 +161,16 @@ _POST_ARGS = (
     "integer, timestamptz, text, text"
 )
 
-# 0004's function, put back by the downgrade.
-_POST_0004 = """
-CREATE FUNCTION ledger_post(
-    p_user uuid, p_amount bigint, p_kind text, p_purchased_delta bigint, p_used_delta bigint,
-    p_may_overdraw boolean, p_active_only boolean, p_reference_type text, p_reference_id text,
-    p_dedupe_key text, p_description text, p_endpoint text,
-    p_source text, p_priority integer, p_expires_at timestamptz,
-    p_prefer_type text, p_prefer_id text
-) RETURNS TABLE (id bigint, balance_after bigint, created_at timestamptz, grant_id bigint)
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_balance bigint;
-    v_left bigint;
-    v_take bigint;
-    v_grant bigint;
-    v_grants jsonb := '[]'::jsonb;
-    g record;
-BEGIN
-    -- Every change of a user's balance and grants queues on the user's row.
-    SELECT u.credit_balance INTO v_balance FROM users u
-    WHERE u.id = p_user AND (u.is_active OR NOT p_active_only)
-    FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN;
-    END IF;
-    IF p_dedupe_key IS NOT NULL AND EXISTS (
-        SELECT 1 FROM credit_transactions t WHERE t.dedupe_key = p_dedupe_key) THEN
-        RETURN;
-    END IF;
-    v_balance := ledger_expire_locked(p_user, v_balance);
 
-    IF p_amount > 0 THEN
-        -- A credit pays the debt first (a negative balance); the rest is its grant's.
-        v_take := p_amount - LEAST(p_amount, GREATEST(-v_balance, 0));
-        INSERT INTO credit_grants AS cg
-            (user_id, source, amount, remaining, priority, expires_at, reference_type,
-             reference_id, description)
-        VALUES (p_user, p_source, p_amount, v_take, p_priority, p_expires_at,
-                p_reference_type, p_reference_id, p_description)
-        RETURNING cg.id INTO v_grant;
-        v_grants := jsonb_build_array(jsonb_build_object('grant_id', v_grant, 'credits', v_take));
-    ELSE
-        -- A debit must be covered unless it may record a debt.
-        IF NOT p_may_overdraw AND v_balance + p_amount < 0 THEN
-            -- Refused; grants that expired on the way out still leave, with their rows.
-            UPDATE users SET credit_balance = v_balance
-            WHERE users.id = p_user AND credit_balance <> v_balance;
-            RETURN;
-        END IF;
-        v_left := LEAST(-p_amount, GREATEST(v_balance, 0));
-        IF p_prefer_id IS NOT NULL THEN
-            -- A refund or dispute takes from its own payment's grants first.
-            FOR g IN
-                SELECT cg.id, cg.remaining FROM credit_grants cg
-                WHERE cg.user_id = p_user AND cg.remaining > 0
-                  AND cg.reference_type = p_prefer_type AND cg.reference_id = p_prefer_id
-                ORDER BY cg.id
-            LOOP
-                EXIT WHEN v_left = 0;
-                v_take := LEAST(v_left, g.remaining);
-                UPDATE credit_grants SET remaining = remaining - v_take WHERE credit_grants.id = g.id;
-                v_grants := v_grants || jsonb_build_object('grant_id', g.id, 'credits', -v_take);
-                v_left := v_left - v_take;
-            END LOOP;
-        END IF;
-        -- Burn-down: lowest priority number first, then soonest expiry, then oldest.
-        FOR g IN
-            SELECT cg.id, cg.remaining FROM credit_grants cg
-            WHERE cg.user_id = p_user AND cg.remaining > 0
-            ORDER BY cg.priority, cg.expires_at, cg.id
-        LOOP
-            EXIT WHEN v_left = 0;
-            v_take := LEAST(v_left, g.remaining);
-            UPDATE credit_grants SET remaining = remaining - v_take WHERE credit_grants.id = g.id;
-            v_grants := v_grants || jsonb_build_object('grant_id', g.id, 'credits', -v_take);
-            v_left := v_left - v_take;
-        END LOOP;
-    END IF;
+def _post_0004() -> str:
+    """0004's function, which the downgrade puts back: read from that migration, not copied."""
+    path = Path(__file__).with_name("0004_grants.py")
+    spec = importlib.util.spec_from_file_location("billing_migration_0004", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module._POST)
 
-    v_balance := v_balance + p_amount;
-    UPDATE users
-    SET credit_balance = v_balance,
-        credits_purchased = credits_purchased + p_purchased_delta,
-        credits_used = credits_used + p_used_delta
-    WHERE users.id = p_user;
-    RETURN QUERY
-    INSERT INTO credit_transactions AS t
-        (user_id, amount, kind, balance_after, reference_type, reference_id, dedupe_key,
-         description, endpoint, grants)
-    VALUES (p_user, p_amount, p_kind, v_balance, p_reference_type, p_reference_id,
-            p_dedupe_key, p_description, p_endpoint,
-            CASE WHEN v_grants = '[]'::jsonb THEN NULL ELSE v_grants END)
-    RETURNING t.id, t.balance_after, t.created_at, v_grant;
-END $$
-"""
 
 _APPLY_EVENTS = """
 CREATE FUNCTION apply_usage_events(
@@ -475,7 +392,7 @@ def downgrade() -> None:
     op.drop_table("api_keys")
     op.drop_table("credit_holds")
     op.execute(f"DROP FUNCTION ledger_post({_POST_ARGS}, bigint)")
-    op.execute(_POST_0004)
+    op.execute(_post_0004())
     op.drop_constraint(op.f("ck_users_held_credits_non_negative"), "users", type_="check")
     op.drop_column("users", "held_credits")
 
