@@ -237,20 +237,9 @@ def end_refund(
     back = payment.credits_refunded - target
     entry = None
     if back > 0:
-        ref_type, ref_id = _grant_ref(payment)
-        entry = ledger.post(
-            session,
-            user_id=payment.user_id,
-            amount=back,
-            kind="refund_reversal",
-            reference_type="payment",
-            reference_id=str(payment.id),
-            dedupe_key=f"refund_reversal:{refund_id}",
-            serialized=True,
-            # The credits come back on the terms of the grant they were taken from.
-            expires_at=grants.expiry_of(session, reference_type=ref_type, reference_id=ref_id),
-            description=f"refund {refund_id} {status}, credits returned",
-        )
+        entry = _move_credits(session, payment, back, kind="refund_reversal",
+                              dedupe_key=f"refund_reversal:{refund_id}",
+                              description=f"refund {refund_id} {status}, credits returned")
         payment.credits_refunded = target
     if payment.refunded_cents == 0:
         payment.status = "succeeded"
@@ -302,21 +291,31 @@ def _release(session: Session, payment: Payment, *, dispute_id: str) -> None:
     )
     if clawed is None:
         return
-    ledger.post(
-        session,
-        user_id=payment.user_id,
-        amount=-clawed,
-        kind="dispute_reversal",
-        reference_type="payment",
-        reference_id=str(payment.id),
-        dedupe_key=f"dispute_reversal:{dispute_id}",
-        serialized=True,
-        # The credits come back on the terms of the grant they were taken from.
-        expires_at=grants.expiry_of(session, reference_type=_grant_ref(payment)[0],
-                                    reference_id=_grant_ref(payment)[1]),
-        description=f"dispute {dispute_id} closed, credits returned",
-    )
+    _move_credits(session, payment, -clawed, kind="dispute_reversal",
+                  dedupe_key=f"dispute_reversal:{dispute_id}",
+                  description=f"dispute {dispute_id} closed, credits returned")
     _apply_refunds(session, payment)
+
+
+def _move_credits(session: Session, payment: Payment, amount: int, *, kind: str,
+                  dedupe_key: str, description: str) -> ledger.Entry | None:
+    """Take back (``amount`` < 0) or give back credits of ``payment``, once per ``dedupe_key``.
+
+    Taken: from the payment's own grants first, then the others, then as a recorded debt
+    (the user may have spent them already; the ledger refuses spending until the balance is
+    positive again). Given back: on the terms of the grant they were taken from.
+    """
+    ref_type, ref_id = _grant_ref(payment)
+    terms: dict[str, Any] = (
+        {"prefer": (ref_type, ref_id), "may_overdraw": True} if amount < 0 else
+        {"expires_at": grants.expiry_of(session, reference_type=ref_type, reference_id=ref_id)}
+    )
+    return ledger.post(
+        session, user_id=payment.user_id, amount=amount, kind=kind,
+        reference_type="payment", reference_id=str(payment.id), dedupe_key=dedupe_key,
+        serialized=True,  # the payment's row is locked: no twin can be in flight
+        description=description, **terms,
+    )
 
 
 def _grant_ref(payment: Payment) -> tuple[str, str]:
@@ -379,21 +378,10 @@ def _apply_refunds(session: Session, payment: Payment) -> None:
     target = _refund_target(session, payment)
     delta = target - payment.credits_refunded
     if delta > 0:
-        # The user may have spent them already: the balance may go negative as a recorded
-        # debt, and the ledger refuses spending until it is positive again.
-        ledger.post(
-            session,
-            user_id=payment.user_id,
-            amount=-delta,
-            kind="refund",
-            reference_type="payment",
-            reference_id=str(payment.id),
+        _move_credits(
+            session, payment, -delta, kind="refund",
             dedupe_key=f"refund:{payment.id}:{target}{_reversals_suffix(session, payment)}",
-            serialized=True,
-            prefer=_grant_ref(payment),
-            description=f"refund of {payment.refunded_cents} {payment.currency} minor units",
-            may_overdraw=True,
-        )
+            description=f"refund of {payment.refunded_cents} {payment.currency} minor units")
         payment.credits_refunded = target
     full = payment.refunded_cents >= payment.amount_cents
     payment.status = "refunded" if full else "partially_refunded"
@@ -410,16 +398,5 @@ def _claw_back(
     )
     if credits <= 0:
         return
-    ledger.post(
-        session,
-        user_id=payment.user_id,
-        amount=-credits,
-        kind="dispute",
-        reference_type="payment",
-        reference_id=str(payment.id),
-        dedupe_key=f"dispute:{dispute_id}",
-        serialized=True,
-        prefer=_grant_ref(payment),
-        description=f"dispute {dispute_id}",
-        may_overdraw=True,
-    )
+    _move_credits(session, payment, -credits, kind="dispute",
+                  dedupe_key=f"dispute:{dispute_id}", description=f"dispute {dispute_id}")
