@@ -5,8 +5,9 @@ cause that rolled back, whatever the path: a purchase settled, a subscription in
 admin bonus or positive adjustment, a promo code, a reinstated refund or dispute; an expiry
 by the beat sweep, by the check on a read of the balance, or inside a spend's statement. An
 announcement is a ``credits.granted`` / ``credits.expired`` outgoing webhook event (written
-through the webhooks' transactional outbox, ``services.webhooks.events.emit``), a log line
-and a count (``COUNTS``).
+through the webhooks' transactional outbox, ``services.webhooks.events.emit``) and a log
+line; the credits that expired are counted in the metrics here (``billing_credits_taken_back``
+of kind ``expiry``), since no ``ledger.post`` counts them; grants are counted when posted.
 
 Why derived from the ledger rows, not emitted by the code that causes them: grants are made
 and expire inside the ledger's server-side function (``ledger_post`` / ``expire_grants``,
@@ -38,15 +39,12 @@ The ``credits.announce`` task runs it on beat every ``BILLING_BALANCE_WATCH_INTE
 from __future__ import annotations
 
 import logging
-import threading
-from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from db.transaction import after_commit
+from services.monitoring import metrics
 from services.webhooks import events as webhooks
 
 log = logging.getLogger(__name__)
@@ -54,9 +52,6 @@ log = logging.getLogger(__name__)
 BATCH = 200
 GRANTED = "credits.granted"
 EXPIRED = "credits.expired"
-
-_lock = threading.Lock()
-COUNTS: Counter[str] = Counter()  # "granted", "granted_credits", "expired", "expired_credits"
 
 # Claim (skipping those another sweep holds) and delete up to :limit notices, oldest first,
 # with the ledger row and the grant each one is about. The grant's own terms (source,
@@ -85,21 +80,18 @@ def announce_pending(session: Session, *, limit: int = BATCH) -> int:
     """Announce up to ``limit`` grants made or expired and not announced yet; how many.
 
     In the caller's transaction: the webhook events are written and the notices deleted
-    together, and the counts move once it commits."""
+    together, and the expired credits are counted once it commits."""
     rows = session.execute(_CLAIM, {"limit": limit}).all()
-    tally: Counter[str] = Counter()
     for row in rows:
         event_type, data = _event(row)
         webhooks.emit(session, event_type, data, user_id=row.user_id)
-        kind = "expired" if event_type == EXPIRED else "granted"
-        credits = data["expired"] if kind == "expired" else data["remaining"]
-        tally[kind] += 1
-        tally[f"{kind}_credits"] += credits
-        log.info(f"credits {kind}", extra={
+        expired = event_type == EXPIRED
+        credits = data["expired"] if expired else data["remaining"]
+        if expired:
+            metrics.credits_posted(session, "expiry", -credits)
+        log.info("credits expired" if expired else "credits granted", extra={
             "user_id": str(row.user_id), "grant_id": row.grant_id, "credits": credits,
             "source": row.source, "transaction_id": row.transaction_id})
-    if tally:
-        _after_commit(session, lambda: _count(tally))
     return len(rows)
 
 
@@ -117,17 +109,3 @@ def _event(row: Any) -> tuple[str, dict[str, Any]]:
     if row.kind == "expiry":
         return EXPIRED, {**data, "expired": -row.amount}
     return GRANTED, {**data, "remaining": row.credits}
-
-
-def _count(tally: Counter[str]) -> None:
-    with _lock:
-        COUNTS.update(tally)
-
-
-def _after_commit(session: Session, action: Callable[[], object]) -> None:
-    try:
-        after_commit(session, action)
-    except KeyError:
-        # A session not opened by ``db.transaction`` (a script, a test's own session) has no
-        # commit hook: the events are written all the same, only this process's count is not.
-        pass
