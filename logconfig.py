@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from typing import Any
@@ -14,11 +15,17 @@ _SECRET_KEYS = re.compile(
 _REDACTED = "[redacted]"
 
 
+@functools.lru_cache(maxsize=4096)
+def _names_a_secret(key: str) -> bool:
+    # Field names come from the code, a small set: each is matched once, not on every line.
+    return key not in ("event", "logger", "level") and _SECRET_KEYS.search(key) is not None
+
+
 def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     """Drop the value of any field whose name says it is a secret."""
     event.pop("color_message", None)
     for key in list(event):
-        if key not in ("event", "logger", "level") and _SECRET_KEYS.search(key):
+        if _names_a_secret(key):
             event[key] = _REDACTED
     return event
 
@@ -52,6 +59,11 @@ def configure_logging(*, level: str = "INFO", json: bool = True) -> None:
             renderer,
         ],
     )
+    # What a record would otherwise collect on every call and no renderer here shows: the
+    # caller's frame (a walk up the stack), thread, process and multiprocessing names (the
+    # logging HOWTO's "Optimization" section).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.setFormatter(formatter)
     root = logging.getLogger()
