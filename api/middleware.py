@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
 import uuid
+from typing import Any
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -15,6 +17,14 @@ from services.monitoring import metrics
 
 log = logging.getLogger("billing.access")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _header(scope: Scope, name: bytes, default: bytes | None = b"") -> Any:
+    """The first value of the request header ``name`` (lower case), or ``default``."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return default
 
 
 class RequestContextMiddleware:
@@ -27,7 +37,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        incoming = _header(scope, b"x-request-id").decode("latin-1")
         request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.clear_contextvars()
@@ -73,9 +83,12 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(scope, receive, send)
+        declared = _header(scope, b"content-length", None)
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.max_bytes:
+                await self._refuse(scope, receive, send)
+            else:  # the server reads no more body than the length declared
+                await self.app(scope, receive, send)
             return
         # Chunked bodies have no length to check: read them up to the limit first.
         chunks: list[bytes] = []
@@ -140,6 +153,18 @@ def _csp_for(path: str) -> str:
     return API_CSP
 
 
+_REPLACED = frozenset({b"x-content-type-options", b"referrer-policy", b"x-frame-options",
+                       b"content-security-policy", b"strict-transport-security"})
+_REPLACED_WITH_NO_STORE = _REPLACED | {b"cache-control"}
+
+
+@functools.cache
+def _fixed_headers(csp: str, hsts: bool) -> tuple[tuple[bytes, bytes], ...]:
+    fixed = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+             (b"x-frame-options", b"DENY"), (b"content-security-policy", csp.encode()))
+    return (*fixed, (b"strict-transport-security", HSTS.encode())) if hsts else fixed
+
+
 class SecurityHeadersMiddleware:
     """Security headers on every response, errors and refusals of other middleware included.
 
@@ -159,25 +184,19 @@ class SecurityHeadersMiddleware:
             return
         path: str = scope["path"]
         authenticated = any(name == b"authorization" for name, _ in scope["headers"])
-        fixed = [
-            (b"x-content-type-options", b"nosniff"),
-            (b"referrer-policy", b"no-referrer"),
-            (b"x-frame-options", b"DENY"),
-            (b"content-security-policy", _csp_for(path).encode()),
-        ]
-        if self.hsts:
-            fixed.append((b"strict-transport-security", HSTS.encode()))
+        fixed = _fixed_headers(_csp_for(path), self.hsts)
+        api = path.startswith("/api/")
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [
-                    (name, value) for name, value in message.get("headers", [])
-                    if name.lower() not in {n for n, _ in fixed}
-                ]
+                own = message.get("headers", [])
+                no_store = authenticated or (
+                    api and not any(name.lower() == b"cache-control" for name, _ in own))
+                replaced = _REPLACED_WITH_NO_STORE if no_store else _REPLACED
+                headers = [(name, value) for name, value in own
+                           if name.lower() not in replaced]
                 headers += fixed
-                has_cache = any(name.lower() == b"cache-control" for name, _ in headers)
-                if authenticated or (path.startswith("/api/") and not has_cache):
-                    headers = [(n, v) for n, v in headers if n.lower() != b"cache-control"]
+                if no_store:
                     headers.append((b"cache-control", b"no-store"))
                 message["headers"] = headers
             await send(message)
