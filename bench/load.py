@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import psutil
 import psycopg
+import redis
 
 from db.engine import libpq_url
 
@@ -144,15 +146,18 @@ def cpu_seconds(procs: list[psutil.Process]) -> dict[int, float]:
 
 class CpuMeter:
     """CPU seconds of the API's processes, of the PostgreSQL backends serving the bench
-    database and of a pooler (if one runs), read per process: a backend that exits between
-    two readings is left out rather than subtracted, and other databases' backends on a
-    shared machine are not counted."""
+    database, of a pooler (if one runs) and of the Redis server (if ``redis_url`` is given),
+    read per process: a backend that exits between two readings is left out rather than
+    subtracted, and other databases' backends on a shared machine are not counted. (The Redis
+    server is counted whole: on a shared machine it may serve others too.)"""
 
     def __init__(self, api: subprocess.Popen[bytes], database_url: str,
-                 pooler: int | None = None) -> None:
+                 pooler: int | None = None, redis_url: str | None = None) -> None:
         self.api = process_tree(api.pid)
         self.pooler = [psutil.Process(pooler)] if pooler is not None else []
         self.database_url = libpq_url(database_url)
+        self.redis = [psutil.Process(int(redis.Redis.from_url(redis_url).info("server")[
+            "process_id"]))] if redis_url else []
 
     def _backends(self) -> list[psutil.Process]:
         with psycopg.connect(self.database_url) as conn:
@@ -162,18 +167,30 @@ class CpuMeter:
         return [psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)]
 
     def read(self) -> tuple[dict[int, float], ...]:
-        """Each process's CPU seconds so far: the API's, PostgreSQL's, the pooler's."""
-        return cpu_seconds(self.api), cpu_seconds(self._backends()), cpu_seconds(self.pooler)
+        """Each process's CPU seconds so far: the API's, PostgreSQL's, the pooler's, Redis's,
+        and (under the key 0) what this process's finished children used: the load
+        generator, which ``run`` waits for."""
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (cpu_seconds(self.api), cpu_seconds(self._backends()), cpu_seconds(self.pooler),
+                cpu_seconds(self.redis), {0: children.ru_utime + children.ru_stime})
 
 
 @dataclass
 class Measured:
-    """A wrk run with the CPU milliseconds per request of the API, PostgreSQL and the pooler."""
+    """A wrk run with the CPU milliseconds per request of the API, PostgreSQL, the pooler,
+    the Redis server and the load generator (wrk itself)."""
 
     result: WrkResult
     api_ms: float
     pg_ms: float
     pooler_ms: float
+    redis_ms: float = 0.0
+    load_ms: float = 0.0
+
+    @property
+    def machine_ms(self) -> float:
+        """CPU per request of everything measured: what the machine's cores are shared by."""
+        return self.api_ms + self.pg_ms + self.pooler_ms + self.redis_ms + self.load_ms
 
 
 def measured(meter: CpuMeter, run: Callable[[], WrkResult]) -> Measured:
@@ -182,7 +199,7 @@ def measured(meter: CpuMeter, run: Callable[[], WrkResult]) -> Measured:
     result = run()
     after = meter.read()
     n = max(result.requests, 1)
-    api_ms, pg_ms, pooler_ms = (
+    api_ms, pg_ms, pooler_ms, redis_ms, load_ms = (
         sum(seconds - start.get(pid, 0.0) for pid, seconds in end.items()) * 1000 / n
         for start, end in zip(before, after, strict=True))
-    return Measured(result, api_ms, pg_ms, pooler_ms)
+    return Measured(result, api_ms, pg_ms, pooler_ms, redis_ms, load_ms)
