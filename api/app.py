@@ -13,7 +13,6 @@ import redis
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api.autopipeline import AutoPipelineRedis
 from api.error_docs import install_error_docs
 from api.errors import install_error_handlers
 from api.middleware import (
@@ -49,6 +48,7 @@ from api.usage_middleware import UsageLogMiddleware
 from db.aio import AsyncDatabase
 from logconfig import configure_logging
 from services import task_queue
+from services.autopipeline import AutoPipelineRedis
 from services.monitoring import metrics as recorded
 from services.monitoring import tracing
 from settings import Settings, get_settings
@@ -101,9 +101,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield {"db": db, "aredis": aredis}
         finally:
+            await aredis.aclose()  # first: it sends the commands still queued (usage records)
             await anyio.to_thread.run_sync(task_queue.flush)  # tasks handed off, not yet sent
             await db.close()
-            await aredis.aclose()
             app.state.redis.close()
 
     app = FastAPI(

@@ -1,4 +1,4 @@
-"""The API's auto-pipelining Redis client (api/autopipeline.py), against the real Redis."""
+"""The API's auto-pipelining Redis client (services/autopipeline.py), against the real Redis."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from api.autopipeline import AutoPipelineRedis
 from bench.load import free_port
+from services.autopipeline import AutoPipelineRedis
 
 
 def _run(settings: Any, body: Callable[[AutoPipelineRedis, str], Awaitable[None]],

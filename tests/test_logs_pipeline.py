@@ -12,10 +12,12 @@ import redis
 import redis.asyncio
 from sqlalchemy import func, select, text
 
+from bench.load import free_port
 from db import rls
 from db.models import ApiUsageLog, LoginHistory, UsageDaily
 from db.transaction import transaction
 from services import task_queue
+from services.autopipeline import AutoPipelineRedis
 from services.logs import consumer, logstream, writer
 from tests.factories import auth_headers, make_user
 from tests.support import wait_for
@@ -356,3 +358,45 @@ def test_a_refused_login_record_does_not_stop_the_login_history(
     assert [fields[b"entry"] for _, fields in parked] == [poison]
     time.sleep(0.5)
     assert _count(db, LoginHistory) == 3
+
+
+def test_the_api_client_queues_usage_records_without_waiting_and_they_get_written(
+    db, rds, sender, settings, celery_worker
+):
+    """With the API's auto-pipelining client, ``record_usage`` returns at once; the records go
+    out with the client's next pipeline, kick a drain, and are written."""
+    user = make_user(db)
+
+    async def run() -> tuple[int, int]:
+        client = AutoPipelineRedis.from_url(settings.redis_url)
+        try:
+            for n in range(30):
+                await logstream.record_usage(
+                    client, user_id=str(user.id), endpoint="/v1/queued", method="POST",
+                    credits=1, status_code=200, response_time_ms=1.0, request_id=f"q-{n}")
+            sent_before_waiting = client.round_trips  # nothing has been waited for yet
+            await asyncio.sleep(0)
+            return sent_before_waiting, client.round_trips
+        finally:
+            await client.aclose()
+
+    before, after = asyncio.run(run())
+    assert before <= 1 and after <= 2  # 60 commands, queued together: one or two pipelines
+    assert task_queue.flush(timeout=10)
+    wait_for(lambda: _count(db, ApiUsageLog) == 30, timeout=30, message="30 queued records")
+
+
+def test_a_queued_usage_record_that_redis_refuses_is_logged_not_raised(settings, caplog):
+    async def run() -> None:
+        client = AutoPipelineRedis.from_url(f"redis://127.0.0.1:{free_port()}/0",
+                                            socket_connect_timeout=1)
+        try:
+            await logstream.record_usage(client, user_id=str(uuid.uuid4()), endpoint="/v1/x",
+                                         method="GET", credits=0, status_code=200,
+                                         response_time_ms=1.0, request_id="lost")
+        finally:
+            await client.aclose()
+
+    with caplog.at_level("ERROR", logger="billing.logs"):
+        asyncio.run(run())
+    assert any("usage record dropped" in r.getMessage() for r in caplog.records)

@@ -18,6 +18,7 @@ worker's entries).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -26,7 +27,7 @@ import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 import redis.asyncio
@@ -35,6 +36,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from db.base import utc_now
 from db.models.users import LOGIN_METHODS
 from services import task_queue
+from services.autopipeline import AutoPipelineRedis
 
 USAGE_STREAM = "billing:logs:usage"
 LOGIN_STREAM = "billing:logs:login"
@@ -94,12 +96,19 @@ def clean_text(value: str) -> str:
 # --- producer -------------------------------------------------------------------------------
 
 
+# The kick expires so that a lost drain task is only a short delay, never a stall.
+KICK_TTL_S = 5
+
+
+def _encoded(record: dict[str, Any]) -> dict[Any, Any]:
+    return {"r": json.dumps(record, default=str, separators=(",", ":"))}
+
+
 def _queue(pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline, kind: str,
            record: dict[str, Any]) -> None:
     stream = STREAMS[kind]
-    pipe.xadd(stream, {"r": json.dumps(record, default=str, separators=(",", ":"))})
-    # The kick expires so that a lost drain task is only a short delay, never a stall.
-    pipe.set(kick_key(stream), "1", nx=True, ex=5)
+    pipe.xadd(stream, _encoded(record))
+    pipe.set(kick_key(stream), "1", nx=True, ex=KICK_TTL_S)
 
 
 def _xadd(client: redis.Redis, kind: str, record: dict[str, Any]) -> None:
@@ -137,14 +146,40 @@ async def record_usage(client: redis.asyncio.Redis, **fields: Any) -> None:
 
     ``fields``: user_id, endpoint, method, credits, status_code, response_time_ms,
     request_id, transaction_id. A Redis outage costs this record, never the request.
+
+    With the API's client (``AutoPipelineRedis``) the record is queued, not waited for: it
+    goes out with the next pipeline of the process (the next request's revocation check,
+    often), a few hundred microseconds later, and a failure is logged when it comes back.
+    A process killed in between loses the records queued at that moment; the spends they
+    record are in the ledger all the same.
     """
     box = REQUEST_USAGE.get()
     if box is not None:
         box.recorded = True  # the middleware must not add a second record for this request
+    record = _stamp(fields)
+    if isinstance(client, AutoPipelineRedis):
+        stream = STREAMS["usage"]
+        # Its commands are futures, queued at the call (see AutoPipelineRedis).
+        added = cast(asyncio.Future[Any], client.xadd(stream, _encoded(record)))
+        kicked = cast(asyncio.Future[Any],
+                      client.set(kick_key(stream), "1", nx=True, ex=KICK_TTL_S))
+        added.add_done_callback(_dropped_if_failed)
+        kicked.add_done_callback(_drain_if_kicked)
+        return
     try:
-        await _xadd_async(client, "usage", _stamp(fields))
+        await _xadd_async(client, "usage", record)
     except redis.RedisError:
         log.exception("usage record dropped: redis unavailable")
+
+
+def _dropped_if_failed(added: asyncio.Future[Any]) -> None:
+    if not added.cancelled() and added.exception() is not None:
+        log.error("usage record dropped: redis unavailable", exc_info=added.exception())
+
+
+def _drain_if_kicked(kicked: asyncio.Future[Any]) -> None:
+    if not kicked.cancelled() and kicked.exception() is None and kicked.result():
+        task_queue.send_soon(DRAIN_TASK, "usage")
 
 
 async def record_usages(client: redis.asyncio.Redis, records: list[dict[str, Any]]) -> None:
