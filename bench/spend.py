@@ -8,9 +8,12 @@ One command: ``.venv/bin/python -m bench.spend`` (``--help`` for knobs). It
 4. loads ``POST /credits/use`` with ``wrk`` (C, so the load generator takes little of the
    2 cores; ``apt-get install wrk``) from many connections, rotating the users' tokens:
    peak requests/s with p50/p99, then p99 at about half the peak rate;
-5. stops the API and runs ``pgbench`` on the same database with the same SQL transaction
+5. serves ``bench.spend_floor`` (FastAPI running the debit and nothing else) the same way,
+   its peak runs alternating with more of the route's (``--floor-rounds``), and compares
+   the medians, with the CPU per request of the whole machine for each;
+6. stops the API and runs ``pgbench`` on the same database with the same SQL transaction
    as ``services/credits/ledger.py`` (conditional debit + ledger insert), the physical ceiling;
-6. prints everything with the ratio and rewrites its section of ``bench/README.md``.
+7. prints everything with the ratios and rewrites its section of ``bench/README.md``.
 
 With ``--metrics`` it measures only the cost of the Prometheus metrics: this checkout's API
 twice on the bench database at once, with metrics on and with ``BILLING_METRICS=false``,
@@ -32,6 +35,7 @@ Environment: ``BILLING_BENCH_DATABASE_URL`` (default
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import shutil
@@ -345,6 +349,8 @@ def main() -> None:
     parser.add_argument("--metrics", action="store_true",
                         help="only compare this API with metrics on and off (BILLING_METRICS), "
                              "alternating peak runs; writes its own section")
+    parser.add_argument("--floor-rounds", type=int, default=3,
+                        help="peak runs of the floor, alternating with as many of the route")
     parser.add_argument("--rounds", type=int, default=5,
                         help="alternating peak runs of each API with --baseline or --pgbouncer")
     args = parser.parse_args()
@@ -412,13 +418,21 @@ def main() -> None:
         return
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    def at_peak(label: str, server: subprocess.Popen[bytes]) -> Measured:
+        try:
+            run = flat_out(server, url, tokens, args, database_url, redis_url)
+        finally:
+            if server is not api:
+                stop(server)
+        print(f"{label}: {run.result.rps:.0f} req/s, p50 {run.result.p50_ms:.2f} ms, p99 "
+              f"{run.result.p99_ms:.2f} ms, errors {run.result.errors}; CPU per request: API "
+              f"{run.api_ms:.3f} ms, PostgreSQL {run.pg_ms:.3f} ms", flush=True)
+        return run
+
     api = start_api(env, port, args.workers)
     try:
-        top = flat_out(api, url, tokens, args, database_url, redis_url)
-        peak, api_ms, pg_ms = top.result, top.api_ms, top.pg_ms
-        print(f"API peak: {peak.rps:.0f} req/s, p50 {peak.p50_ms:.2f} ms, "
-              f"p99 {peak.p99_ms:.2f} ms, errors {peak.errors}; CPU per request: "
-              f"API {api_ms:.3f} ms, PostgreSQL {pg_ms:.3f} ms", flush=True)
+        route_runs = [at_peak("API peak", api)]
+        peak = route_runs[0].result
         # The framework alone: the same server and load on a route that does nothing.
         framework = measured(CpuMeter(api, database_url), lambda: wrk(
             f"{url}/healthz", tokens, connections=args.connections, seconds=args.seconds,
@@ -437,16 +451,18 @@ def main() -> None:
               f"{lockstep.p50_ms:.2f} ms, p99 {lockstep.p99_ms:.2f} ms", flush=True)
     finally:
         stop(api)
-    # The floor: FastAPI and the debit alone, same server settings, load and database.
-    floor_proc = start_floor(env, args.users, port, args.workers)
-    try:
-        bottom = flat_out(floor_proc, url, tokens, args, database_url, redis_url)
-        floor, floor_api_ms, floor_pg_ms = bottom.result, bottom.api_ms, bottom.pg_ms
-        print(f"floor (FastAPI + debit only): {floor.rps:.0f} req/s, errors {floor.errors}; "
-              f"CPU per request: API {floor_api_ms:.3f} ms, PostgreSQL {floor_pg_ms:.3f} ms",
-              flush=True)
-    finally:
-        stop(floor_proc)
+    # The floor: FastAPI and the debit alone, same server settings, load and database; its
+    # peak runs alternate with more of the route's, and each side's median run is the one
+    # compared (rates on a shared machine swing between runs more than between the two).
+    floor_runs: list[Measured] = []
+    for n in range(args.floor_rounds):
+        floor_runs.append(at_peak("floor (FastAPI + debit only)",
+                                  start_floor(env, args.users, port, args.workers)))
+        if n + 1 < args.floor_rounds:
+            route_runs.append(at_peak("API peak", start_api(env, port, args.workers)))
+    top, bottom = median_run(route_runs), median_run(floor_runs)
+    peak, api_ms, pg_ms = top.result, top.api_ms, top.pg_ms
+    floor, floor_api_ms, floor_pg_ms = bottom.result, bottom.api_ms, bottom.pg_ms
     # The usage hand-off queued one record per spend; no log worker ran, so drop them.
     redis.Redis.from_url(redis_url).delete("billing:logs:usage")
 
@@ -456,6 +472,10 @@ def main() -> None:
     for b in baselines:
         print(f"pgbench ({b.clients} clients): {b.tps:.0f} tps, avg {b.latency_ms:.2f} ms")
     ratio = peak.rps / base.tps
+    in_order = ", ".join(
+        f"{side} {run.result.rps:.0f}"
+        for pair in itertools.zip_longest(route_runs, floor_runs)
+        for side, run in zip(("route", "floor"), pair, strict=True) if run is not None)
     floor_ratio = floor.rps / base.tps
     of_floor = peak.rps / floor.rps
     # Issue 17's target, 80% of the floor's rate, as CPU per request on the whole machine:
@@ -479,7 +499,8 @@ def main() -> None:
     budget = max(0.0, cores * 1000 / (base.tps / 2) - pg_ms)
     versus = "less than what" if budget < bare_ms else f"{budget / bare_ms:.1f} times what"
     rows = "\n".join([
-        f"| API peak ({args.workers} uvicorn workers, wrk {args.connections} connections) "
+        f"| API peak ({args.workers} uvicorn workers, wrk {args.connections} connections; "
+        f"median of {len(route_runs)} runs) "
         f"| {peak.rps:.0f} | {peak.p50_ms:.2f} ms | {peak.p99_ms:.2f} ms |",
         f"| API at ~half of peak (16 clients, random pauses) | {half.rps:.0f} "
         f"| {half.p50_ms:.2f} ms | {half.p99_ms:.2f} ms |",
@@ -489,7 +510,8 @@ def main() -> None:
         f"| {base.tps:.0f} tps | avg {base.latency_ms:.2f} ms | |",
         f"| `GET /healthz`, same server and connections (the framework alone) "
         f"| {bare.rps:.0f} | {bare.p50_ms:.2f} ms | {bare.p99_ms:.2f} ms |",
-        f"| floor: FastAPI running only the debit (`bench/spend_floor.py`), same load "
+        f"| floor: FastAPI running only the debit (`bench/spend_floor.py`), same load; "
+        f"median of {len(floor_runs)} runs "
         f"| {floor.rps:.0f} | {floor.p50_ms:.2f} ms | {floor.p99_ms:.2f} ms |",
     ])
     command = " ".join(["python -m bench.spend", *sys.argv[1:]])
@@ -504,7 +526,8 @@ def main() -> None:
 
 API / pgbench: **{ratio:.0%}** (target ≥ 50%); p99 at half load **{half.p99_ms:.1f} ms**
 (target < 25 ms); the floor reaches **{floor_ratio:.0%}**; the route / the floor:
-**{of_floor:.0%}** (target ≥ 80%). Errors (non-2xx, socket): peak
+**{of_floor:.0%}** (target ≥ 80%; the peak runs in the order they ran, requests/s:
+{in_order}). Errors (non-2xx, socket): peak
 {peak.errors}, half {half.errors}, floor {floor.errors}.
 After the run: {drift} users whose balance differs from their ledger sum, {negative}
 negative `balance_after` rows.
@@ -564,6 +587,11 @@ API: {bottom.api_ms:.3f} ms).
     print(section)
     if not args.no_readme:
         write_section("spend", section)
+
+
+def median_run(runs: list[Measured]) -> Measured:
+    """The run with the median rate (the upper middle one of an even number)."""
+    return sorted(runs, key=lambda run: run.result.rps)[len(runs) // 2]
 
 
 def cpu_row(label: str, m: Measured) -> str:
