@@ -38,11 +38,10 @@ from bench.load import ROOT, CpuMeter, half_load, measured, stop, wrk
 from bench.readme import write_section
 from bench.spend import (
     api_env,
+    bench_database,
     check_ledger,
     free_port,
     pgbench,
-    recreate_database,
-    seed_users,
     start_api,
     user_id,
 )
@@ -90,11 +89,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
 
-    database_url = recreate_database(
-        os.environ.get("BILLING_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1/billing_bench")
-    )
-    redis_url = os.environ.get("BILLING_BENCH_REDIS_URL", "redis://127.0.0.1:6379/3")
-    seed_users(database_url, args.users)
+    database_url, redis_url = bench_database(args.users)
     secret = server_key(database_url)
     jwt_secret = uuid.uuid4().hex * 2
     env = api_env(database_url, redis_url, jwt_secret, args.log_level)

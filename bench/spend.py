@@ -357,11 +357,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
 
-    database_url = recreate_database(
-        os.environ.get("BILLING_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1/billing_bench")
-    )
-    redis_url = os.environ.get("BILLING_BENCH_REDIS_URL", "redis://127.0.0.1:6379/3")
-    seed_users(database_url, args.users)
+    database_url, redis_url = bench_database(args.users)
     if args.grants:
         seed_users(database_url, args.users, first=args.users + 1, three_grants=True)
     jwt_secret = uuid.uuid4().hex * 2
@@ -406,15 +402,7 @@ def main() -> None:
                    f"(load average before the run {load_before[0]:.1f}; the machine is "
                    f"shared). After the run: {drift} users whose balance differs from their "
                    f"ledger sum, {negative} negative `balance_after` rows.\n")
-        if grants is not None:
-            section += grants_section(grants, args)
-        if comparison is not None:
-            section += baseline_section(comparison, args)
-        if pooling is not None:
-            section += pgbouncer_section(*pooling, args)
-        print(section)
-        if not args.no_readme:
-            write_section("spend-comparisons", section)
+        publish("spend-comparisons", section, args, grants, comparison, pooling)
         return
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -578,6 +566,14 @@ CPU per request in all, and with PostgreSQL, Redis and wrk taking what they take
 the API **{api_budget:.3f} ms** per request, against the {top.api_ms:.3f} ms it uses (the floor's
 API: {bottom.api_ms:.3f} ms).
 """
+    publish("spend", section, args, grants, comparison, pooling)
+
+
+def publish(name: str, section: str, args: argparse.Namespace,
+            grants: Comparison | None, comparison: Comparison | None,
+            pooling: tuple[Comparison, PgBouncer] | None) -> None:
+    """``section`` with the comparisons that ran, printed and (unless ``--no-readme``) written
+    as the section ``name`` of bench/README.md."""
     if grants is not None:
         section += grants_section(grants, args)
     if comparison is not None:
@@ -586,7 +582,17 @@ API: {bottom.api_ms:.3f} ms).
         section += pgbouncer_section(*pooling, args)
     print(section)
     if not args.no_readme:
-        write_section("spend", section)
+        write_section(name, section)
+
+
+def bench_database(users: int) -> tuple[str, str]:
+    """The bench database, recreated, migrated and seeded with ``users`` users, and the Redis
+    URL (``BILLING_BENCH_DATABASE_URL``, ``BILLING_BENCH_REDIS_URL``)."""
+    database_url = recreate_database(
+        os.environ.get("BILLING_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1/billing_bench")
+    )
+    seed_users(database_url, users)
+    return database_url, os.environ.get("BILLING_BENCH_REDIS_URL", "redis://127.0.0.1:6379/3")
 
 
 def median_run(runs: list[Measured]) -> Measured:
