@@ -153,16 +153,16 @@ def _csp_for(path: str) -> str:
     return API_CSP
 
 
-_REPLACED = frozenset({b"x-content-type-options", b"referrer-policy", b"x-frame-options",
-                       b"content-security-policy", b"strict-transport-security"})
-_REPLACED_WITH_NO_STORE = _REPLACED | {b"cache-control"}
-
-
 @functools.cache
 def _fixed_headers(csp: str, hsts: bool) -> tuple[tuple[bytes, bytes], ...]:
     fixed = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
              (b"x-frame-options", b"DENY"), (b"content-security-policy", csp.encode()))
     return (*fixed, (b"strict-transport-security", HSTS.encode())) if hsts else fixed
+
+
+# What a route may have set and these headers replace (cache-control only with no-store).
+_REPLACED = frozenset(name for name, _ in _fixed_headers(API_CSP, True))
+_REPLACED_WITH_NO_STORE = _REPLACED | {b"cache-control"}
 
 
 class SecurityHeadersMiddleware:

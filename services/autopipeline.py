@@ -11,9 +11,11 @@ the commands of many requests. (ioredis calls this auto-pipelining.)
 
 What callers see does not change: each command gets its own reply or its own error, each
 pipeline its list of replies, in the order they were issued, on one connection. Two
-differences, neither of which the API depends on:
+differences:
 
-- A command is queued when it is called, not when it is awaited.
+- A command is queued when it is called, not when it is awaited: its future can be left
+  unawaited (``logstream.record_usage`` queues a usage record so, and reads the reply in a
+  callback).
 - A connection lost mid-pipeline fails every command of that pipeline (after redis-py's own
   retries), as it would have failed each of them alone.
 
