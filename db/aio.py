@@ -86,6 +86,7 @@ class AsyncDatabase:
         user_id: uuid.UUID | None = None,
         then: tuple[TextClause, dict[str, Any]] | None = None,
         every: bool = False,
+        token: tuple[str, str | None] | None = None,
     ) -> Any:
         """Run ``statement`` as a transaction of its own; its first row (a named tuple) or None.
 
@@ -95,13 +96,15 @@ class AsyncDatabase:
         if the statement fails, and the error raised), so the context applies to the
         statement and ends with it. One round trip, no BEGIN or COMMIT of their own.
         ``then``: one more statement in the same transaction, after ``statement`` (its
-        failure undoes both).
+        failure undoes both). ``token``: the (jti, sid) of the request's access token, checked
+        in the context's statement; if it was signed out, nothing runs and
+        ``psycopg.errors.InvalidAuthorizationSpecification`` is raised.
         """
+        context = _context(scope=scope, user_id=user_id, token=token)
         async with self.pool.connection() as conn:
             try:
                 async with conn.pipeline():
-                    await conn.execute(render(rls.SET_CONTEXT), rls.params(scope=scope,
-                                                                           user_id=user_id))
+                    await conn.execute(*context)
                     cursor = await conn.execute(render(statement), params)
                     if then is not None:
                         await conn.execute(render(then[0]), then[1])
@@ -121,8 +124,20 @@ class AsyncDatabase:
         *,
         scope: rls.Scope,
         user_id: uuid.UUID | None = None,
+        token: tuple[str, str | None] | None = None,
     ) -> list[Any]:
         """``fetchone``, with every row of the result."""
         rows: list[Any] = await self.fetchone(statement, params, scope=scope, user_id=user_id,
-                                              every=True)
+                                              every=True, token=token)
         return rows
+
+
+def _context(
+    *, scope: rls.Scope, user_id: uuid.UUID | None, token: tuple[str, str | None] | None
+) -> tuple[str, dict[str, Any]]:
+    """The statement that opens the transaction: its security context, and the token's check
+    when there is a token to check (run first, so a refused token stops what follows)."""
+    if token is None:
+        return render(rls.SET_CONTEXT), rls.params(scope=scope, user_id=user_id)
+    return (render(rls.SET_CONTEXT_CHECKED),
+            rls.checked_params(scope=scope, user_id=user_id, token=token))

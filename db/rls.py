@@ -10,7 +10,8 @@ it when the transaction begins and ``set_context`` changes it (``SET LOCAL`` sem
 ``set_config(..., true)``: nothing outlives the transaction, so a pooled connection goes
 back clean). An API request starts as ``NOBODY`` and sees no user rows until a dependency
 says whose request it is. ``OWNER`` (workers, migrations, the CLI) is not subject to the
-policies. The event-loop routes send the same statement with theirs (``db.aio``).
+policies. The event-loop routes send the same statement with theirs (``db.aio``), or
+``SET_CONTEXT_CHECKED``, which also refuses a signed-out access token.
 """
 
 from __future__ import annotations
@@ -33,6 +34,16 @@ SET_CONTEXT = text(
     "SELECT set_config('role', :role, true) AS role, "
     "set_config('app.user_id', :user_id, true) AS user_id, "
     "set_config('app.scope', :scope, true) AS scope"
+)
+# The same, and a check that the access token (``jti``) and its sign-in (``sid``) were not
+# signed out: ``billing_token_live`` (migration 0011) raises SQLSTATE 28000 if either was, and
+# the server then skips the rest of the transaction. For a statement that is its request's
+# only round trip (``db.aio``): the check costs no round trip of its own.
+SET_CONTEXT_CHECKED = text(
+    "SELECT set_config('role', :role, true) AS role, "
+    "set_config('app.user_id', :user_id, true) AS user_id, "
+    "set_config('app.scope', :scope, true) AS scope, "
+    "billing_token_live(:jti, :sid) AS live"
 )
 
 
@@ -88,3 +99,11 @@ def scope(session: Session, temporary: Scope) -> Iterator[None]:
 def params(*, scope: Scope, user_id: uuid.UUID | None) -> dict[str, str]:
     """The parameters of ``SET_CONTEXT`` for a transaction acting for ``user_id`` in ``scope``."""
     return {"role": APP_ROLE, "user_id": str(user_id) if user_id else "", "scope": scope}
+
+
+def checked_params(
+    *, scope: Scope, user_id: uuid.UUID | None, token: tuple[str, str | None]
+) -> dict[str, str | None]:
+    """The parameters of ``SET_CONTEXT_CHECKED``: ``params``, and the token's (jti, sid)."""
+    jti, sid = token
+    return {**params(scope=scope, user_id=user_id), "jti": jti, "sid": sid}

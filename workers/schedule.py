@@ -36,6 +36,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "idempotency-keys-purge": {
             "task": "maintenance.purge_idempotency_keys", "schedule": crontab(minute=17),
         },
+        # A sign-out's row outlives its tokens by minutes; the check ignores expired rows, so
+        # hourly only bounds the table's size.
+        "token-revocations-purge": {
+            "task": "maintenance.purge_token_revocations", "schedule": crontab(minute=23),
+        },
         # Holds also expire lazily when the available credits matter (services/credits/holds.py).
         "holds-expire": {
             "task": "maintenance.expire_holds", "schedule": 30.0, "options": {"expires": 30},

@@ -127,7 +127,8 @@ def logout(
     if credentials is not None:
         try:
             tokens.revoke_access_token(
-                ctx.redis, tokens.decode_access_token(ctx.settings, credentials.credentials)
+                session, ctx.redis,
+                tokens.decode_access_token(ctx.settings, credentials.credentials),
             )
         except Unauthorized:
             pass  # an expired or foreign token needs no revoking

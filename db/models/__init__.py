@@ -25,7 +25,15 @@ from db.models.ops import (
 )
 from db.models.stripe import StripeEvent, StripeRefund
 from db.models.topup import AutoTopupSettings, BalanceCrossing, SavedPaymentMethod, TopupAttempt
-from db.models.users import AuthIdentity, LoginHistory, OneTimeToken, OtpCode, RefreshToken, User
+from db.models.users import (
+    AuthIdentity,
+    LoginHistory,
+    OneTimeToken,
+    OtpCode,
+    RefreshToken,
+    TokenRevocation,
+    User,
+)
 from db.models.webhooks import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 __all__ = [
@@ -58,6 +66,7 @@ __all__ = [
     "StripeEvent",
     "StripeRefund",
     "Subscription",
+    "TokenRevocation",
     "TopupAttempt",
     "UsageDaily",
     "UsageHourly",

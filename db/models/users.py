@@ -130,6 +130,17 @@ class RefreshToken(Base):
     created_at: Mapped[datetime] = created_at()
 
 
+class TokenRevocation(Base):
+    """A signed-out access token (``jti:<jti>``) or sign-in (``sid:<session id>``), kept until
+    the tokens it names expire: the durable copy of Redis's denylist, which the spend checks
+    in its own statement (``billing_token_live``, migration 0011)."""
+
+    __tablename__ = "token_revocations"
+
+    token_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class OneTimeToken(Base):
     """A hashed single-use token sent by mail (confirmation, magic link, email change, undo)."""
 

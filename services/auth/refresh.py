@@ -23,7 +23,7 @@ from db.base import utc_now
 from db.models import RefreshToken, User
 from db.transaction import transaction
 from services.auth.context import AuthContext
-from services.auth.tokens import create_access_token, revoke_session
+from services.auth.tokens import create_access_token, revoke_session, revoke_sessions
 from services.errors import Unauthorized
 from settings import Settings
 
@@ -93,8 +93,8 @@ def _revoke_family_now(session: Session, ctx: AuthContext, family_id: uuid.UUID)
             .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
             .values(revoked_at=utc_now())
         )
-    # The access tokens the thief already holds stop too, not only the refresh tokens.
-    revoke_session(ctx.redis, ctx.settings, family_id)
+        # The access tokens the thief already holds stop too, not only the refresh tokens.
+        revoke_session(own, ctx.redis, ctx.settings, family_id)
 
 
 def rotate(session: Session, ctx: AuthContext, raw: str) -> TokenPair:
@@ -159,7 +159,7 @@ def revoke(session: Session, ctx: AuthContext, raw: str) -> bool:
         .where(RefreshToken.family_id == row.family_id, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=utc_now())
     )
-    revoke_session(ctx.redis, ctx.settings, row.family_id)
+    revoke_session(session, ctx.redis, ctx.settings, row.family_id)
     return True
 
 
@@ -172,7 +172,7 @@ def sign_out_everywhere(
     For the moments the account changes hands or is closed (an address proven by its owner,
     an email change confirmed or undone, deactivation). A sign-in's access tokens are
     stopped through its ``sid``: every family that is still live, or issued a token within
-    an access token's lifetime, is named in Redis.
+    an access token's lifetime, is named in Redis and in PostgreSQL.
     """
     now = utc_now()
     recent = now - timedelta(seconds=settings.access_token_ttl_s + 1)
@@ -187,7 +187,4 @@ def sign_out_everywhere(
     session.execute(
         update(RefreshToken).where(mine, RefreshToken.revoked_at.is_(None)).values(revoked_at=now)
     )
-    with redis_client.pipeline(transaction=False) as pipe:
-        for family_id in families:
-            revoke_session(pipe, settings, family_id)
-        pipe.execute()
+    revoke_sessions(session, redis_client, settings, families)

@@ -1,9 +1,10 @@
-"""Access tokens: short-lived JWTs signed by us and verified strictly."""
+"""Access tokens: short-lived JWTs signed by us and verified strictly, and their sign-out."""
 
 from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -11,8 +12,12 @@ import jwt
 import redis
 import redis.asyncio
 from cachetools import LRUCache
+from sqlalchemy import delete, func
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
 
 from db.base import utc_now
+from db.models import TokenRevocation
 from services.errors import Unauthorized
 from settings import Settings
 
@@ -103,24 +108,77 @@ def _verify(settings: Settings, token: str) -> AccessClaims:
 _REVOKED_PREFIX = "billing:revoked-jti:"
 _REVOKED_SESSION_PREFIX = "billing:revoked-sid:"
 
+# Each sign-out is written twice: to Redis, which the check of most requests reads, and to
+# ``token_revocations`` (migration 0011), which survives a restart of Redis (it keeps nothing
+# on disk) and which the spend's statement checks itself (``revocation_keys_for_statement``).
+# PostgreSQL first: a write it refuses stops the sign-out before Redis hears of it.
 
-def revoke_access_token(client: redis.Redis, claims: AccessClaims) -> None:
+
+def revoke_access_token(session: Session, client: redis.Redis, claims: AccessClaims) -> None:
     """Make one access token stop working before it expires (sign-out)."""
     if claims.expires_at is None:
         return
-    remaining = int((claims.expires_at - utc_now()).total_seconds()) + 1
+    now = utc_now()
+    remaining = int((claims.expires_at - now).total_seconds()) + 1
     if remaining > 0:
         # Kept only as long as the token would live: the denylist never grows past that.
+        _record(session, [f"jti:{claims.jti}"], now + timedelta(seconds=remaining))
         client.set(_REVOKED_PREFIX + claims.jti, b"1", ex=remaining)
 
 
-def revoke_session(client: redis.Redis, settings: Settings, session_id: uuid.UUID) -> None:
+def revoke_session(
+    session: Session, client: redis.Redis, settings: Settings, session_id: uuid.UUID
+) -> None:
     """Make every access token of one sign-in stop working (sign-out, refresh token reuse).
 
     Kept as long as the newest of them can live: no token of that sign-in outlives it.
     """
-    client.set(_REVOKED_SESSION_PREFIX + str(session_id), b"1",
-               ex=settings.access_token_ttl_s + 1)
+    revoke_sessions(session, client, settings, [session_id])
+
+
+def revoke_sessions(
+    session: Session, client: redis.Redis, settings: Settings, session_ids: Iterable[uuid.UUID]
+) -> None:
+    """``revoke_session`` for many sign-ins at once: one INSERT and one Redis round trip."""
+    # Sorted: two sign-outs of overlapping sign-ins lock their rows in one order (no deadlock).
+    names = sorted({str(session_id) for session_id in session_ids})
+    if not names:
+        return
+    lifetime = settings.access_token_ttl_s + 1
+    _record(session, [f"sid:{name}" for name in names],
+            utc_now() + timedelta(seconds=lifetime))
+    with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.set(_REVOKED_SESSION_PREFIX + name, b"1", ex=lifetime)
+        pipe.execute()
+
+
+def _record(session: Session, token_keys: list[str], expires_at: datetime) -> None:
+    # A key revoked again keeps the later expiry: a new sign-out never shortens an older one.
+    insert = pg_insert(TokenRevocation).values(
+        [{"token_key": key, "expires_at": expires_at} for key in token_keys]
+    )
+    session.execute(insert.on_conflict_do_update(
+        index_elements=[TokenRevocation.token_key],
+        set_={"expires_at": func.greatest(TokenRevocation.expires_at,
+                                          insert.excluded.expires_at)},
+    ))
+
+
+def purge_expired_revocations(session: Session) -> int:
+    """Delete the revocations whose tokens have all expired; returns how many."""
+    result = session.execute(
+        delete(TokenRevocation)
+        .where(TokenRevocation.expires_at < utc_now())
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def revocation_keys_for_statement(claims: AccessClaims) -> tuple[str, str | None]:
+    """The (jti, sid) that a statement checks with ``billing_token_live`` (``db.aio``'s
+    ``token``): the access token's own, and its sign-in's."""
+    return claims.jti, claims.session_id
 
 
 def _revocation_keys(claims: AccessClaims) -> list[str]:

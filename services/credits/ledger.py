@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from db.aio import AsyncDatabase
 from db.models import CreditTransaction, User
-from services.errors import Conflict, InsufficientCredits, InvalidInput, NotFound
+from services.errors import Conflict, InsufficientCredits, InvalidInput, NotFound, Unauthorized
 from services.monitoring import metrics
 
 # Kinds that move the "purchased" total, and the one that moves "used".
@@ -183,6 +183,7 @@ async def spend(
     endpoint: str | None = None,
     dedupe_key: str | None = None,
     then: tuple[TextClause, dict[str, Any]] | None = None,
+    token: tuple[str, str | None] | None = None,
 ) -> Entry:
     """Take ``credits`` from an active user's balance for usage: the one way to spend.
 
@@ -194,7 +195,9 @@ async def spend(
     for a different spend is a ``Conflict``. The spend takes only what is available (the
     balance less the active holds). ``then``: one more statement for the same transaction,
     after the spend (an API key's spend counters); if it fails, the spend is undone and its
-    error raised.
+    error raised. ``token``: the (jti, sid) of the access token that asks
+    (``tokens.revocation_keys_for_statement``), checked against the sign-outs in the same
+    round trip; a signed-out one is ``Unauthorized`` and nothing changes.
     """
     _check_credits(credits)
     amount = -credits
@@ -203,16 +206,24 @@ async def spend(
         endpoint=endpoint, dedupe_key=dedupe_key, active_only=True,
     )
     try:
-        row = await db.fetchone(_POST, params, scope="user", user_id=user_id, then=then)
+        row = await db.fetchone(_POST, params, scope="user", user_id=user_id, then=then,
+                                token=token)
     except psycopg.errors.UniqueViolation as exc:
         if exc.diag.constraint_name != _DEDUPE_INDEX:
             raise
         row = None  # a twin with the same key committed while this one waited: replay it
+    except psycopg.errors.InvalidAuthorizationSpecification:
+        raise _signed_out() from None
     if row is not None:
         metrics.spent(credits)
         return _entry(row, user_id=user_id, amount=amount, kind=USAGE_KIND)
-    state = await db.fetchone(_SPEND_REFUSED, {"user_id": user_id, "dedupe_key": dedupe_key},
-                              scope="user", user_id=user_id)
+    try:
+        # Checked again: a replay answers with the first spend's entry, which a token signed
+        # out since must not read either.
+        state = await db.fetchone(_SPEND_REFUSED, {"user_id": user_id, "dedupe_key": dedupe_key},
+                                  scope="user", user_id=user_id, token=token)
+    except psycopg.errors.InvalidAuthorizationSpecification:
+        raise _signed_out() from None
     if state is None or not state.is_active:
         raise NotFound("no such user", code="user_not_found")
     if state.id is None:
@@ -223,6 +234,10 @@ async def spend(
                        "description or endpoint)", code="idempotency_key_reused")
     return Entry(id=state.id, user_id=user_id, amount=amount, kind=USAGE_KIND,
                  balance_after=state.balance_after, created_at=state.created_at, replayed=True)
+
+
+def _signed_out() -> Unauthorized:
+    return Unauthorized("access token was signed out", code="token_revoked")
 
 
 _APPLIED = select(CreditTransaction.id).where(

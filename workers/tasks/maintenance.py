@@ -1,5 +1,5 @@
-"""Housekeeping tasks run by beat: the ledger's integrity, expired idempotency keys, expired
-grants and holds, and the announcement of grants made and expired."""
+"""Housekeeping tasks run by beat: the ledger's integrity, expired idempotency keys and token
+revocations, expired grants and holds, and the announcement of grants made and expired."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from sqlalchemy.exc import OperationalError
 from db import rls
 from db.transaction import transaction
 from services import idempotency
+from services.auth import tokens
 from services.credits import events, grants, holds, integrity
 from workers.app import DbTask, app, settings
 
@@ -25,6 +26,14 @@ def purge_idempotency_keys() -> int:
     """Delete the Idempotency-Keys past their lifetime; returns how many."""
     with transaction(settings.database_url, acting_as=rls.OWNER) as session:
         return idempotency.purge_expired(session)
+
+
+@app.task(name="maintenance.purge_token_revocations", base=DbTask,
+          autoretry_for=(OperationalError,), retry_backoff=True, max_retries=3)
+def purge_token_revocations() -> int:
+    """Delete the sign-outs whose access tokens have all expired; returns how many."""
+    with transaction(settings.database_url, acting_as=rls.OWNER) as session:
+        return tokens.purge_expired_revocations(session)
 
 
 @app.task(name="credits.expire_grants", base=DbTask, acks_late=True,
