@@ -49,6 +49,7 @@ from db.aio import AsyncDatabase
 from logconfig import configure_logging
 from services import task_queue
 from services.autopipeline import AutoPipelineRedis
+from services.logs import logstream
 from services.monitoring import metrics as recorded
 from services.monitoring import tracing
 from settings import Settings, get_settings
@@ -93,15 +94,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         task_queue.install_sender(task_queue.celery_sender(producer))
         # The hot paths (spend, webhook, stats) run on the event loop with these two. They
         # belong to the loop that serves, so they live in the lifespan's state (each request
-        # sees them as ``request.state.db`` / ``request.state.aredis``).
+        # sees them as ``request.state.db`` / ``request.state.aredis``), as does the buffer of
+        # usage records (``request.state.usage``).
         aredis = AutoPipelineRedis.from_url(settings.redis_url or "", **redis_options)
+        usage = logstream.UsageBuffer(aredis)
         db = AsyncDatabase(settings.database_url or "")
         await db.open()
         _freeze_startup_objects()
         try:
-            yield {"db": db, "aredis": aredis}
+            yield {"db": db, "aredis": aredis, "usage": usage}
         finally:
-            await aredis.aclose()  # first: it sends the commands still queued (usage records)
+            await usage.aclose()  # first: the usage records gathered, then what is queued
+            await aredis.aclose()
             await anyio.to_thread.run_sync(task_queue.flush)  # tasks handed off, not yet sent
             await db.close()
             app.state.redis.close()

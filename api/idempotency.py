@@ -90,18 +90,31 @@ def replay(body: Any, *, status_code: int = 200) -> JSONResponse:
                         headers={REPLAY_HEADER: "true"})
 
 
+_DESCRIPTION = ("Makes a retry of this request safe: the same key with the same body returns "
+                "the first response (for 24 h); with another body, 409.")
+HEADER = "Idempotency-Key"
+# The header as the schema documents it, for a route that reads it with ``idempotency_of``.
+PARAMETER = {"name": HEADER, "in": "header", "required": False, "description": _DESCRIPTION,
+             "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": HEADER,
+                        "description": _DESCRIPTION}}
+
+
 async def idempotency_key(
     request: Request,
-    key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            description="Makes a retry of this request safe: the same key with the same "
-            "body returns the first response (for 24 h); with another body, 409.",
-        ),
-    ] = None,
+    key: Annotated[str | None, Header(alias=HEADER, description=_DESCRIPTION)] = None,
 ) -> Idempotency:
     """The validated ``Idempotency-Key`` header of a POST, scoped to its method and path."""
+    return _scoped(request, key)
+
+
+def idempotency_of(request: Request) -> Idempotency:
+    """``idempotency_key`` read off the request without FastAPI's dependency solving, which
+    the spend cannot afford on every call; such a route documents the header with
+    ``openapi_extra={"parameters": [PARAMETER]}``."""
+    return _scoped(request, request.headers.get(HEADER))
+
+
+def _scoped(request: Request, key: str | None) -> Idempotency:
     if key is not None:
         idempotency.validate_key(key)
     return Idempotency(key=key, scope=f"{request.method} {request.url.path}")

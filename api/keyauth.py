@@ -22,6 +22,7 @@ from api.deps import (
     current_user,
     signed_in_user_id,
     token_claims,
+    unrevoked_claims,
 )
 from db import rls
 from services.apikeys import keys as apikeys
@@ -38,6 +39,9 @@ class Principal:
 
     user_id: uuid.UUID | None
     key: KeyInfo | None = None
+    # Our own access token, when its revocation is left to the caller's statement
+    # (``principal_on_loop(..., revocation_in_statement=True)``).
+    unchecked: AccessClaims | None = None
 
 
 def _server_key_refused() -> Forbidden:
@@ -72,8 +76,14 @@ def _principal(scope: str) -> Callable[..., Principal]:
 
 
 async def principal_on_loop(request: Request, credentials: BearerDep, *, scope: str,
-                            server_keys: bool = False) -> Principal:
-    """The request's principal for the routes on the event loop (a key: one round trip)."""
+                            server_keys: bool = False,
+                            revocation_in_statement: bool = False) -> Principal:
+    """The request's principal for the routes on the event loop (a key: one round trip).
+
+    ``revocation_in_statement``: our own token's revocation is not checked here (a Redis
+    round trip) but left to the route's one database statement, which gets the claims as
+    ``Principal.unchecked`` and must be given them (``ledger.spend``'s ``token``).
+    """
     if credentials is not None and apikeys.is_key(credentials.credentials):
         key = await apikeys.authenticate_async(request.state.db, secret=credentials.credentials,
                                                scope=scope)
@@ -81,6 +91,11 @@ async def principal_on_loop(request: Request, credentials: BearerDep, *, scope: 
             raise _server_key_refused()
         request.state.user_id = key.user_id
         return Principal(user_id=key.user_id, key=key)
+    if revocation_in_statement:
+        claims = unrevoked_claims(request, credentials)
+        if claims is not None:
+            request.state.user_id = claims.user_id  # for the usage middleware
+            return Principal(user_id=claims.user_id, unchecked=claims)
     return Principal(user_id=await signed_in_user_id(request, credentials))
 
 

@@ -45,7 +45,7 @@ class UsageLogMiddleware:
             if user_id is not None and not box.recorded:
                 route = scope.get("route")
                 await logstream.record_usage(
-                    state["aredis"], user_id=str(user_id),
+                    state["usage"], user_id=str(user_id),
                     endpoint=getattr(route, "path", None) or scope["path"][:255],
                     method=scope["method"][:8], credits=0, status_code=status,
                     response_time_ms=round((time.perf_counter() - started) * 1000, 3),

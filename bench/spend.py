@@ -537,9 +537,9 @@ PostgreSQL {pg_ms:.2f} ms (its backends serving the bench database); `GET /healt
 same server {bare_ms:.2f} ms, which every request pays (uvicorn, the middleware, the access
 log). The spend runs on the event loop: the
 token's verification is cached, the debit with its ledger row is one statement sent with the
-security context in one round trip and one implicit transaction (`db/aio.py`), and the
-revocation check and the usage record are one Redis command each, which the API's client
-sends in one pipeline with those of the other requests in flight (`api/autopipeline.py`). At
+security context and the check that the token was not signed out in one round trip and one
+implicit transaction (`db/aio.py`), and the usage record is gathered with the process's others
+and sent with them, one Redis command per batch (`logstream.UsageBuffer`). At
 {api_ms:.2f} + {pg_ms:.2f} ms of CPU per request, {cores} cores shared with the load generator
 cap the API near {ceiling:.0f} requests/s, while pgbench's own client and server need about
 {per_tps:.2f} ms per transaction: 50% of pgbench would leave the whole API path (HTTP, auth,

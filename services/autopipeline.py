@@ -1,21 +1,21 @@
 """The API's Redis client: commands issued while others are on the wire share one round trip.
 
-Every spend checks its token's revocation and hands off its usage record: two Redis round
-trips per request. Sent one by one, each pays redis-py's whole dispatch (a connection from the
-pool, the retry wrapper, a write and a read of its own): about 40 µs of CPU a command, where a
-command sent in a pipeline with others costs about 15 µs. ``AutoPipelineRedis`` queues each
-command, and each non-transactional pipeline as a unit, and sends what has queued as one
-pipeline: at once when nothing is in flight, so a lone command waits for nothing extra, and
-otherwise as soon as the pipeline in flight has answered. Under load one round trip carries
-the commands of many requests. (ioredis calls this auto-pipelining.)
+The routes on the event loop check their token's revocation: a Redis round trip per request
+(the spend does it in its database statement instead, and gathers its usage records in a
+``logstream.UsageBuffer``). Sent one by one, each command pays redis-py's whole dispatch (a
+connection from the pool, the retry wrapper, a write and a read of its own): about 40 µs of
+CPU, where a command sent in a pipeline with others costs about 15 µs. ``AutoPipelineRedis``
+queues each command, and each non-transactional pipeline as a unit, and sends what has
+queued as one pipeline: at once when nothing is in flight, so a lone command waits for
+nothing extra, and otherwise as soon as the pipeline in flight has answered. Under load one
+round trip carries the commands of many requests. (ioredis calls this auto-pipelining.)
 
 What callers see does not change: each command gets its own reply or its own error, each
 pipeline its list of replies, in the order they were issued, on one connection. Two
 differences:
 
 - A command is queued when it is called, not when it is awaited: its future can be left
-  unawaited (``logstream.record_usage`` queues a usage record so, and reads the reply in a
-  callback).
+  unawaited, with its reply read in a callback.
 - A connection lost mid-pipeline fails every command of that pipeline (after redis-py's own
   retries), as it would have failed each of them alone.
 

@@ -360,43 +360,77 @@ def test_a_refused_login_record_does_not_stop_the_login_history(
     assert _count(db, LoginHistory) == 3
 
 
-def test_the_api_client_queues_usage_records_without_waiting_and_they_get_written(
+def test_the_api_buffer_sends_its_usage_records_together_and_they_get_written(
     db, rds, sender, settings, celery_worker
 ):
-    """With the API's auto-pipelining client, ``record_usage`` returns at once; the records go
-    out with the client's next pipeline, kick a drain, and are written."""
+    """With the API's ``UsageBuffer``, ``record_usage`` sends nothing at once: the records go
+    out together in one command a moment later, kick a drain, and are written."""
     user = make_user(db)
 
-    async def run() -> tuple[int, int]:
+    async def run() -> tuple[int, int, int]:
         client = AutoPipelineRedis.from_url(settings.redis_url)
+        buffer = logstream.UsageBuffer(client, flush_after_s=0.05)
         try:
             for n in range(30):
                 await logstream.record_usage(
-                    client, user_id=str(user.id), endpoint="/v1/queued", method="POST",
-                    credits=1, status_code=200, response_time_ms=1.0, request_id=f"q-{n}")
-            sent_before_waiting = client.round_trips  # nothing has been waited for yet
-            await asyncio.sleep(0)
-            return sent_before_waiting, client.round_trips
+                    buffer, user_id=str(user.id), endpoint="/v1/gathered", method="POST",
+                    credits=1, status_code=200, response_time_ms=1.0, request_id=f"g-{n}")
+            before = (buffer.commands, client.round_trips)  # nothing sent yet
+            await asyncio.sleep(0.3)
+            return *before, buffer.commands
         finally:
+            await buffer.aclose()
             await client.aclose()
 
-    before, after = asyncio.run(run())
-    assert before <= 1 and after <= 2  # 60 commands, queued together: one or two pipelines
+    commands_before, trips_before, commands_after = asyncio.run(run())
+    assert (commands_before, trips_before) == (0, 0)
+    assert commands_after == 1  # 30 records, one command
     assert task_queue.flush(timeout=10)
-    wait_for(lambda: _count(db, ApiUsageLog) == 30, timeout=30, message="30 queued records")
+    wait_for(lambda: _count(db, ApiUsageLog) == 30, timeout=30, message="30 gathered records")
+    rows = db.scalars(select(ApiUsageLog.request_id)).all()
+    assert sorted(rows) == sorted(f"g-{n}" for n in range(30))  # each once
 
 
-def test_a_queued_usage_record_that_redis_refuses_is_logged_not_raised(settings, caplog):
+def test_the_usage_buffer_sends_a_full_batch_at_once_and_the_rest_when_closed(rds, settings):
+    # A drain already kicked: none is sent, and the stream keeps the entries to look at.
+    rds.set(logstream.kick_key(logstream.USAGE_STREAM), "1", ex=60)
+
+    async def run() -> tuple[int, int]:
+        client = AutoPipelineRedis.from_url(settings.redis_url)
+        buffer = logstream.UsageBuffer(client, flush_after_s=60, max_batch=10)
+        try:
+            for n in range(25):
+                await logstream.record_usage(
+                    buffer, user_id=str(uuid.uuid4()), endpoint="/v1/full", method="POST",
+                    credits=1, status_code=200, response_time_ms=1.0, request_id=f"f-{n}")
+            await asyncio.sleep(0.2)
+            full = buffer.commands  # two full batches went; five records wait for a minute
+        finally:
+            await buffer.aclose()  # ... or for the close
+            await client.aclose()
+        return full, buffer.commands
+
+    assert asyncio.run(run()) == (2, 3)
+    entries = rds.xrange(logstream.USAGE_STREAM)
+    assert [json.loads(fields[b"r"])["request_id"] for _, fields in entries] == [
+        f"f-{n}" for n in range(25)]  # one entry per record, in order
+
+
+def test_usage_records_that_redis_refuses_are_logged_not_raised(settings, caplog):
     async def run() -> None:
         client = AutoPipelineRedis.from_url(f"redis://127.0.0.1:{free_port()}/0",
                                             socket_connect_timeout=1)
+        buffer = logstream.UsageBuffer(client)
         try:
-            await logstream.record_usage(client, user_id=str(uuid.uuid4()), endpoint="/v1/x",
-                                         method="GET", credits=0, status_code=200,
-                                         response_time_ms=1.0, request_id="lost")
+            for n in range(3):
+                await logstream.record_usage(buffer, user_id=str(uuid.uuid4()),
+                                             endpoint="/v1/x", method="GET", credits=0,
+                                             status_code=200, response_time_ms=1.0,
+                                             request_id=f"lost-{n}")
         finally:
+            await buffer.aclose()
             await client.aclose()
 
     with caplog.at_level("ERROR", logger="billing.logs"):
         asyncio.run(run())
-    assert any("usage record dropped" in r.getMessage() for r in caplog.records)
+    assert any("3 usage records dropped" in r.getMessage() for r in caplog.records)

@@ -6,11 +6,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from api import idempotency
 from api.deps import (
-    BearerDep,
+    BEARER_SECURITY,
     CurrentUser,
     SessionDep,
     SettingsDep,
+    bearer_of,
     inactive_account,
     request_id_of,
 )
@@ -32,6 +34,7 @@ from api.schemas.credits import (
 )
 from api.schemas.params import Cursor, Limit, Since, Until
 from services.apikeys import keys as apikeys
+from services.auth.tokens import revocation_keys_for_statement
 from services.credits import balance as credits
 from services.credits import grants, holds, packages
 from services.errors import NotFound
@@ -120,25 +123,30 @@ def purchase(
     responses={**_IDEMPOTENT, 402: {"description": "insufficient_credits (the available "
                                     "credits, balance less holds, are short), with the "
                                     "balance; key_limit_reached"}},
+    # Read off the request, not declared as dependencies (see the docstring): documented so.
+    openapi_extra={"parameters": [idempotency.PARAMETER], "security": BEARER_SECURITY},
 )
-async def use_credits(
-    request: Request, body: SpendIn, idem: IdempotencyDep, credentials: BearerDep
-) -> Any:
+async def use_credits(request: Request, body: SpendIn) -> Any:
     """Take ``credits`` from the balance; 402 ``insufficient_credits`` changes nothing.
 
-    On the event loop: the token checked (its verification cached), then one transaction
-    whose single statement debits an active account and appends the ledger row, then the
-    usage hand-off. With an ``Idempotency-Key`` the key is that ledger row's dedupe key, so
-    a retry replays the first spend from the ledger. (The app's clients are read off the
-    request: every dependency costs time.)
+    On the event loop: the token verified (its verification cached), then one transaction
+    whose single statement debits an active account and appends the ledger row, sent in the
+    same round trip as the check that the token was not signed out; then the usage record
+    is gathered (``logstream.UsageBuffer``). With an ``Idempotency-Key`` the key is that
+    ledger row's dedupe key, so a retry replays the first spend from the ledger. The header
+    and the bearer token are read off the request, as are the app's clients: each
+    dependency FastAPI solves costs every call its time.
     """
-    who = await principal_on_loop(request, credentials, scope=apikeys.SPEND)
+    idem = idempotency.idempotency_of(request)
+    credentials = await bearer_of(request)
+    who = await principal_on_loop(request, credentials, scope=apikeys.SPEND,
+                                  revocation_in_statement=True)
     user_id = who.user_id
     assert user_id is not None
     try:
         entry = await credits.use(
             request.state.db,
-            request.state.aredis,
+            request.state.usage,
             user_id=user_id,
             credits=body.credits,
             description=body.description,
@@ -146,6 +154,7 @@ async def use_credits(
             request_id=request_id_of(request),
             dedupe_key=idem.ledger_key(user_id),
             key=who.key,
+            token=revocation_keys_for_statement(who.unchecked) if who.unchecked else None,
         )
     except NotFound:
         raise inactive_account() from None

@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-import redis.asyncio
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -52,7 +51,7 @@ def summary(session: Session, user_id: uuid.UUID) -> Balance:
 
 async def use(
     db: AsyncDatabase,
-    client: redis.asyncio.Redis,
+    usage: logstream.UsageSink,
     *,
     user_id: uuid.UUID,
     credits: int,
@@ -61,11 +60,13 @@ async def use(
     request_id: str | None = None,
     dedupe_key: str | None = None,
     key: KeyInfo | None = None,
+    token: tuple[str, str | None] | None = None,
 ) -> ledger.Entry:
-    """Spend ``credits`` for one API call, then hand its usage record off.
+    """Spend ``credits`` for one API call, then hand its usage record to ``usage``.
 
-    The spend is ``ledger.spend`` (see there for refusals and ``dedupe_key``); a replayed
-    spend records no usage again. Made with an API ``key`` that has limits, the key's
+    The spend is ``ledger.spend`` (see there for refusals, ``dedupe_key`` and ``token``, a
+    signed-in token whose revocation the spend's statement checks); a replayed spend
+    records no usage again. Made with an API ``key`` that has limits, the key's
     counters are raised in the spend's transaction (``limits``), and a spend past them is
     refused (``KeyLimitReached``) and changes nothing.
     """
@@ -78,7 +79,7 @@ async def use(
         try:
             entry = await ledger.spend(
                 db, user_id=user_id, credits=credits, description=description,
-                endpoint=endpoint, dedupe_key=dedupe_key, then=then,
+                endpoint=endpoint, dedupe_key=dedupe_key, then=then, token=token,
             )
         except InsufficientCredits:
             # Holds past their time still count until expired: expire them, then try again.
@@ -86,14 +87,14 @@ async def use(
                 raise
             entry = await ledger.spend(
                 db, user_id=user_id, credits=credits, description=description,
-                endpoint=endpoint, dedupe_key=dedupe_key, then=then,
+                endpoint=endpoint, dedupe_key=dedupe_key, then=then, token=token,
             )
     except psycopg.errors.CheckViolation as exc:
         if key is not None and limits.is_limit_error(exc):
             raise limits.limit_reached(key, credits) from None
         raise
     if not entry.replayed:
-        await logstream.record_usage(client, **_usage(entry, endpoint, request_id))
+        await logstream.record_usage(usage, **_usage(entry, endpoint, request_id))
     return entry
 
 
