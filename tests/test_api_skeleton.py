@@ -96,6 +96,18 @@ def test_openapi_docs_are_served_when_on(make_client):
     assert "/readyz" in client.get("/openapi.json").json()["paths"]
 
 
+def test_the_spend_documents_the_headers_it_reads_itself(make_client):
+    """The spend reads its bearer token and Idempotency-Key off the request (no dependency
+    to solve on every call); its schema still names both, as the other routes' do."""
+    schema = make_client(docs=True).get("/openapi.json").json()
+    spend = schema["paths"]["/api/user-management/credits/use"]["post"]
+    purchase = schema["paths"]["/api/user-management/credits/purchase"]["post"]
+    assert spend["security"] == purchase["security"] == [{"HTTPBearer": []}]
+    assert [p for p in spend["parameters"] if p["name"] == "Idempotency-Key"] == [
+        p for p in purchase["parameters"] if p["name"] == "Idempotency-Key"]
+    assert "HTTPBearer" in schema["components"]["securitySchemes"]
+
+
 def test_readyz_503_when_database_is_down(settings):
     dead = f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/nothing"
     with TestClient(create_app(settings.model_copy(update={"database_url": dead}))) as client:
