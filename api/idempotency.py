@@ -117,7 +117,8 @@ def idempotency_of(request: Request) -> Idempotency:
 def _scoped(request: Request, key: str | None) -> Idempotency:
     if key is not None:
         idempotency.validate_key(key)
-    return Idempotency(key=key, scope=f"{request.method} {request.url.path}")
+    # The path as the server gave it (root path included), without building the URL.
+    return Idempotency(key=key, scope=f"{request.method} {request.scope['path']}")
 
 
 IdempotencyDep = Annotated[Idempotency, Depends(idempotency_key)]

@@ -349,7 +349,7 @@ def main() -> None:
     parser.add_argument("--metrics", action="store_true",
                         help="only compare this API with metrics on and off (BILLING_METRICS), "
                              "alternating peak runs; writes its own section")
-    parser.add_argument("--floor-rounds", type=int, default=3,
+    parser.add_argument("--floor-rounds", type=int, default=5,
                         help="peak runs of the floor, alternating with as many of the route")
     parser.add_argument("--rounds", type=int, default=5,
                         help="alternating peak runs of each API with --baseline or --pgbouncer")
@@ -466,12 +466,19 @@ def main() -> None:
         for side, run in zip(("route", "floor"), pair, strict=True) if run is not None)
     floor_ratio = floor.rps / base.tps
     of_floor = peak.rps / floor.rps
+    # Each floor run against the route run that came right after it: minutes apart, the
+    # machine's speed drifts more than the two differ, so neighbours compare more fairly.
+    pairs = [route.result.rps / floor_run.result.rps
+             for floor_run, route in zip(floor_runs, route_runs[1:], strict=False)]
+    of_floor_paired = statistics.median(pairs) if pairs else of_floor
     # Issue 17's target, 80% of the floor's rate, as CPU per request on the whole machine:
     # what is left for the API once PostgreSQL, Redis and wrk have taken theirs.
     target_rps = 0.8 * floor.rps
     cores_busy = top.machine_ms * peak.rps / 1000  # cores the route kept busy at its peak
     api_budget = cores_busy * 1000 / target_rps - (top.machine_ms - top.api_ms)
-    print(f"route / floor: {of_floor:.0%}; whole machine per request: route "
+    print(f"route / floor: {of_floor:.0%} (medians), {of_floor_paired:.0%} (median of "
+          f"{len(pairs)} neighbouring pairs: {', '.join(f'{p:.0%}' for p in pairs)}); "
+          f"whole machine per request: route "
           f"{top.machine_ms:.3f} ms (API {top.api_ms:.3f}, PostgreSQL {top.pg_ms:.3f}, Redis "
           f"{top.redis_ms:.3f}, wrk {top.load_ms:.3f}), floor {bottom.machine_ms:.3f} ms "
           f"(API {bottom.api_ms:.3f}, PostgreSQL {bottom.pg_ms:.3f}, Redis "
@@ -514,8 +521,11 @@ def main() -> None:
 
 API / pgbench: **{ratio:.0%}** (target ≥ 50%); p99 at half load **{half.p99_ms:.1f} ms**
 (target < 25 ms); the floor reaches **{floor_ratio:.0%}**; the route / the floor:
-**{of_floor:.0%}** (target ≥ 80%; the peak runs in the order they ran, requests/s:
-{in_order}). Errors (non-2xx, socket): peak
+**{of_floor:.0%}** as the ratio of the medians, **{of_floor_paired:.0%}** as the median
+ratio of each floor run to the route run right after it ({', '.join(f'{p:.0%}' for p in pairs)})
+(target ≥ 80%; the peak runs in the order they ran, requests/s: {in_order}). The same
+build's rate swings by a quarter between runs minutes apart on this machine, which is why
+both figures are given. Errors (non-2xx, socket): peak
 {peak.errors}, half {half.errors}, floor {floor.errors}.
 After the run: {drift} users whose balance differs from their ledger sum, {negative}
 negative `balance_after` rows.

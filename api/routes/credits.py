@@ -45,6 +45,53 @@ router = APIRouter(prefix="/api/user-management", tags=["credits"])
 _IDEMPOTENT = {409: {"description": "Idempotency-Key reused with another body, or in progress"}}
 
 
+# First: requests try the routes in order, and this one is called at the highest rate.
+@router.post(
+    "/credits/use",
+    response_model=SpendOut,
+    summary="Spend credits",
+    responses={**_IDEMPOTENT, 402: {"description": "insufficient_credits (the available "
+                                    "credits, balance less holds, are short), with the "
+                                    "balance; key_limit_reached"}},
+    # Read off the request, not declared as dependencies (see the docstring): documented so.
+    openapi_extra={"parameters": [idempotency.PARAMETER], "security": BEARER_SECURITY},
+)
+async def use_credits(request: Request, body: SpendIn) -> Any:
+    """Take ``credits`` from the balance; 402 ``insufficient_credits`` changes nothing.
+
+    On the event loop: the token verified (its verification cached), then one transaction
+    whose single statement debits an active account and appends the ledger row, sent in the
+    same round trip as the check that the token was not signed out; then the usage record
+    is gathered (``logstream.UsageBuffer``). With an ``Idempotency-Key`` the key is that
+    ledger row's dedupe key, so a retry replays the first spend from the ledger. The header
+    and the bearer token are read off the request, as are the app's clients: each
+    dependency FastAPI solves costs every call its time.
+    """
+    idem = idempotency.idempotency_of(request)
+    credentials = await bearer_of(request)
+    who = await principal_on_loop(request, credentials, scope=apikeys.SPEND,
+                                  revocation_in_statement=True)
+    user_id = who.user_id
+    assert user_id is not None
+    try:
+        entry = await credits.use(
+            request.state.db,
+            request.state.usage,
+            user_id=user_id,
+            credits=body.credits,
+            description=body.description,
+            endpoint=body.endpoint,
+            request_id=request_id_of(request),
+            dedupe_key=idem.ledger_key(user_id),
+            key=who.key,
+            token=revocation_keys_for_statement(who.unchecked) if who.unchecked else None,
+        )
+    except NotFound:
+        raise inactive_account() from None
+    answer = SpendOut(balance=entry.balance_after, transaction_id=entry.id)
+    return replay(answer) if entry.replayed else answer
+
+
 @router.get("/credits", response_model=BalanceOut, summary="The balance and its totals")
 def get_credits(who: ReaderDep, session: SessionDep) -> BalanceOut:
     """The balance with the credits ever purchased and used, what is held and available, and
@@ -114,52 +161,6 @@ def purchase(
         )
 
     return idem.run(session, user_id=user.id, body=body, work=work, status_code=201)
-
-
-@router.post(
-    "/credits/use",
-    response_model=SpendOut,
-    summary="Spend credits",
-    responses={**_IDEMPOTENT, 402: {"description": "insufficient_credits (the available "
-                                    "credits, balance less holds, are short), with the "
-                                    "balance; key_limit_reached"}},
-    # Read off the request, not declared as dependencies (see the docstring): documented so.
-    openapi_extra={"parameters": [idempotency.PARAMETER], "security": BEARER_SECURITY},
-)
-async def use_credits(request: Request, body: SpendIn) -> Any:
-    """Take ``credits`` from the balance; 402 ``insufficient_credits`` changes nothing.
-
-    On the event loop: the token verified (its verification cached), then one transaction
-    whose single statement debits an active account and appends the ledger row, sent in the
-    same round trip as the check that the token was not signed out; then the usage record
-    is gathered (``logstream.UsageBuffer``). With an ``Idempotency-Key`` the key is that
-    ledger row's dedupe key, so a retry replays the first spend from the ledger. The header
-    and the bearer token are read off the request, as are the app's clients: each
-    dependency FastAPI solves costs every call its time.
-    """
-    idem = idempotency.idempotency_of(request)
-    credentials = await bearer_of(request)
-    who = await principal_on_loop(request, credentials, scope=apikeys.SPEND,
-                                  revocation_in_statement=True)
-    user_id = who.user_id
-    assert user_id is not None
-    try:
-        entry = await credits.use(
-            request.state.db,
-            request.state.usage,
-            user_id=user_id,
-            credits=body.credits,
-            description=body.description,
-            endpoint=body.endpoint,
-            request_id=request_id_of(request),
-            dedupe_key=idem.ledger_key(user_id),
-            key=who.key,
-            token=revocation_keys_for_statement(who.unchecked) if who.unchecked else None,
-        )
-    except NotFound:
-        raise inactive_account() from None
-    answer = SpendOut(balance=entry.balance_after, transaction_id=entry.id)
-    return replay(answer) if entry.replayed else answer
 
 
 @router.get(
