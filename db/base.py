@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, MetaData, func, text
+from sqlalchemy import BigInteger, DateTime, MetaData, delete, func, text
 from sqlalchemy.dialects.postgresql import UUID
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Mapped, Session, mapped_column
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -23,6 +23,16 @@ CURRENCY_CHECK = "~ '^[A-Z]{3}$'"
 def utc_now() -> datetime:
     """The current time, timezone-aware UTC: the one clock of the code base."""
     return datetime.now(UTC)
+
+
+def delete_expired(session: Session, expires_at: InstrumentedAttribute[datetime]) -> int:
+    """Delete the rows of ``expires_at``'s table whose time has passed; returns how many."""
+    result = session.execute(
+        delete(expires_at.class_)
+        .where(expires_at < utc_now())
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 class Base(DeclarativeBase):

@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from db.base import utc_now
+from db.base import delete_expired, utc_now
 from db.models import IdempotencyKey
 from services.errors import Conflict, InvalidInput
 
@@ -167,9 +167,4 @@ def complete(
 
 def purge_expired(session: Session) -> int:
     """Delete expired keys; returns how many."""
-    result = session.execute(
-        delete(IdempotencyKey)
-        .where(IdempotencyKey.expires_at < utc_now())
-        .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return delete_expired(session, IdempotencyKey.expires_at)

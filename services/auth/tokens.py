@@ -12,11 +12,11 @@ import jwt
 import redis
 import redis.asyncio
 from cachetools import LRUCache
-from sqlalchemy import delete, func
+from sqlalchemy import func
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from db.base import utc_now
+from db.base import delete_expired, utc_now
 from db.models import TokenRevocation
 from services.errors import Unauthorized
 from settings import Settings
@@ -167,12 +167,7 @@ def _record(session: Session, token_keys: list[str], expires_at: datetime) -> No
 
 def purge_expired_revocations(session: Session) -> int:
     """Delete the revocations whose tokens have all expired; returns how many."""
-    result = session.execute(
-        delete(TokenRevocation)
-        .where(TokenRevocation.expires_at < utc_now())
-        .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return delete_expired(session, TokenRevocation.expires_at)
 
 
 def revocation_keys_for_statement(claims: AccessClaims) -> tuple[str, str | None]:
